@@ -1,0 +1,1 @@
+"""oban_pro: an Oban-compatible PostgreSQL job engine that runs jobs on worker processes."""

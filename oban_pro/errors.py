@@ -1,0 +1,67 @@
+"""The exceptions oban_pro raises.
+
+Every error derives from :class:`ObanError`; each message says what was wrong and what to do.
+"""
+
+from __future__ import annotations
+
+
+class ObanError(Exception):
+    """Base class of every oban_pro error."""
+
+
+class ConfigError(ObanError, ValueError):
+    """A configuration field has a bad value. ``field`` names it."""
+
+    def __init__(self, field: str, value: object, expected: str) -> None:
+        self.field = field
+        self.value = value
+        super().__init__(f"invalid {field}={value!r}: expected {expected}")
+
+
+class ValidationError(ObanError, ValueError):
+    """A job (or an option given to build one) is invalid. ``field`` names the bad field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+class InvalidPrefixError(ConfigError):
+    """A prefix (PostgreSQL schema name) is unsafe or malformed."""
+
+    def __init__(self, prefix: object) -> None:
+        super().__init__(
+            "prefix",
+            prefix,
+            "a schema name of 1-63 characters: a letter or underscore, then letters, digits or "
+            "underscores (quotes, dots, spaces and other characters are refused)",
+        )
+
+
+class DatabaseNotConfiguredError(ObanError):
+    """No DSN was given and the embedded PostgreSQL is not installed."""
+
+
+class MigrationError(ObanError):
+    """A migration cannot run as asked (unknown layout, data in the way, ...)."""
+
+
+class UnknownWorkerError(ObanError, LookupError):
+    """A job names a worker this process cannot import or find."""
+
+
+class JobTimeoutError(ObanError, TimeoutError):
+    """A job ran longer than its timeout and its child process was killed."""
+
+
+class ChildCrashedError(ObanError):
+    """The child process running a job died (signal, segfault, ``os._exit``, OOM kill)."""
+
+
+class PayloadError(ObanError, ValueError):
+    """A notification payload could not be decoded."""
+
+
+class NotRunningError(ObanError, RuntimeError):
+    """An operation needs a started :class:`~oban_pro.Oban` instance."""
