@@ -1,0 +1,77 @@
+"""A synchronous client for code without an event loop: enqueue and manage jobs.
+
+``Client(dsn)`` opens one connection lazily; every method also takes ``conn=`` to run inside the
+caller's own psycopg transaction (rolled back with it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import psycopg
+
+from .database import resolve_dsn
+from .enqueue import insert_steps, run_sync
+from .job import Job
+from .operations import cancel_steps, delete_steps, get_job_steps, list_jobs_steps, retry_steps
+from .queries import Queries
+
+
+class Client:
+    def __init__(self, dsn: str | None = None, *, prefix: str = "public") -> None:
+        self.queries = Queries(prefix)
+        self._dsn = dsn
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _connection(self, conn: Any) -> Any:
+        if conn is not None:
+            return conn
+        if self._conn is None or self._conn.closed:
+            self._dsn = self._dsn or resolve_dsn(None)
+            self._conn = psycopg.connect(self._dsn, autocommit=True)
+        return self._conn
+
+    def _run(self, steps: Any, conn: Any = None) -> Any:
+        return run_sync(self._connection(conn), steps)
+
+    def enqueue(self, job: Job, *, conn: Any = None) -> Job:
+        """Insert one job; see :meth:`oban_pro.Oban.enqueue`."""
+        return self._run(insert_steps(self.queries, [job]), conn)[0]
+
+    def enqueue_many(self, jobs: Iterable[Job], *, conn: Any = None) -> list[Job]:
+        """Insert many jobs in one round trip; ids are set in the given order."""
+        return self._run(insert_steps(self.queries, list(jobs)), conn)
+
+    def get_job(self, job_id: int, *, conn: Any = None) -> Job | None:
+        found = self._run(get_job_steps(self.queries, job_id), conn)
+        return found[0] if found else None
+
+    def list_jobs(self, *, state: str | None = None, queue: str | None = None,
+                  limit: int = 100, conn: Any = None) -> list[Job]:  # fmt: skip
+        return self._run(list_jobs_steps(self.queries, state=state, queue=queue, limit=limit), conn)
+
+    def retry_jobs(self, jobs: Iterable[Job | int], *, conn: Any = None) -> list[int]:
+        return self._run(retry_steps(self.queries, jobs), conn)
+
+    def cancel_jobs(self, jobs: Iterable[Job | int], *, conn: Any = None) -> list[int]:
+        return self._run(cancel_steps(self.queries, jobs), conn)
+
+    def delete_jobs(self, jobs: Iterable[Job | int], *, conn: Any = None) -> list[int]:
+        return self._run(delete_steps(self.queries, jobs), conn)
+
+
+def enqueue_sync(job: Job, *, conn: Any, prefix: str = "public") -> Job:
+    """Insert ``job`` inside ``conn``'s transaction from synchronous code."""
+    return run_sync(conn, insert_steps(Queries(prefix), [job]))[0]

@@ -1,0 +1,1 @@
+"""The per-node coordinator: everything the parent asyncio process runs (design.md "Picture")."""

@@ -1,0 +1,148 @@
+"""The acker: buffers job outcomes and writes them in one fenced, set-based UPDATE per batch.
+
+Flushes when ``batch_size`` acks wait or ``interval`` seconds after the first one arrived.
+Database errors are retried with backoff; nothing is dropped. Past ``max_backlog`` buffered acks,
+:attr:`backpressure` tells producers to stop fetching until the backlog drains. Acks that
+were not written when a node dies come back through the lifeline (their jobs are still
+``executing`` under a dead producer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Ack:
+    """One outcome to write. ``kind``: completed, record, error, crash, cancel, snooze, release."""
+
+    job_id: int
+    attempt: int
+    producer_uuid: str
+    kind: str
+    delay: float = 0.0
+    error: str | None = None  # a JSON error entry
+    meta: str | None = None  # a JSON object merged into meta
+
+
+class Acker:
+    def __init__(
+        self,
+        pool: Any,
+        sql: str,
+        *,
+        max_crashes: int,
+        batch_size: int = 1000,
+        interval: float = 0.005,
+        max_backlog: int = 50000,
+        on_batch: Callable[[int, float, int], None] | None = None,
+        on_error: Callable[[], None] | None = None,
+    ) -> None:
+        self._pool = pool
+        self._sql = sql
+        self._max_crashes = max_crashes
+        self._batch_size = batch_size
+        self._interval = interval
+        self._max_backlog = max_backlog
+        self._on_batch = on_batch
+        self._on_error = on_error
+        self._buffer: list[Ack] = []
+        self._wake = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # -- producer side --------------------------------------------------------------------
+
+    def add(self, ack: Ack) -> None:
+        self._buffer.append(ack)
+        self._drained.clear()
+        if not self._wake.is_set():
+            self._wake.set()
+
+    @property
+    def backlog(self) -> int:
+        return len(self._buffer)
+
+    @property
+    def backpressure(self) -> bool:
+        return len(self._buffer) >= self._max_backlog
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="oban-acker")
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every buffered ack is written; False if ``timeout`` passed first."""
+        self._wake.set()
+        try:
+            await asyncio.wait_for(self._drained.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Final flush, then stop. Acks still unwritten after ``timeout`` are logged."""
+        self._closing = True
+        if not await self.flush(timeout):
+            log.error(
+                "%d acks could not be written before shutdown; their jobs will be rescued",
+                len(self._buffer),
+            )
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    # -- the loop -------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            await self._wake.wait()
+            if len(self._buffer) < self._batch_size and not self._closing:
+                await asyncio.sleep(self._interval)  # let the batch fill
+            self._wake.clear()
+            while self._buffer:
+                batch = self._buffer[: self._batch_size]
+                try:
+                    await self._write(batch)
+                except (psycopg.Error, OSError) as exc:
+                    failures += 1
+                    if self._on_error:
+                        self._on_error()
+                    delay = min(0.05 * 2**failures, 5.0)
+                    log.warning("ack batch of %d failed (%s); retrying in %.2fs", len(batch), exc, delay)
+                    await asyncio.sleep(delay)
+                    continue
+                failures = 0
+                del self._buffer[: len(batch)]
+            self._drained.set()
+
+    async def _write(self, batch: list[Ack]) -> None:
+        params = {
+            "ids": [a.job_id for a in batch],
+            "attempts": [a.attempt for a in batch],
+            "uuids": [a.producer_uuid for a in batch],
+            "kinds": [a.kind for a in batch],
+            "delays": [a.delay for a in batch],
+            "errors": [a.error for a in batch],
+            "metas": [a.meta for a in batch],
+            "max_crashes": self._max_crashes,
+        }
+        started = time.perf_counter()
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(self._sql, params)
+            written = len(await cur.fetchall())
+        if self._on_batch:
+            self._on_batch(len(batch), time.perf_counter() - started, len(batch) - written)

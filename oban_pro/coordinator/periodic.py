@@ -1,0 +1,67 @@
+"""A small helper for loops that run every N seconds and survive database errors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+
+import psycopg
+
+log = logging.getLogger(__name__)
+
+
+class Periodic:
+    """Run ``step()`` every ``interval`` seconds (jittered +-5%); ``trigger()`` runs it now.
+
+    A database error is logged and reported to ``on_error`` and the loop goes on: a maintenance
+    loop must never die because PostgreSQL restarted.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        interval: float,
+        step: Callable[[], Awaitable[object]],
+        *,
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.interval = interval
+        self._step = step
+        self._on_error = on_error
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"oban-{self.name}")
+
+    def trigger(self) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._step()
+            except asyncio.CancelledError:
+                raise
+            except (psycopg.Error, OSError) as exc:
+                log.warning("%s failed: %s", self.name, exc)
+                if self._on_error:
+                    self._on_error(self.name)
+            except Exception:
+                log.exception("%s failed unexpectedly", self.name)
+            try:
+                await asyncio.wait_for(
+                    self._wake.wait(), self.interval * random.uniform(0.95, 1.05)
+                )
+            except TimeoutError:
+                pass
+            self._wake.clear()

@@ -1,0 +1,124 @@
+"""Inserting jobs: one round trip per batch, insert notices in the same transaction.
+
+The steps are written once as a generator of ``(sql, params)`` that receives each statement's
+rows, and run by a sync or an async driver, so ``enqueue`` from asyncio code and
+``enqueue_sync`` from plain code share every line of logic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from datetime import UTC
+from typing import Any
+
+from .job import Job, encode_json
+from .naming import channel
+from .payloads import encode_payload
+from .queries import Queries
+from .unique import UniqueOptions, lock_key
+
+Step = tuple[str, dict[str, Any]]
+Steps = Generator[Step, list[tuple[Any, ...]], list[Job]]
+
+
+def insert_steps(queries: Queries, jobs: Sequence[Job]) -> Steps:
+    """Yield the statements that insert ``jobs``; return the jobs with ids and states set."""
+    for job in jobs:
+        if not isinstance(job, Job):
+            raise TypeError(f"enqueue takes Job objects (from Worker.new(...)), got {job!r}")
+    plain = [job for job in jobs if not job.unique]
+    unique = [job for job in jobs if job.unique]
+    if plain:
+        rows = yield queries.insert_jobs, _bulk_params(plain)
+        for job, row in zip(plain, sorted(rows, key=lambda r: r[0]), strict=True):
+            _apply_row(job, row)
+    for job in unique:
+        yield from _insert_unique(queries, job)
+    queues = sorted({job.queue for job in jobs if job.state == "available" and not job.conflict})
+    if queues:
+        payloads = [encode_payload({"queue": queue}) for queue in queues]
+        yield queries.notify_many, {"channel": channel(queries.prefix, "insert"), "payloads": payloads}
+    return list(jobs)
+
+
+def _insert_unique(queries: Queries, job: Job) -> Generator[Step, list[tuple[Any, ...]], None]:
+    options = UniqueOptions.parse(job.unique)  # type: ignore[arg-type]
+    key = options.key_for(job.worker, job.queue, job.args, job.meta)
+    yield queries.unique_lock, {"key": lock_key(key)}
+    found = yield queries.unique_find, {
+        "uniq_key": key, "states": list(options.states), "period": options.period,
+    }  # fmt: skip
+    if found:
+        _apply_row(job, found[0])
+        job.conflict = True
+        return
+    job.meta = {**job.meta, "uniq_key": key}
+    rows = yield queries.insert_jobs, _bulk_params([job])
+    _apply_row(job, rows[0])
+
+
+def _bulk_params(jobs: Sequence[Job]) -> dict[str, Any]:
+    return {
+        "queues": [j.queue for j in jobs],
+        "workers": [j.worker for j in jobs],
+        "args": [encode_json(j.args) for j in jobs],
+        "metas": [encode_json(j.meta) for j in jobs],
+        "tags": [encode_json(j.tags) for j in jobs],
+        "max_attempts": [j.max_attempts for j in jobs],
+        "priorities": [j.priority for j in jobs],
+        "scheduled_at": [
+            j.scheduled_at.astimezone(UTC).replace(tzinfo=None) if j.scheduled_at else None
+            for j in jobs
+        ],
+    }
+
+
+def _apply_row(job: Job, row: tuple[Any, ...]) -> None:
+    job.id, job.state, inserted_at, scheduled_at = row
+    job.inserted_at = inserted_at.replace(tzinfo=UTC)
+    job.scheduled_at = scheduled_at.replace(tzinfo=UTC)
+
+
+# An autocommit connection gets a transaction of its own so the steps are atomic. A connection
+# that is not in autocommit mode belongs to a caller who commits or rolls back: the steps join
+# that transaction (``conn.transaction()`` there would commit on exit, which is not ours to do).
+
+
+def run_sync(conn: Any, steps: Steps) -> list[Job]:
+    """Drive ``steps`` on a sync psycopg connection, inside one transaction."""
+    if conn.autocommit:
+        with conn.transaction():
+            return _drive_sync(conn, steps)
+    return _drive_sync(conn, steps)
+
+
+def _drive_sync(conn: Any, steps: Steps) -> list[Job]:
+    with conn.cursor() as cur:
+        try:
+            sql, params = next(steps)
+            while True:
+                cur.execute(sql, params)
+                rows = cur.fetchall() if cur.description else []
+                sql, params = steps.send(rows)
+        except StopIteration as done:
+            return done.value
+
+
+async def run_async(conn: Any, steps: Steps) -> list[Job]:
+    """Drive ``steps`` on an async psycopg connection, inside one transaction."""
+    if conn.autocommit:
+        async with conn.transaction():
+            return await _drive_async(conn, steps)
+    return await _drive_async(conn, steps)
+
+
+async def _drive_async(conn: Any, steps: Steps) -> list[Job]:
+    async with conn.cursor() as cur:
+        try:
+            sql, params = next(steps)
+            while True:
+                await cur.execute(sql, params)
+                rows = await cur.fetchall() if cur.description else []
+                sql, params = steps.send(rows)
+        except StopIteration as done:
+            return done.value

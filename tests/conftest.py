@@ -1,0 +1,18 @@
+"""Shared test helpers. Database fixtures come from the ``oban_pro`` pytest plugin
+(``oban_dsn``, ``oban_prefix``, ``oban_empty_prefix``, ``oban_embedded``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+TESTS_DIR = Path(__file__).resolve().parent
+
+# Worker modules used by tests live in tests/; child processes and node subprocesses must be
+# able to import them by name.
+if str(TESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(TESTS_DIR))
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(TESTS_DIR), os.environ.get("PYTHONPATH", "")) if p
+)
