@@ -71,7 +71,7 @@ PREFIX = "oban_pro_"
 #: Outcomes a finished attempt can have (``state`` label of ``oban_pro_jobs_total``).
 JOB_STATES = ("completed", "retryable", "discarded", "cancelled", "snoozed")
 #: Why a child was replaced (``reason`` label of ``oban_pro_child_restarts_total``).
-RESTART_REASONS = ("timeout", "crash", "memory", "recycle", "cancelled")
+RESTART_REASONS = ("timeout", "crash", "memory", "recycle", "cancelled", "start_failure")
 #: Database operations whose errors are counted (``operation`` label).
 DB_OPERATIONS = (
     "fetch",
@@ -85,7 +85,7 @@ DB_OPERATIONS = (
     "gauge",
 )
 #: Job states counted in the database by the leader (``state`` label of ``oban_pro_queue_jobs``).
-QUEUE_STATES = ("available", "scheduled", "retryable")
+QUEUE_STATES = ("available", "scheduled", "retryable", "executing")
 #: Label value used for a fixed-set label given a value outside its set.
 OTHER = "other"
 #: Label value that stands for every ``queue``/``worker`` beyond ``label_limit`` distinct ones.
@@ -127,7 +127,8 @@ METRICS: list[tuple[str, str, tuple[str, ...], str]] = [
     ("oban_pro_ack_backlog", "gauge", ("node",),
      "Job outcomes buffered in the coordinator, not yet written to the database."),
     ("oban_pro_child_restarts_total", "counter", ("node", "reason"),
-     "Worker processes replaced, by reason (timeout, crash, memory, recycle, cancelled)."),
+     "Worker processes replaced, by reason (timeout, crash, memory, recycle, cancelled, "
+     "start_failure)."),
     ("oban_pro_jobs_rescued_total", "counter", ("node",),
      "Executing jobs of dead producers rescued by this node's lifeline (leader only)."),
     ("oban_pro_leader", "gauge", ("node",),
@@ -140,8 +141,8 @@ METRICS: list[tuple[str, str, tuple[str, ...], str]] = [
     ("oban_pro_heartbeat_age_seconds", "gauge", ("node",),
      "Seconds since this node last refreshed its producer rows (since start, before the first)."),
     ("oban_pro_queue_jobs", "gauge", ("node", "queue", "state"),
-     "Jobs in the database by queue and state (available, scheduled, retryable); exported by the "
-     "leader only."),
+     "Jobs in the database by queue and state (available, scheduled, retryable, executing: "
+     "cluster-wide); exported by the leader only."),
     ("oban_pro_queue_executing", "gauge", ("node", "queue"),
      "Jobs this node is executing, per local queue."),
     ("oban_pro_queue_limit", "gauge", ("node", "queue"),
@@ -590,7 +591,7 @@ class Metrics:
     # -- occasional events ------------------------------------------------------------------
 
     def child_restart(self, reason: str) -> None:
-        """A child was replaced; ``reason`` in timeout/crash/memory/recycle/cancelled."""
+        """A child was replaced; ``reason`` is one of :data:`RESTART_REASONS`."""
         self._restarts[_fixed(reason, RESTART_REASONS)].inc()
 
     def jobs_rescued(self, count: int) -> None:

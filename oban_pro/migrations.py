@@ -219,12 +219,15 @@ class SchemaFacts:
     enum_labels: list[str] = field(default_factory=list)
 
     def has(self, obj: DbObject) -> bool:
+        """Whether ``obj`` exists in the prefix (whoever made it)."""
         return obj.name in (self.tables if obj.kind == "table" else self.types)
 
     def marker_of(self, obj: DbObject) -> str | None:
+        """The comment that would mark ``obj`` as oban_pro's (see the module docstring)."""
         return (self.tables if obj.kind == "table" else self.types).get(obj.name)
 
     def made_by_oban_pro(self, obj: DbObject) -> bool:
+        """Whether ``obj`` carries an oban_pro marker, i.e. ``down`` may drop it."""
         marker = self.marker_of(obj)
         return bool(marker and marker.startswith(MARKER_PREFIX))
 

@@ -247,6 +247,13 @@ CURRENT_LEADER = """
 SELECT node FROM {p}.oban_leaders WHERE name = %(name)s AND expires_at >= """ + NOW + """
 """
 
+ALL_LEADERS = "SELECT name, node, expires_at FROM {p}.oban_leaders ORDER BY name"
+
+ALL_PRODUCERS = """
+SELECT node, queue, meta, extract(epoch FROM timezone('UTC', now()) - updated_at)::float8
+FROM {p}.oban_producers ORDER BY node, queue
+"""
+
 # -- queue gauges (leader only): counts of waiting jobs per queue and state --------------------
 
 QUEUE_COUNTS = """
@@ -293,6 +300,13 @@ FROM targets AS t WHERE j.id = t.id
 RETURNING j.id, t.old_state::text
 """
 
+COUNT_FINISHED = """
+SELECT count(*) FROM {p}.oban_jobs
+WHERE id = ANY(%(ids)s::bigint[]) AND state IN ('completed', 'discarded', 'cancelled')
+"""
+
+JOB_OUTCOMES = "SELECT state::text, meta FROM {p}.oban_jobs WHERE id = ANY(%(ids)s::bigint[])"
+
 DELETE_JOBS = """
 DELETE FROM {p}.oban_jobs WHERE id = ANY(%(ids)s::bigint[]) AND state <> 'executing'
 RETURNING id
@@ -334,3 +348,7 @@ class Queries:
     retry_jobs: str
     cancel_jobs: str
     delete_jobs: str
+    count_finished: str
+    all_leaders: str
+    all_producers: str
+    job_outcomes: str

@@ -1,0 +1,143 @@
+"""Messages between the coordinator (parent) and its worker processes (children).
+
+Tagged-union msgspec structs encoded as compact msgpack arrays. A frame carries a *list* of
+messages, so either side can send several at once. Job ``args``, ``meta`` and ``errors`` travel
+as the JSON text PostgreSQL returned (``args::text``): the parent never decodes them, the child
+decodes them once with ``msgspec.json``.
+
+Measured on the project machine (2 cores, a ~100-byte job): the parent's share per job (encode
+one Run, decode one Done) is ~0.9 us with msgpack vs ~1.4 us with msgspec.json, and frames are
+25% smaller; msgpack also carries bytes without base64. So msgpack.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+__all__ = [
+    "Run",
+    "Stop",
+    "Skip",
+    "Ready",
+    "Done",
+    "ToChild",
+    "ToParent",
+    "encode_to_child",
+    "decode_to_child",
+    "encode_to_parent",
+    "decode_to_parent",
+    "DONE_KINDS",
+]
+
+
+# ---------------------------------------------------------------- parent -> child
+
+
+class Run(msgspec.Struct, tag=True, array_like=True, gc=False):
+    """Run one job. Timestamps are epoch seconds (0 = unknown); ``timeout`` 0 = none."""
+
+    job_id: int
+    worker: str
+    #: JSON text of the job's args object, as ``args::text`` returned it (str or bytes).
+    #: A dict is accepted too (it is used as is).
+    args: Any
+    #: JSON text of the job's meta object (str or bytes, or a dict).
+    meta: Any = "{}"
+    attempt: int = 1
+    max_attempts: int = 20
+    queue: str = "default"
+    priority: int = 0
+    tags: list[str] = []
+    #: JSON text of the job's error entries as a JSON *array* (for the Elixir layout's
+    #: ``jsonb[]`` column select ``to_jsonb(errors)::text``), or a list.
+    errors: Any = "[]"
+    inserted_at: float = 0.0
+    scheduled_at: float = 0.0
+    attempted_at: float = 0.0
+    #: Hard timeout in seconds, enforced by the parent (0 = none).
+    timeout: float = 0.0
+    attempted_by: list[str] | None = None
+
+
+class Stop(msgspec.Struct, tag=True, array_like=True, gc=False):
+    """Finish the frame being processed, then exit with code 0."""
+
+
+class Skip(msgspec.Struct, tag=True, array_like=True, gc=False):
+    """Do not start ``job_id`` (it was queued in this child's window and got cancelled)."""
+
+    job_id: int
+
+
+ToChild = Run | Stop | Skip
+
+
+# ---------------------------------------------------------------- child -> parent
+
+
+class Ready(msgspec.Struct, tag=True, array_like=True, gc=False):
+    """The child imported its worker modules and waits for jobs.
+
+    ``import_errors`` maps each module that failed to import to its error text; jobs naming
+    those workers fail with a clear error, the child keeps serving the others.
+    """
+
+    pid: int
+    import_errors: dict[str, str] = {}
+
+
+#: Values of :attr:`Done.kind`.
+DONE_KINDS = ("completed", "error", "cancel", "snooze", "record", "skipped")
+
+
+class Done(msgspec.Struct, tag=True, array_like=True, gc=False):
+    """A job finished in the child (whatever its outcome)."""
+
+    job_id: int
+    #: "completed" | "error" | "cancel" | "snooze" | "record" | "skipped" (never started).
+    kind: str
+    #: Full traceback text for "error".
+    error: str | None = None
+    #: Backoff seconds for "error"; snooze seconds for "snooze".
+    delay: float = 0.0
+    #: Cancel reason for "cancel".
+    reason: str | None = None
+    #: Encoded recorded value (``Record.encoded``) for "record".
+    recorded: str | None = None
+    #: Snooze meta for "snooze".
+    meta: dict[str, Any] | None = None
+    #: Seconds the child spent running the job (resolve + process + classify).
+    duration: float = 0.0
+    #: Resident set size of the child after the job, in bytes.
+    rss: int = 0
+
+
+ToParent = Ready | Done
+
+
+_child_encoder = msgspec.msgpack.Encoder()
+_child_decoder = msgspec.msgpack.Decoder(list[ToChild])
+_parent_encoder = msgspec.msgpack.Encoder()
+_parent_decoder = msgspec.msgpack.Decoder(list[ToParent])
+
+
+def encode_to_child(messages: list[Run | Stop | Skip]) -> bytes:
+    """Encode a frame payload for a child (the parent side)."""
+    return _child_encoder.encode(messages)
+
+
+def decode_to_child(payload: bytes) -> list[Run | Stop | Skip]:
+    """Decode a frame payload from the parent (the child side)."""
+    return _child_decoder.decode(payload)
+
+
+def encode_to_parent(messages: list[Ready | Done]) -> bytes:
+    """Encode a frame payload for the parent (the child side)."""
+    return _parent_encoder.encode(messages)
+
+
+def decode_to_parent(payload: bytes) -> list[Ready | Done]:
+    """Decode a frame payload from a child (the parent side)."""
+    return _parent_decoder.decode(payload)

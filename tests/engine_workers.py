@@ -1,0 +1,155 @@
+"""Workers used by the engine, reliability and chaos tests (imported by child processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import signal
+import time
+from pathlib import Path
+
+from oban_pro import Cancel, Record, Snooze, worker
+
+
+def log_execution(job) -> None:
+    """Append "<job id> <attempt> <pid>" to the file named in args["log"] (if any).
+
+    Lines shorter than PIPE_BUF are written with one O_APPEND write, so concurrent writers
+    from many processes never interleave.
+    """
+    path = job.args.get("log")
+    if path:
+        line = f"{job.id} {job.attempt} {os.getpid()}\n".encode()
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+
+
+@worker(queue="default")
+class Noop:
+    def process(self, job):
+        log_execution(job)
+
+
+@worker(queue="default")
+class AsyncNoop:
+    async def process(self, job):
+        await asyncio.sleep(0)
+        log_execution(job)
+        return {"ok": True}
+
+
+@worker(queue="default")
+class Sleep:
+    def process(self, job):
+        log_execution(job)
+        time.sleep(float(job.args.get("seconds", 1)))
+
+
+@worker(queue="default")
+class WaitForFile:
+    """Runs until the file named in args["release"] exists (lets tests hold a job running)."""
+
+    def process(self, job):
+        log_execution(job)
+        started = job.args.get("started")
+        if started:
+            Path(started).touch()
+        release = Path(job.args["release"])
+        deadline = time.monotonic() + float(job.args.get("max_seconds", 60))
+        while not release.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+@worker(queue="default", max_attempts=3)
+class Fail:
+    def process(self, job):
+        log_execution(job)
+        raise RuntimeError(f"boom on attempt {job.attempt}")
+
+
+@worker(queue="default")
+class FailWithBackoff:
+    def process(self, job):
+        raise ValueError("custom backoff")
+
+    def backoff(self, job):
+        return 1000
+
+
+@worker(queue="default")
+class SnoozeOnce:
+    def process(self, job):
+        if not job.meta.get("snoozed"):
+            return Snooze(1, meta={"why": "not yet"})
+        return None
+
+
+@worker(queue="default")
+class CancelSelf:
+    def process(self, job):
+        return Cancel("not needed any more")
+
+
+@worker(queue="default")
+class RecordIt:
+    def process(self, job):
+        return Record({"sum": sum(job.args["values"]), "label": "done"})
+
+
+@worker(queue="default")
+class Exit3:
+    def process(self, job):
+        log_execution(job)
+        os._exit(3)
+
+
+@worker(queue="default")
+class Segfault:
+    def process(self, job):
+        log_execution(job)
+        os.kill(os.getpid(), signal.SIGSEGV)
+        ctypes.string_at(0)
+
+
+@worker(queue="default", timeout=0.5)
+class TooSlow:
+    def process(self, job):
+        log_execution(job)
+        time.sleep(30)
+
+
+@worker(queue="default")
+class Hog:
+    """Allocates args["mb"] MiB and holds it while sleeping."""
+
+    def process(self, job):
+        log_execution(job)
+        blob = bytearray(int(job.args.get("mb", 400)) * 1024 * 1024)
+        for i in range(0, len(blob), 4096):
+            blob[i] = 1
+        time.sleep(float(job.args.get("seconds", 10)))
+        return len(blob)
+
+
+@worker(queue="default")
+class Spin:
+    """Pure-Python CPU work for about args["seconds"] seconds of one core (by iteration count)."""
+
+    def process(self, job):
+        log_execution(job)
+        n = int(job.args.get("iterations", 2_000_000))
+        total = 0
+        for i in range(n):
+            total += i * i % 7
+        return None
+
+
+@worker(queue="default")
+class Pid:
+    def process(self, job):
+        log_execution(job)
+        return Record(os.getpid())

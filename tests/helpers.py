@@ -1,0 +1,69 @@
+"""Small helpers shared by engine tests: wait for a condition, read job rows."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg
+
+
+async def wait_until(check: Callable[[], Any | Awaitable[Any]], timeout: float = 20.0,
+                     interval: float = 0.02, message: str = "condition") -> Any:  # fmt: skip
+    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        await asyncio.sleep(interval)
+
+
+def wait_until_sync(check: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02,
+                    message: str = "condition") -> Any:  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+def query(dsn: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def states(dsn: str, prefix: str) -> dict[str, int]:
+    rows = query(dsn, f'SELECT state::text, count(*) FROM "{prefix}".oban_jobs GROUP BY 1')
+    return dict(rows)
+
+
+def job_row(dsn: str, prefix: str, job_id: int) -> dict[str, Any]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cur = conn.execute(
+            f'SELECT id, state::text AS state, attempt, max_attempts, to_jsonb(errors) AS errors, '
+            f'meta, attempted_by, scheduled_at, completed_at, discarded_at, cancelled_at '
+            f'FROM "{prefix}".oban_jobs WHERE id = %s',
+            (job_id,),
+        )
+        names = [d.name for d in cur.description]
+        row = cur.fetchone()
+        return dict(zip(names, row, strict=True)) if row else {}
+
+
+def execution_log(path: Any) -> list[tuple[int, int, int]]:
+    """Lines written by ``engine_workers.log_execution``: (job id, attempt, pid)."""
+    try:
+        text = open(path).read()
+    except FileNotFoundError:
+        return []
+    return [tuple(map(int, line.split())) for line in text.splitlines() if line.strip()]  # type: ignore[misc]

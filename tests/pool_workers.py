@@ -1,0 +1,194 @@
+"""Workers for tests/test_pool.py, imported by the pool's child processes (tests/ is on sys.path).
+
+Jobs that must be caught mid-flight write ``args["marker"]`` (a file path) once they started,
+so a test can wait for that event instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from oban_pro.job import Cancel, Job, Record, Snooze
+from oban_pro.worker import worker
+
+
+def _started(job: Job) -> None:
+    marker = job.args.get("marker")
+    if marker:
+        Path(marker).write_text(str(os.getpid()))
+
+
+@worker()
+class Noop:
+    def process(self, job: Job) -> None:
+        return None
+
+
+@worker()
+class Describe:
+    """Records what the child saw of the job (type checks included)."""
+
+    def process(self, job: Job) -> Record:
+        return Record(
+            {
+                "pid": os.getpid(),
+                "id": job.id,
+                "args": job.args,
+                "meta": job.meta,
+                "tags": job.tags,
+                "queue": job.queue,
+                "attempt": job.attempt,
+                "max_attempts": job.max_attempts,
+                "priority": job.priority,
+                "errors": len(job.errors),
+                "attempted_at_tz": str(job.attempted_at.tzinfo) if job.attempted_at else None,
+            }
+        )
+
+
+@worker()
+class AsyncSleep:
+    async def process(self, job: Job) -> None:
+        _started(job)
+        await asyncio.sleep(job.args.get("seconds", 0))
+        # The same persistent loop serves every async job of this child.
+        loop_id = id(asyncio.get_running_loop())
+        return Snooze(1, meta={"loop": loop_id, "pid": os.getpid()}) if job.args.get("loop") else None
+
+
+@worker()
+class Sleep:
+    def process(self, job: Job) -> None:
+        _started(job)
+        time.sleep(job.args.get("seconds", 0))
+
+
+@worker()
+class Boom:
+    def process(self, job: Job) -> None:
+        raise ValueError(f"boom {job.args.get('n')}")
+
+
+@worker()
+class BoomCustomBackoff:
+    def process(self, job: Job) -> None:
+        raise RuntimeError("custom")
+
+    def backoff(self, job: Job) -> int:
+        return 7
+
+
+@worker()
+class BoomBrokenBackoff:
+    def process(self, job: Job) -> None:
+        raise RuntimeError("first")
+
+    def backoff(self, job: Job) -> int:
+        raise KeyError("backoff is broken too")
+
+
+@worker()
+class Snoozer:
+    def process(self, job: Job) -> Snooze:
+        return Snooze(30, meta={"why": "later"})
+
+
+@worker()
+class Canceller:
+    def process(self, job: Job) -> Cancel:
+        return Cancel("not needed")
+
+
+@worker()
+class Recorder:
+    def process(self, job: Job) -> Record:
+        return Record({"ok": True, "n": job.args.get("n")})
+
+
+@worker()
+class SysExit:
+    def process(self, job: Job) -> None:
+        raise SystemExit(4)
+
+
+@worker()
+class Exit:
+    def process(self, job: Job) -> None:
+        _started(job)
+        os._exit(job.args.get("code", 3))
+
+
+@worker()
+class Segfault:
+    def process(self, job: Job) -> None:
+        _started(job)
+        ctypes.string_at(0)
+
+
+@worker()
+class SelfSignal:
+    def process(self, job: Job) -> None:
+        os.kill(os.getpid(), getattr(signal, job.args.get("signal", "SIGSEGV")))
+
+
+@worker()
+class Hog:
+    """Allocates (and touches) ``mb`` MiB, then sleeps holding it."""
+
+    def process(self, job: Job) -> None:
+        block = bytearray(job.args["mb"] * 1024 * 1024)
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+        _started(job)
+        time.sleep(job.args.get("seconds", 30))
+        del block
+
+
+@worker()
+class Grow:
+    """Allocates ``mb`` MiB, keeps it in a module global (a leak) and returns at once."""
+
+    leak: list[bytearray] = []
+
+    def process(self, job: Job) -> None:
+        block = bytearray(job.args["mb"] * 1024 * 1024)
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+        Grow.leak.append(block)
+
+
+@worker()
+class Cpu:
+    """Pure-Python CPU work: ``n`` loop iterations."""
+
+    def process(self, job: Job) -> Record:
+        started = time.perf_counter()
+        total = 0
+        for i in range(job.args["n"]):
+            total += i * i % 7
+        return Record({"total": total, "seconds": time.perf_counter() - started})
+
+
+@worker()
+class EchoBig:
+    """Sends a large args value straight back in the Snooze meta (a full round trip)."""
+
+    def process(self, job: Job) -> Snooze:
+        blob: str = job.args["blob"]
+        return Snooze(1, meta={"blob": blob, "len": len(blob)})
+
+
+@worker()
+class Pid:
+    def process(self, job: Job) -> Record:
+        return Record(os.getpid())
+
+
+def not_a_worker() -> Any:
+    return None

@@ -1,0 +1,269 @@
+"""The execution engine end to end: real PostgreSQL, real worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+
+import pytest
+from engine_workers import (
+    AsyncNoop, CancelSelf, Exit3, Fail, FailWithBackoff, Hog, Noop, Pid, RecordIt, Segfault,
+    SnoozeOnce, Spin, TooSlow, WaitForFile,
+)  # fmt: skip
+from helpers import execution_log, job_row, query, states, wait_until
+
+from oban_pro import Job, Oban
+from oban_pro.term import decode_recorded
+
+pytestmark = pytest.mark.asyncio
+
+FAST = dict(
+    processes=2, imports=["engine_workers"], poll_interval=0.2, stage_interval=0.2,
+    heartbeat_interval=0.5, heartbeat_ttl=3.0, lifeline_interval=0.5, leader_ttl=3.0,
+    shutdown_timeout=5.0, gossip_interval=1.0,
+)  # fmt: skip
+
+
+def node(dsn: str, prefix: str, name: str = "n1", **overrides) -> Oban:
+    opts = {**FAST, "queues": {"default": 10}, **overrides}
+    return Oban(dsn=dsn, prefix=prefix, node=name, name=f"Oban-{prefix}-{name}", **opts)
+
+
+async def finished(dsn, prefix, job_id, state="completed", timeout=30.0):
+    return await wait_until(
+        lambda: job_row(dsn, prefix, job_id).get("state") == state and job_row(dsn, prefix, job_id),
+        timeout=timeout, message=f"job {job_id} to be {state}",
+    )  # fmt: skip
+
+
+async def test_jobs_complete_sync_and_async(oban_dsn, oban_prefix, tmp_path):
+    log = tmp_path / "log"
+    async with node(oban_dsn, oban_prefix) as oban:
+        jobs = await oban.enqueue_many(
+            [Noop.new({"log": str(log)}) for _ in range(50)]
+            + [AsyncNoop.new({"log": str(log)}) for _ in range(50)]
+        )
+        await wait_until(lambda: states(oban_dsn, oban_prefix) == {"completed": 100},
+                         message="100 completed jobs")  # fmt: skip
+    row = job_row(oban_dsn, oban_prefix, jobs[0].id)
+    assert row["attempt"] == 1 and row["completed_at"] is not None
+    assert row["attempted_by"][0] == "n1"
+    # every job ran exactly once, in child processes (not in this process)
+    runs = execution_log(log)
+    assert sorted(r[0] for r in runs) == sorted(j.id for j in jobs)
+    assert os.getpid() not in {r[2] for r in runs}
+    # clean shutdown removed the producer row and resigned
+    assert query(oban_dsn, f'SELECT count(*) FROM "{oban_prefix}".oban_producers')[0][0] == 0
+
+
+async def test_outcomes(oban_dsn, oban_prefix):
+    async with node(oban_dsn, oban_prefix) as oban:
+        fail = await oban.enqueue(Fail.new({}))
+        custom = await oban.enqueue(FailWithBackoff.new({}))
+        snooze = await oban.enqueue(SnoozeOnce.new({}))
+        cancel = await oban.enqueue(CancelSelf.new({}))
+        record = await oban.enqueue(RecordIt.new({"values": [1, 2, 3]}))
+        unknown = await oban.enqueue(Job("no.such.Worker", args={}))
+        row = await finished(oban_dsn, oban_prefix, fail.id, "retryable")
+        assert row["errors"][0]["attempt"] == 1
+        assert "RuntimeError: boom on attempt 1" in row["errors"][0]["error"]
+        assert "Traceback" in row["errors"][0]["error"]
+        wait = (row["scheduled_at"] - row["errors"] and 0) or None  # noqa: F841
+        row = await finished(oban_dsn, oban_prefix, custom.id, "retryable")
+        delay = query(oban_dsn, f'SELECT extract(epoch FROM scheduled_at - attempted_at) '
+                                f'FROM "{oban_prefix}".oban_jobs WHERE id = %s', (custom.id,))[0][0]
+        assert 990 < float(delay) < 1010
+        row = await finished(oban_dsn, oban_prefix, cancel.id, "cancelled")
+        assert "not needed any more" in row["errors"][0]["error"]
+        row = await finished(oban_dsn, oban_prefix, record.id, "completed")
+        assert row["meta"]["recorded"] is True
+        assert decode_recorded(row["meta"]["return"]) == {"sum": 6, "label": "done"}
+        row = await finished(oban_dsn, oban_prefix, unknown.id, "retryable")
+        assert "unknown worker 'no.such.Worker'" in row["errors"][0]["error"]
+        # snooze: scheduled 1 s later with attempt given back, then runs and completes
+        row = await finished(oban_dsn, oban_prefix, snooze.id, "completed", timeout=15)
+        assert row["meta"]["snoozed"] == 1 and row["meta"]["why"] == "not yet"
+        assert row["attempt"] == 1
+
+
+async def test_discard_at_max_attempts(oban_dsn, oban_prefix):
+    async with node(oban_dsn, oban_prefix) as oban:
+        job = await oban.enqueue(Fail.new({}, max_attempts=1))
+        row = await finished(oban_dsn, oban_prefix, job.id, "discarded")
+        assert row["discarded_at"] is not None and len(row["errors"]) == 1
+
+
+@pytest.mark.reliability
+async def test_child_crashes_fail_only_that_job(oban_dsn, oban_prefix, tmp_path):
+    release = tmp_path / "release"
+    async with node(oban_dsn, oban_prefix, processes=2) as oban:
+        long = await oban.enqueue(WaitForFile.new({"release": str(release),
+                                                   "started": str(tmp_path / "s")}))  # fmt: skip
+        await wait_until(lambda: (tmp_path / "s").exists(), message="long job to start")
+        exit3 = await oban.enqueue(Exit3.new({}))
+        row = await finished(oban_dsn, oban_prefix, exit3.id, "retryable")
+        assert "exited with code 3" in row["errors"][0]["error"]
+        segv = await oban.enqueue(Segfault.new({}))
+        row = await finished(oban_dsn, oban_prefix, segv.id, "retryable")
+        assert "SIGSEGV" in row["errors"][0]["error"]
+        assert row["meta"]["crashes"] == 1
+        # the long job on the other child was untouched and the pool is back to 2
+        assert job_row(oban_dsn, oban_prefix, long.id)["state"] == "executing"
+        await wait_until(lambda: oban._worker_pool.snapshot().busy
+                         + oban._worker_pool.snapshot().idle == 2, message="pool back to 2")  # fmt: skip
+        release.touch()
+        await finished(oban_dsn, oban_prefix, long.id, "completed")
+
+
+@pytest.mark.reliability
+async def test_kill_9_child_mid_job(oban_dsn, oban_prefix, tmp_path):
+    async with node(oban_dsn, oban_prefix) as oban:
+        job = await oban.enqueue(WaitForFile.new({"release": str(tmp_path / "never"),
+                                                  "log": str(tmp_path / "log")}))  # fmt: skip
+        runs = await wait_until(lambda: execution_log(tmp_path / "log"), message="job start")
+        os.kill(runs[0][2], signal.SIGKILL)
+        row = await finished(oban_dsn, oban_prefix, job.id, "retryable")
+        assert "SIGKILL" in row["errors"][0]["error"]
+        assert "RSS" in row["errors"][0]["error"]
+
+
+@pytest.mark.reliability
+async def test_timeout_kills_the_child(oban_dsn, oban_prefix):
+    async with node(oban_dsn, oban_prefix) as oban:
+        job = await oban.enqueue(TooSlow.new({}))
+        row = await finished(oban_dsn, oban_prefix, job.id, "retryable", timeout=15)
+        assert "timeout" in row["errors"][0]["error"]
+
+
+@pytest.mark.reliability
+async def test_memory_limit_is_checked_while_running(oban_dsn, oban_prefix):
+    async with node(oban_dsn, oban_prefix, max_memory=200 * 1024 * 1024) as oban:
+        job = await oban.enqueue(Hog.new({"mb": 400, "seconds": 20}))
+        row = await finished(oban_dsn, oban_prefix, job.id, "retryable", timeout=15)
+        assert "max_memory" in row["errors"][0]["error"]
+
+
+@pytest.mark.reliability
+async def test_poison_job_is_discarded_after_max_crashes(oban_dsn, oban_prefix):
+    async with node(oban_dsn, oban_prefix, max_crashes=2) as oban:
+        job = await oban.enqueue(Exit3.new({}, max_attempts=10))
+        await finished(oban_dsn, oban_prefix, job.id, "retryable")
+        await oban.retry_job(job.id)  # make it available again without waiting for backoff
+        row = await finished(oban_dsn, oban_prefix, job.id, "discarded")
+        assert row["attempt"] == 2 and row["meta"]["crashes"] == 2
+        assert "poison-job guard" in row["errors"][-1]["error"]
+
+
+async def test_recycling_after_max_jobs_per_child(oban_dsn, oban_prefix):
+    async with node(oban_dsn, oban_prefix, processes=1, max_jobs_per_child=2) as oban:
+        jobs = await oban.enqueue_many([Pid.new({}) for _ in range(4)])
+        for job in jobs:
+            await finished(oban_dsn, oban_prefix, job.id)
+    from oban_pro.term import decode_recorded
+
+    pids = [decode_recorded(job_row(oban_dsn, oban_prefix, j.id)["meta"]["return"]) for j in jobs]
+    assert len(set(pids)) == 2 and Counter(pids).most_common(1)[0][1] == 2
+
+
+async def test_pkill_from_another_instance(oban_dsn, oban_prefix, tmp_path):
+    async with node(oban_dsn, oban_prefix) as oban:
+        job = await oban.enqueue(WaitForFile.new({"release": str(tmp_path / "never"),
+                                                  "started": str(tmp_path / "s")}))  # fmt: skip
+        await wait_until(lambda: (tmp_path / "s").exists(), message="job start")
+        other = Oban(dsn=oban_dsn, prefix=oban_prefix, name=f"client-{oban_prefix}")
+        try:
+            await other.cancel_job(job.id)
+        finally:
+            await other.stop()
+        await finished(oban_dsn, oban_prefix, job.id, "cancelled")
+        # the child running it was stopped: the pool is free again
+        await wait_until(lambda: not oban.check_queue("default")["running"],
+                         message="running set to empty")  # fmt: skip
+
+
+async def test_stale_ack_changes_nothing(oban_dsn, oban_prefix, tmp_path):
+    """A job rescued and re-fetched elsewhere is not overwritten by the first node's ack."""
+    release = tmp_path / "release"
+    async with node(oban_dsn, oban_prefix) as oban:
+        job = await oban.enqueue(WaitForFile.new({"release": str(release),
+                                                  "started": str(tmp_path / "s")}))  # fmt: skip
+        await wait_until(lambda: (tmp_path / "s").exists(), message="job start")
+        # Simulate a rescue and a re-fetch by another producer (attempt 2, new uuid).
+        query(oban_dsn, f"UPDATE \"{oban_prefix}\".oban_jobs SET attempt = 2, "
+                        f"attempted_by = ARRAY['other', gen_random_uuid()::text] WHERE id = %s",
+              (job.id,))  # fmt: skip
+        release.touch()
+        await wait_until(lambda: not oban.check_queue("default")["running"], message="ack")
+        await oban._acker.flush(5)
+    row = job_row(oban_dsn, oban_prefix, job.id)
+    assert row["state"] == "executing" and row["attempt"] == 2 and row["attempted_by"][0] == "other"
+
+
+async def test_graceful_shutdown_releases_unfinished_jobs_at_once(oban_dsn, oban_prefix, tmp_path):
+    oban = node(oban_dsn, oban_prefix, shutdown_timeout=0.5)
+    await oban.start()
+    try:
+        jobs = await oban.enqueue_many(
+            [WaitForFile.new({"release": str(tmp_path / "never"), "log": str(tmp_path / "log")})
+             for _ in range(2)]  # fmt: skip
+        )
+        await wait_until(lambda: len(execution_log(tmp_path / "log")) == 2, message="2 running")
+    finally:
+        started = time.monotonic()
+        await oban.stop()
+    assert time.monotonic() - started < 10
+    for job in jobs:
+        row = job_row(oban_dsn, oban_prefix, job.id)
+        assert row["state"] == "available" and row["attempt"] == 0
+    assert query(oban_dsn, f'SELECT count(*) FROM "{oban_prefix}".oban_producers')[0][0] == 0
+
+
+async def test_two_nodes_never_fetch_a_job_twice(oban_dsn, oban_prefix, tmp_path):
+    log = tmp_path / "log"
+    a = node(oban_dsn, oban_prefix, "a", queues={"default": 50})
+    b = node(oban_dsn, oban_prefix, "b", queues={"default": 50})
+    await a.start()
+    await b.start()
+    try:
+        await a.enqueue_many([Noop.new({"log": str(log)}) for _ in range(20_000)])
+        await wait_until(lambda: states(oban_dsn, oban_prefix) == {"completed": 20_000},
+                         timeout=120, interval=0.25, message="20,000 completed")  # fmt: skip
+    finally:
+        await a.stop()
+        await b.stop()
+    runs = execution_log(log)
+    counts = Counter(r[0] for r in runs)
+    assert len(counts) == 20_000 and max(counts.values()) == 1
+    nodes = Counter(row[0] for row in query(
+        oban_dsn, f'SELECT attempted_by[1] FROM "{oban_prefix}".oban_jobs'))  # fmt: skip
+    assert set(nodes) == {"a", "b"}
+
+
+async def test_cpu_jobs_run_in_parallel(oban_dsn, oban_prefix):
+    """Two CPU-bound jobs on 2 processes take well under twice one job's time (a ratio)."""
+
+    async def run(n: int) -> float:
+        async with node(oban_dsn, oban_prefix, processes=2) as oban:
+            started = time.monotonic()
+            jobs = await oban.enqueue_many([Spin.new({"iterations": 6_000_000}) for _ in range(n)])
+            for job in jobs:
+                await finished(oban_dsn, oban_prefix, job.id, timeout=60)
+            return time.monotonic() - started
+
+    one = await run(1)
+    two = await run(2)
+    assert two < 1.6 * one, f"two jobs took {two:.2f}s vs one {one:.2f}s"
+
+
+async def test_pause_resume_scale(oban_dsn, oban_prefix, tmp_path):
+    async with node(oban_dsn, oban_prefix) as oban:
+        await oban.pause_queue("default")
+        assert oban.check_queue("default")["paused"]
+        job = await oban.enqueue(Noop.new({}))
+        await oban.scale_queue("default", limit=3)
+        assert oban.check_queue("default")["limit"] == 3
+        assert job_row(oban_dsn, oban_prefix, job.id)["state"] == "available"
+        await oban.resume_queue("default")
+        await finished(oban_dsn, oban_prefix, job.id)
