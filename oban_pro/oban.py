@@ -157,12 +157,12 @@ class Oban:
             cfg.processes, start_method=cfg.start_method, imports=cfg.imports,
             max_jobs_per_child=cfg.max_jobs_per_child, max_memory=cfg.max_memory,
             window=cfg.window, on_done=self._executor.on_done,
-            on_failed=self._on_pool_failure,
+            on_failed=self._on_pool_failure, on_capacity=self._wake_all,
         )  # fmt: skip
         self._executor.pool = self._worker_pool
         await self._worker_pool.start()
         if m is not None:
-            m.track_pool(self._worker_pool.snapshot)
+            m.track_pool(lambda: self._worker_pool.stats)
             m.track_producers(self._producer_gauges)
         self._notifier = Notifier(cfg.dsn or "", cfg.prefix,
                                   on_reconnect=self._on_notifier_reconnect)  # fmt: skip
@@ -302,6 +302,10 @@ class Oban:
             self.metrics.child_restart(reason)
         assert self._executor is not None
         self._executor.on_failed(job_id, reason, text)
+
+    def _wake_all(self) -> None:
+        for producer in self.producers.values():
+            producer.wake()
 
     def _wake_queue(self, queue: str) -> None:
         producer = self.producers.get(queue)

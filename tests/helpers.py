@@ -39,7 +39,8 @@ def wait_until_sync(check: Callable[[], Any], timeout: float = 20.0, interval: f
 
 def query(dsn: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        return conn.execute(sql, params).fetchall()
+        cur = conn.execute(sql, params)
+        return cur.fetchall() if cur.description else []
 
 
 def states(dsn: str, prefix: str) -> dict[str, int]:

@@ -13,6 +13,7 @@ import asyncio
 import os
 import select
 import struct
+from collections import deque
 from collections.abc import Callable
 
 __all__ = [
@@ -55,6 +56,8 @@ class FrameProtocol(asyncio.Protocol):
         self._on_frame = on_frame
         self._on_eof = on_eof
         self._buf = bytearray()
+        self._stash: deque[bytes] = deque()
+        self._feeding = False
         self._closed = False
         self.transport: asyncio.ReadTransport | None = None
 
@@ -62,14 +65,27 @@ class FrameProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self._feeding:
+            # Called again from inside on_frame (a callback drained the pipe): keep the bytes
+            # in order behind those being parsed; the outer call parses them next.
+            self._stash.append(data)
+            return
+        self._feeding = True
+        try:
+            self._feed(data)
+            while self._stash:
+                self._feed(self._stash.popleft())
+        finally:
+            self._feeding = False
+
+    def _feed(self, data: bytes) -> None:
         buf = self._buf
         if not buf and len(data) >= 4:
             # Fast path: whole frames in a fresh read need no copy into the buffer.
-            view = memoryview(data)
             pos = 0
             end = len(data)
             while end - pos >= 4:
-                (size,) = HEADER.unpack_from(view, pos)
+                (size,) = HEADER.unpack_from(data, pos)
                 if size > MAX_FRAME:
                     raise FrameError(f"frame header announces {size} bytes")
                 if end - pos - 4 < size:
@@ -77,7 +93,7 @@ class FrameProtocol(asyncio.Protocol):
                 self._on_frame(data[pos + 4 : pos + 4 + size])
                 pos += 4 + size
             if pos < end:
-                buf += view[pos:]
+                buf += memoryview(data)[pos:]
             return
         buf += data
         while len(buf) >= 4:
