@@ -65,9 +65,6 @@ __all__ = [
     "metrics_table_markdown",
 ]
 
-#: Metric name prefix.
-PREFIX = "oban_pro_"
-
 #: Outcomes a finished attempt can have (``state`` label of ``oban_pro_jobs_total``).
 JOB_STATES = ("completed", "retryable", "discarded", "cancelled", "snoozed")
 #: Why a child was replaced (``reason`` label of ``oban_pro_child_restarts_total``).

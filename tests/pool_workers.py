@@ -54,12 +54,14 @@ class Describe:
 
 @worker()
 class AsyncSleep:
-    async def process(self, job: Job) -> None:
+    async def process(self, job: Job) -> Snooze | None:
         _started(job)
         await asyncio.sleep(job.args.get("seconds", 0))
         # The same persistent loop serves every async job of this child.
         loop_id = id(asyncio.get_running_loop())
-        return Snooze(1, meta={"loop": loop_id, "pid": os.getpid()}) if job.args.get("loop") else None
+        return (
+            Snooze(1, meta={"loop": loop_id, "pid": os.getpid()}) if job.args.get("loop") else None
+        )
 
 
 @worker()

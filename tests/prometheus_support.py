@@ -16,8 +16,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -56,6 +58,15 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGTERM us when our parent thread exits."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 class PrometheusError(RuntimeError):
@@ -104,7 +115,12 @@ class PrometheusServer:
             ],
         }
 
-    def start(self, timeout: float = 30.0) -> PrometheusServer:
+    def launch(self) -> None:
+        """Start the process without waiting for it (see :meth:`ready`).
+
+        Call it from the main thread: on Linux the server is told to die with the thread that
+        started it, so a test run killed by a timeout leaves no Prometheus behind.
+        """
         self.workdir.mkdir(parents=True, exist_ok=True)
         config_path = self.workdir / "prometheus.yml"
         config_path.write_text(json.dumps(self.config(), indent=2))  # JSON is valid YAML
@@ -122,18 +138,23 @@ class PrometheusServer:
         try:
             self.proc = subprocess.Popen(
                 args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=self.workdir, start_new_session=True,
+                cwd=self.workdir, preexec_fn=_die_with_parent,
             )  # fmt: skip
         finally:
             log.close()
+
+    def start(self, timeout: float = 30.0) -> PrometheusServer:
+        """Launch and wait (blocking) until the server answers ``/-/ready``."""
+        self.launch()
         try:
-            self.wait_for(self._ready, timeout, "Prometheus to be ready")
+            self.wait_for(self.ready, timeout, "Prometheus to be ready")
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _ready(self) -> bool:
+    def ready(self) -> bool:
+        """True once the server answers ``/-/ready``; raises if the process has exited."""
         if self.proc is not None and self.proc.poll() is not None:
             raise PrometheusError(f"prometheus exited with {self.proc.returncode}:\n{self.log()}")
         try:

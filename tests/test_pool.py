@@ -80,6 +80,7 @@ class Harness:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        assert self.pool._free == self.pool._count_free()
         self.seen_pids.update(self.pool.pids())
         self.unfinished = await self.pool.stop(5)
         for pid in self.seen_pids:
@@ -115,9 +116,11 @@ class Harness:
         return run.job_id
 
     async def outcome(self, job_id: int, timeout: float = 30) -> tuple[Any, ...]:
-        return await asyncio.wait_for(asyncio.shield(self._future(job_id)), timeout)
+        result = await asyncio.wait_for(asyncio.shield(self._future(job_id)), timeout)
+        assert self.pool._free == self.pool._count_free()  # the running count stays exact
+        return result
 
-    async def done(self, job_id: int, timeout: float = 30) -> Done:
+    async def done(self, job_id: int, timeout: float = 30) -> Any:  # a Done, loosely typed
         result = await self.outcome(job_id, timeout)
         assert result[0] == "done", result
         return result[1]
@@ -136,7 +139,7 @@ class Harness:
             self.capacity.clear()
             try:
                 await asyncio.wait_for(self.capacity.wait(), min(remaining, 0.5))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass  # re-check: a child may have become ready before we cleared the event
         self.seen_pids.update(self.pool.pids())
 
@@ -170,10 +173,33 @@ def test_frame_protocol_handles_partial_and_coalesced_reads() -> None:
     assert proto.buffered == 0
 
 
+def test_frame_protocol_keeps_order_when_a_callback_feeds_it_again() -> None:
+    # The pool drains a child's pipe from inside callbacks (before a kill verdict); bytes fed
+    # that way must queue behind the frames already being parsed.
+    frames: list[bytes] = []
+
+    def on_frame(payload: bytes) -> None:
+        frames.append(payload)
+        if payload == b"first":
+            proto.data_received(encode_frame(b"fourth")[:3])
+            proto.data_received(encode_frame(b"fourth")[3:])
+
+    proto = FrameProtocol(on_frame)
+    stream = encode_frame(b"first") + encode_frame(b"second") + encode_frame(b"third")
+    proto.data_received(stream[:-2])
+    proto.data_received(stream[-2:])
+    assert frames == [b"first", b"second", b"third", b"fourth"]
+
+
 def test_large_frame_over_a_real_pipe() -> None:
     payload = os.urandom(12 * 1024 * 1024)
     r, w = os.pipe()
-    writer = threading.Thread(target=lambda: (write_frame(w, payload), write_frame(w, b"x")))
+
+    def write_both() -> None:
+        write_frame(w, payload)
+        write_frame(w, b"x")
+
+    writer = threading.Thread(target=write_both)
     writer.start()
     reader = FrameReader(r)
     try:
@@ -540,13 +566,14 @@ async def test_the_event_loop_never_waits_on_job_code(tmp_path: Path) -> None:
 
 @async_test
 async def test_cpu_bound_jobs_run_in_parallel() -> None:
-    # The machine is shared: interleave three rounds and compare the best of each.
-    n = _iterations_for(0.4)
+    # The machine is shared: compare the best of several interleaved rounds. Two jobs run one
+    # after the other could never beat 2x the best single time, so min/min cannot pass by luck.
+    n = _iterations_for(0.3)
     ones: list[float] = []
     twos: list[float] = []
     async with Harness() as h:
         await h.done(h.submit("Cpu", {"n": 1000}))  # warm both code paths
-        for _ in range(3):
+        for _ in range(5):
             start = time.perf_counter()
             await h.done(h.submit("Cpu", {"n": n}))
             ones.append(time.perf_counter() - start)
@@ -556,17 +583,50 @@ async def test_cpu_bound_jobs_run_in_parallel() -> None:
             await h.done(a)
             await h.done(b)
             twos.append(time.perf_counter() - start)
+            if min(twos) < 1.6 * min(ones) and len(twos) >= 2:
+                break
     one, two = min(ones), min(twos)
+    if two >= 1.6 * one:
+        raw_one, raw_two = _raw_fork_times(n)
+        if raw_two >= 1.6 * raw_one:
+            pytest.skip(
+                f"the machine has no spare core now: even two bare forked processes took "
+                f"{raw_two:.2f}s vs {raw_one:.2f}s (pool: {two:.2f}s vs {one:.2f}s)"
+            )
     assert two < 1.6 * one, f"two jobs on two processes took {two:.2f}s vs {one:.2f}s for one"
+
+
+def _spin(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += i * i % 7
+    return total
 
 
 def _iterations_for(seconds: float) -> int:
     n = 200_000
     start = time.perf_counter()
-    total = 0
-    for i in range(n):
-        total += i * i % 7
+    _spin(n)
     return int(n * seconds / max(time.perf_counter() - start, 1e-6))
+
+
+def _raw_fork_times(n: int) -> tuple[float, float]:
+    """Best-of-3 wall time of one and of two bare forked processes running the same loop."""
+
+    def run(count: int) -> float:
+        start = time.perf_counter()
+        pids = []
+        for _ in range(count):
+            pid = os.fork()
+            if pid == 0:
+                _spin(n)
+                os._exit(0)
+            pids.append(pid)
+        for pid in pids:
+            os.waitpid(pid, 0)
+        return time.perf_counter() - start
+
+    return min(run(1) for _ in range(3)), min(run(2) for _ in range(3))
 
 
 @async_test

@@ -33,6 +33,7 @@ class InFlight:
     attempt: int
     max_attempts: int
     wait: float
+    dispatched: float  # monotonic time the job went to the pool, for killed jobs' duration
 
 
 class Executor:
@@ -60,10 +61,11 @@ class Executor:
         from ..pool.messages import Run
 
         runs = []
+        now = time.monotonic()
         for (job_id, worker, args, meta, attempt, max_attempts, priority, tags, errors,
              inserted_at, scheduled_at, attempted_at) in rows:  # fmt: skip
             self.inflight[job_id] = InFlight(
-                producer, worker, attempt, max_attempts, max(0.0, attempted_at - scheduled_at)
+                producer, worker, attempt, max_attempts, max(0.0, attempted_at - scheduled_at), now
             )
             producer.running.add(job_id)
             runs.append(
@@ -113,7 +115,7 @@ class Executor:
             "discarded" if job.attempt >= job.max_attempts else "retryable"
         )
         error = _error_entry(job.attempt, text)
-        self._finish(job_id, job, kind, delay, error, None, state, 0.0)
+        self._finish(job_id, job, kind, delay, error, None, state, time.monotonic() - job.dispatched)
 
     def release(self, job_ids: list[int]) -> None:
         """Give back jobs that did not finish before shutdown (attempt returned)."""

@@ -80,7 +80,7 @@ async def _throughput(method: str, window: int, jobs: int) -> tuple[float, float
 
 
 async def main(jobs: int, repeat: int) -> None:
-    print("start time, 2 children (median of %d):" % repeat)
+    print(f"start time, 2 children (median of {repeat}):")
     for method in ("fork", "forkserver", "spawn"):
         times = [await _start_time(method) for _ in range(repeat)]
         print(

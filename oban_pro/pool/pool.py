@@ -187,6 +187,7 @@ class WorkerPool:
         self._on_failed = on_failed
         self._on_capacity = on_capacity
         self._children: list[_Child] = []  # every child not yet reaped
+        self._free = 0  # free window slots of READY children, kept up to date on every change
         self._job_child: dict[int, _Child] = {}
         self._pending: deque[Run] = deque()  # never started; dispatched before new jobs
         self._cancelled: set[int] = set()  # queued in a window, cancelled: ignore their Done
@@ -198,7 +199,9 @@ class WorkerPool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._ctx: Any = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()  # replacements being started
+        self._launches: set[asyncio.Future[None]] = set()  # process starts in progress
+        self._import_errors_logged: set[str] = set()
         self._monitor: asyncio.TimerHandle | None = None
         self._started = False
         self._closing = False
@@ -234,9 +237,7 @@ class WorkerPool:
         try:
             for _ in range(self.processes):
                 children.append(await self._launch(initial=True))
-            await asyncio.wait_for(
-                asyncio.gather(*(c.ready for c in children)), self.start_timeout
-            )
+            await asyncio.wait_for(asyncio.gather(*(c.ready for c in children)), self.start_timeout)
         except BaseException as exc:
             await self._abort_start()
             if isinstance(exc, PoolStartError):
@@ -262,7 +263,7 @@ class WorkerPool:
         self._closing = True
         for child in list(self._children):
             self._signal(child, signal.SIGKILL)
-            child.state = _DEAD
+            self._set_state(child, _DEAD)
         await self._wait_reaped(5.0)
         self._shutdown_executor()
 
@@ -282,9 +283,8 @@ class WorkerPool:
         unfinished = [run.job_id for run in self._pending]
         self._pending.clear()
         # Launches in flight finish (they take milliseconds); their children are stopped below.
-        launching = [t for t in self._tasks if not t.done()]
-        if launching:
-            await asyncio.gather(*launching, return_exceptions=True)
+        if self._launches:
+            await asyncio.gather(*self._launches, return_exceptions=True)
         for child in list(self._children):
             self._stop_if_idle(child)
         deadline = time.monotonic() + max(timeout, 0.0)
@@ -302,8 +302,8 @@ class WorkerPool:
                 unfinished.extend(
                     r.job_id for r in child.inflight if r.job_id not in self._cancelled
                 )
-                self._forget_jobs(child)
                 self._kill_process(child)
+                self._forget_jobs(child)
         # Jobs requeued while we waited (their child was killed or died) never started again.
         unfinished.extend(run.job_id for run in self._pending)
         self._pending.clear()
@@ -312,6 +312,8 @@ class WorkerPool:
         for child in list(self._children):
             self._kill_process(child)
         await self._wait_reaped(10.0)
+        for task in list(self._tasks):
+            task.cancel()
         self._cancel_monitor()
         self._shutdown_executor()
         return unfinished
@@ -328,6 +330,17 @@ class WorkerPool:
 
     # ================================================================ capacity
 
+    def _set_state(self, child: _Child, state: str) -> None:
+        if child.state is _READY:
+            self._free -= self.window - len(child.inflight)
+        child.state = state
+        if state is _READY:
+            self._free += self.window - len(child.inflight)
+
+    def _count_free(self) -> int:
+        """The free-slot count recomputed from scratch (tests check it against ``_free``)."""
+        return sum(self.window - len(c.inflight) for c in self._children if c.state is _READY)
+
     def _live(self) -> list[_Child]:
         return [c for c in self._children if c.state in (_READY, _RETIRING)]
 
@@ -336,9 +349,7 @@ class WorkerPool:
         """Jobs that ``submit`` would accept right now."""
         if self._closing:
             return 0
-        window = self.window
-        free = sum(window - len(c.inflight) for c in self._children if c.state is _READY)
-        return max(0, free - len(self._pending))
+        return max(0, self._free - len(self._pending))
 
     @property
     def idle_count(self) -> int:
@@ -372,9 +383,7 @@ class WorkerPool:
             processes=self.processes,
             ready=self.size,
             busy=self.busy_count,
-            idle=sum(
-                1 for c in self._children if c.state is _READY and len(c.inflight) < window
-            ),
+            idle=sum(1 for c in self._children if c.state is _READY and len(c.inflight) < window),
             starting=sum(1 for c in self._children if c.state is _STARTING),
             restarts={reason: self._restarts.get(reason, 0) for reason in RESTART_REASONS},
             rss={c.pid: c.rss for c in self._children if c.state in (_READY, _RETIRING)},
@@ -387,7 +396,15 @@ class WorkerPool:
 
     def submit(self, run: Run) -> None:
         """Send one job to the least-loaded ready child (raises PoolFullError if none)."""
-        self.submit_many((run,))
+        if self._pending or self._closing or not self._started or run.job_id in self._job_child:
+            self.submit_many((run,))  # the general path raises the right error
+            return
+        child = self._pick()
+        if child is None:
+            self.submit_many((run,))
+            return
+        self._assign(child, run)
+        child.send([run])
 
     def submit_many(self, runs: Iterable[Run]) -> None:
         """Send jobs to ready children, one frame per child.
@@ -440,8 +457,10 @@ class WorkerPool:
 
     def _assign(self, child: _Child, run: Run) -> None:
         child.inflight.append(run)
+        if child.state is _READY:
+            self._free -= 1
         self._job_child[run.job_id] = child
-        if len(child.inflight) == 1:
+        if run.timeout > 0 and len(child.inflight) == 1:
             self._arm_timeout(child)
         if self._monitor is None:
             self._schedule_monitor()
@@ -496,6 +515,18 @@ class WorkerPool:
 
     async def _launch(self, *, initial: bool) -> _Child:
         """Start one child process and wire its pipes; returns before it is ready."""
+
+        assert self._loop is not None
+        loop = self._loop
+        launched = loop.create_future()
+        self._launches.add(launched)
+        try:
+            return await self._launch_process(initial)
+        finally:
+            launched.set_result(None)
+            self._launches.discard(launched)
+
+    async def _launch_process(self, initial: bool) -> _Child:
         import multiprocess.connection as mpc
 
         assert self._loop is not None
@@ -552,7 +583,7 @@ class WorkerPool:
             loop.add_reader(child.sentinel, self._on_sentinel, child)
         if self._closing:
             child.send([Stop()])
-            child.state = _STOPPING
+            self._set_state(child, _STOPPING)
         return child
 
     def _spawn_replacement(self) -> None:
@@ -578,7 +609,7 @@ class WorkerPool:
             try:
                 await asyncio.wait_for(asyncio.shield(child.ready), self.start_timeout)
                 return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.error(
                     "replacement worker process %d not ready after %s s; killing it",
                     child.pid,
@@ -617,9 +648,17 @@ class WorkerPool:
     def _on_ready(self, child: _Child, ready: Ready) -> None:
         child.import_errors = dict(ready.import_errors)
         for module, text in ready.import_errors.items():
-            log.error("worker module %r failed to import in pid %d: %s", module, ready.pid, text)
+            if module not in self._import_errors_logged:
+                self._import_errors_logged.add(module)
+                log.error(
+                    "worker module %r failed to import in the worker processes (pid %d): %s; "
+                    "its jobs will fail until it is fixed",
+                    module,
+                    ready.pid,
+                    text,
+                )
         if child.state is _STARTING:
-            child.state = _READY
+            self._set_state(child, _READY)
         child.rss = read_rss(child.pid)
         self._last_start = time.monotonic() - child.launched_at
         self._start_failures = 0
@@ -635,6 +674,8 @@ class WorkerPool:
         inflight = child.inflight
         if inflight and inflight[0].job_id == job_id:
             inflight.popleft()
+            if child.state is _READY:
+                self._free += 1
             if child.timer is not None:
                 child.timer.cancel()
                 child.timer = None
@@ -644,6 +685,8 @@ class WorkerPool:
             for run in inflight:  # never expected: children answer in order
                 if run.job_id == job_id:
                     inflight.remove(run)
+                    if child.state is _READY:
+                        self._free += 1
                     break
             else:
                 log.warning("child %d reported job %d it was not running", child.pid, job_id)
@@ -678,16 +721,18 @@ class WorkerPool:
 
     def _retire(self, child: _Child, reason: str) -> None:
         """Take no more jobs; stop once idle; start the replacement now."""
-        child.state = _RETIRING
+        self._set_state(child, _RETIRING)
         self._restarts[reason] += 1
-        log.info("recycling worker process %d (%s) after %d jobs", child.pid, reason, child.jobs_done)
+        log.info(
+            "recycling worker process %d (%s) after %d jobs", child.pid, reason, child.jobs_done
+        )
         self._spawn_replacement()
 
     def _stop_if_idle(self, child: _Child) -> None:
         if child.inflight:
             return
         if child.state is _RETIRING or (self._closing and child.state in (_READY, _STARTING)):
-            child.state = _STOPPING
+            self._set_state(child, _STOPPING)
             child.send([Stop()])
 
     # ================================================================ timeouts and memory
@@ -770,7 +815,7 @@ class WorkerPool:
             child.timer.cancel()
             child.timer = None
         child.killed = True
-        child.state = _DEAD
+        self._set_state(child, _DEAD)
         self._signal(child, signal.SIGKILL)
         self._close_pipes(child)
         self._start_exit_poll(child)
@@ -783,6 +828,7 @@ class WorkerPool:
 
     def _requeue(self, child: _Child, skip: Run | None) -> None:
         """Jobs queued behind the running one never started: dispatch them again."""
+        assert child.state is not _READY  # its slots left the free count with its state
         requeue = [r for r in child.inflight if r is not skip and r.job_id not in self._cancelled]
         for run in child.inflight:
             if self._job_child.get(run.job_id) is child:
@@ -796,6 +842,7 @@ class WorkerPool:
             self._dispatch_pending()
 
     def _forget_jobs(self, child: _Child) -> None:
+        assert child.state is not _READY
         for run in child.inflight:
             if self._job_child.get(run.job_id) is child:
                 del self._job_child[run.job_id]
@@ -860,7 +907,9 @@ class WorkerPool:
             child.exit_polls += 1
             if child.exit_polls == 200 and not child.killed:
                 # Our pipe closed ~1 s ago but the process lives on: it cannot serve anymore.
-                log.warning("worker process %d closed its pipe but did not exit; killing it", child.pid)
+                log.warning(
+                    "worker process %d closed its pipe but did not exit; killing it", child.pid
+                )
                 self._signal(child, signal.SIGKILL)
             if child.exit_polls > 2000:  # ~20 s: someone else reaped it
                 self._settle_exit(child, None)
@@ -877,7 +926,7 @@ class WorkerPool:
             return
         was = child.state
         how = _describe_exit(code)
-        child.state = _GONE
+        self._set_state(child, _GONE)
         if child.timer is not None:
             child.timer.cancel()
             child.timer = None
@@ -952,4 +1001,3 @@ def _describe_exit(code: int | None) -> str:
             name = f"signal {-code}"
         return f"killed by signal {name} ({-code})"
     return f"exited with code {code}"
-
