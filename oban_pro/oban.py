@@ -275,6 +275,12 @@ class Oban:
         if _instances.get(self.name) is self:
             del _instances[self.name]
 
+    def stop_now(self) -> None:
+        """Cut a graceful stop short: running jobs are killed and released at once."""
+        self.config.shutdown_timeout = 0
+        if self._worker_pool is not None:
+            self._worker_pool.hurry()
+
     async def _cleanup_rows(self) -> None:
         if self._pool is None:
             return

@@ -96,9 +96,11 @@ def child_main(
             pass
     runner = _Runner(imports)
     _start_orphan_watchdog(read_fd, runner)
-    write_frame(write_fd, encode_to_parent([Ready(os.getpid(), runner.import_errors)]))
     try:
+        write_frame(write_fd, encode_to_parent([Ready(os.getpid(), runner.import_errors)]))
         _serve(FrameReader(read_fd), write_fd, runner)
+    except BrokenPipeError:
+        pass  # the parent is gone: nobody is left to tell
     finally:
         runner.close()
     # Keep the Connection objects alive until here: collecting them would close our pipes.

@@ -111,7 +111,7 @@ class _Child:
         "reaped", "sentinel", "import_errors", "initial", "killed", "polling",
     )  # fmt: skip
 
-    def __init__(self, process: Any, read_fd: int, initial: bool) -> None:
+    def __init__(self, process: Any, read_fd: int, initial: bool, launched_at: float) -> None:
         self.process = process
         self.pid: int = process.pid
         self.state = _STARTING
@@ -124,7 +124,7 @@ class _Child:
         self.rss = 0
         self.timer: asyncio.TimerHandle | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.launched_at = time.monotonic()
+        self.launched_at = launched_at
         self.exit_seen = False
         self.exit_polls = 0
         self.reaped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -206,6 +206,7 @@ class WorkerPool:
         self._started = False
         self._closing = False
         self._changed: asyncio.Event | None = None  # set whenever a child settles
+        self._deadline = 0.0  # when stop() stops waiting for busy children
 
     # ================================================================ lifecycle
 
@@ -262,8 +263,7 @@ class WorkerPool:
     async def _abort_start(self) -> None:
         self._closing = True
         for child in list(self._children):
-            self._signal(child, signal.SIGKILL)
-            self._set_state(child, _DEAD)
+            self._kill_process(child)
         await self._wait_reaped(5.0)
         self._shutdown_executor()
 
@@ -287,9 +287,9 @@ class WorkerPool:
             await asyncio.gather(*self._launches, return_exceptions=True)
         for child in list(self._children):
             self._stop_if_idle(child)
-        deadline = time.monotonic() + max(timeout, 0.0)
+        self._deadline = time.monotonic() + max(timeout, 0.0)
         while any(c.inflight for c in self._live()):
-            remaining = deadline - time.monotonic()
+            remaining = self._deadline - time.monotonic()
             if remaining <= 0:
                 break
             self._changed.clear()
@@ -317,6 +317,12 @@ class WorkerPool:
         self._cancel_monitor()
         self._shutdown_executor()
         return unfinished
+
+    def hurry(self) -> None:
+        """Cut a running :meth:`stop` short: busy children are killed now."""
+        self._deadline = 0.0
+        if self._changed is not None:
+            self._changed.set()
 
     def _shutdown_executor(self) -> None:
         if self._executor is not None:
@@ -552,6 +558,7 @@ class WorkerPool:
             name="oban-pool-child",
             daemon=True,
         )
+        launched_at = time.monotonic()
         try:
             if self._executor is None:
                 with _PROCESS_LOCK:
@@ -565,7 +572,7 @@ class WorkerPool:
         finally:
             child_read.close()
             child_write.close()
-        child = _Child(process, c2p_r, initial)
+        child = _Child(process, c2p_r, initial, launched_at)
         self._children.append(child)
         protocol = FrameProtocol(
             lambda payload: self._on_frame(child, payload), lambda: self._on_pipe_eof(child)
@@ -906,7 +913,7 @@ class WorkerPool:
         if code is None:
             child.exit_polls += 1
             if child.exit_polls == 200 and not child.killed:
-                # Our pipe closed ~1 s ago but the process lives on: it cannot serve anymore.
+                # Our pipe closed ~2 s ago but the process lives on: it cannot serve anymore.
                 log.warning(
                     "worker process %d closed its pipe but did not exit; killing it", child.pid
                 )

@@ -1,0 +1,149 @@
+"""The ``oban-pro`` command line, run as real subprocesses with real signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from engine_workers import Noop, WaitForFile
+from helpers import execution_log, job_row, query, states, wait_until_sync
+
+from oban_pro import Client
+
+CLI = [sys.executable, "-m", "oban_pro"]
+FAST_ENV = {
+    "OBAN_POLL_INTERVAL": "0.2", "OBAN_HEARTBEAT_INTERVAL": "0.5", "OBAN_HEARTBEAT_TTL": "3",
+    "OBAN_LIFELINE_INTERVAL": "0.5", "OBAN_LEADER_TTL": "3", "OBAN_STAGE_INTERVAL": "0.2",
+}  # fmt: skip
+
+
+def run_cli(*args: str, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})  # fmt: skip
+
+
+def start_node(dsn: str, prefix: str, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*CLI, "start", "--dsn", dsn, "--prefix", prefix, "--queues", "default:4",
+         "--processes", "2", "--import", "engine_workers", "--node", "cli-node", *extra],
+        env={**os.environ, **FAST_ENV}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30) -> tuple[int, str]:
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def test_help_and_usage_errors():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("start", "migrate", "status", "jobs", "demo", "version"):
+        assert command in result.stdout
+    assert "exit codes" in result.stdout
+    assert run_cli().returncode == 2
+    start_help = run_cli("start", "--help").stdout
+    assert "--queues" in start_help and "OBAN_" in start_help and "130" in start_help
+    assert run_cli("version").stdout.startswith("oban-pro ")
+
+
+def test_bad_configuration_exits_2_naming_the_field(oban_dsn, oban_prefix):
+    result = run_cli("start", "--dsn", oban_dsn, "--prefix", oban_prefix,
+                     "--queues", "default:10", "--processes", "0")  # fmt: skip
+    assert result.returncode == 2 and "processes" in result.stderr
+    result = run_cli("start", "--dsn", oban_dsn, "--prefix", "x;drop", "--queues", "default:1")
+    assert result.returncode == 2 and "prefix" in result.stderr
+    result = run_cli("start", "--dsn", oban_dsn, "--prefix", oban_prefix)
+    assert result.returncode == 2 and "no queues" in result.stderr
+
+
+def test_start_runs_jobs_and_sigterm_stops_cleanly(oban_dsn, oban_prefix, tmp_path):
+    log = tmp_path / "log"
+    with Client(oban_dsn, prefix=oban_prefix) as client:
+        jobs = client.enqueue_many([Noop.new({"log": str(log)}) for _ in range(20)])
+    proc = start_node(oban_dsn, oban_prefix, "--log-format", "json")
+    try:
+        wait_until_sync(lambda: states(oban_dsn, oban_prefix) == {"completed": 20},
+                        timeout=60, message="20 jobs completed by the CLI node")  # fmt: skip
+    finally:
+        code, out = stop(proc)
+    assert code == 0, out
+    assert '"node": "cli-node"' in out and "stopped" in out
+    assert len(execution_log(log)) == len(jobs)
+    assert query(oban_dsn, f'SELECT count(*) FROM "{oban_prefix}".oban_producers')[0][0] == 0
+
+
+def test_sigterm_releases_running_jobs_at_once(oban_dsn, oban_prefix, tmp_path):
+    with Client(oban_dsn, prefix=oban_prefix) as client:
+        job = client.enqueue(WaitForFile.new({"release": str(tmp_path / "never"),
+                                              "started": str(tmp_path / "s")}))  # fmt: skip
+    proc = start_node(oban_dsn, oban_prefix, "--shutdown-timeout", "0.5")
+    try:
+        wait_until_sync(lambda: (tmp_path / "s").exists(), timeout=60, message="job start")
+    finally:
+        started = time.monotonic()
+        code, out = stop(proc)
+    assert code == 0, out
+    assert time.monotonic() - started < 15
+    row = job_row(oban_dsn, oban_prefix, job.id)
+    assert row["state"] == "available" and row["attempt"] == 0
+
+
+def test_second_sigint_stops_immediately(oban_dsn, oban_prefix, tmp_path):
+    with Client(oban_dsn, prefix=oban_prefix) as client:
+        client.enqueue(WaitForFile.new({"release": str(tmp_path / "never"),
+                                        "started": str(tmp_path / "s")}))  # fmt: skip
+    proc = start_node(oban_dsn, oban_prefix, "--shutdown-timeout", "60")
+    try:
+        wait_until_sync(lambda: (tmp_path / "s").exists(), timeout=60, message="job start")
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)  # the two interrupts must be distinct deliveries
+        started = time.monotonic()
+        code, out = stop(proc, signal.SIGINT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 130, out
+    assert time.monotonic() - started < 15
+
+
+def test_jobs_commands(oban_dsn, oban_prefix):
+    with Client(oban_dsn, prefix=oban_prefix) as client:
+        a, b = client.enqueue_many([Noop.new({"n": 1}), Noop.new({"n": 2})])
+    base = ["--dsn", oban_dsn, "--prefix", oban_prefix]
+    listing = run_cli("jobs", "list", *base)
+    assert listing.returncode == 0 and "engine_workers.Noop" in listing.stdout
+    assert "2 jobs" in listing.stdout
+    assert run_cli("jobs", "cancel", *base, str(a.id)).returncode == 0
+    assert job_row(oban_dsn, oban_prefix, a.id)["state"] == "cancelled"
+    assert run_cli("jobs", "retry", *base, str(a.id)).returncode == 0
+    assert job_row(oban_dsn, oban_prefix, a.id)["state"] == "available"
+    assert run_cli("jobs", "delete", *base, str(b.id)).returncode == 0
+    missing = run_cli("jobs", "delete", *base, str(b.id))
+    assert missing.returncode == 1 and "not changed" in missing.stdout
+    status = run_cli("status", *base)
+    assert status.returncode == 0 and "queue default" in status.stdout
+
+
+def test_demo_runs_cpu_jobs_and_summarises(oban_dsn, oban_empty_prefix):
+    result = run_cli("demo", "--dsn", oban_dsn, "--prefix", oban_empty_prefix,
+                     "--jobs", "20", "--rounds", "200", timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "ran 20 of 20 jobs" in result.stdout and "failures: 0" in result.stdout
+    assert result.stdout.count("process ") >= 1
+
+
+@pytest.mark.parametrize("flag", ["--queues", "--processes", "--max-memory", "--metrics-port"])
+def test_every_start_flag_has_an_env_var(flag):
+    from oban_pro.cli.start import FLAGS
+
+    field = FLAGS[flag][0]
+    from oban_pro.config import field_names
+
+    assert field in field_names()  # so OBAN_<FIELD> reads it
