@@ -278,6 +278,15 @@ ORDER BY id DESC
 LIMIT %(limit)s
 """
 
+ENQUEUED_JOBS = """
+SELECT """ + JOB_COLUMNS + """ FROM {p}.oban_jobs
+WHERE state IN ('available', 'scheduled')
+  AND (%(worker)s::text IS NULL OR worker = %(worker)s)
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(args)s::jsonb IS NULL OR args @> %(args)s::jsonb)
+ORDER BY id
+"""
+
 RETRY_JOBS = """
 UPDATE {p}.oban_jobs SET
   state = 'available', scheduled_at = timezone('UTC', now()),
@@ -349,6 +358,7 @@ class Queries:
     cancel_jobs: str
     delete_jobs: str
     count_finished: str
+    enqueued_jobs: str
     all_leaders: str
     all_producers: str
     job_outcomes: str

@@ -174,21 +174,23 @@ def test_frame_protocol_handles_partial_and_coalesced_reads() -> None:
 
 
 def test_frame_protocol_keeps_order_when_a_callback_feeds_it_again() -> None:
-    # The pool drains a child's pipe from inside callbacks (before a kill verdict); bytes fed
-    # that way must queue behind the frames already being parsed.
+    # The pool drains a child's pipe from inside callbacks (before a kill verdict). What such a
+    # drain reads continues the stream after the bytes being parsed, so it must queue behind
+    # them, even when they end in the middle of a frame.
+    stream = b"".join(encode_frame(p) for p in (b"first", b"second", b"third", b"fourth"))
+    cut = len(encode_frame(b"first") + encode_frame(b"second")) + 6  # inside "third"
     frames: list[bytes] = []
 
     def on_frame(payload: bytes) -> None:
         frames.append(payload)
         if payload == b"first":
-            proto.data_received(encode_frame(b"fourth")[:3])
-            proto.data_received(encode_frame(b"fourth")[3:])
+            proto.data_received(stream[cut : cut + 2])
+            proto.data_received(stream[cut + 2 :])
 
     proto = FrameProtocol(on_frame)
-    stream = encode_frame(b"first") + encode_frame(b"second") + encode_frame(b"third")
-    proto.data_received(stream[:-2])
-    proto.data_received(stream[-2:])
+    proto.data_received(stream[:cut])
     assert frames == [b"first", b"second", b"third", b"fourth"]
+    assert proto.buffered == 0
 
 
 def test_large_frame_over_a_real_pipe() -> None:

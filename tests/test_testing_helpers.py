@@ -1,0 +1,41 @@
+"""The helpers applications use in their own tests (oban_pro.testing)."""
+
+from __future__ import annotations
+
+import pytest
+from engine_workers import CancelSelf, Fail, Noop, RecordIt
+
+from oban_pro import Client
+from oban_pro.testing import (
+    all_enqueued, assert_enqueued, drain_queue, perform_job, refute_enqueued,
+)  # fmt: skip
+
+
+def test_perform_job_runs_in_process():
+    assert perform_job(RecordIt, {"values": [1, 2]}).kind == "record"
+    failed = perform_job(Fail, {})
+    assert failed.kind == "error" and "boom on attempt 1" in failed.error
+    assert perform_job("engine_workers.CancelSelf").reason == "not needed any more"
+    assert perform_job("no.such.Worker").kind == "error"
+
+
+def test_assert_and_refute_enqueued(oban_dsn, oban_prefix):
+    with Client(oban_dsn, prefix=oban_prefix) as client:
+        client.enqueue(Noop.new({"user": 7, "extra": True}))
+    assert_enqueued(oban_dsn, prefix=oban_prefix, worker=Noop, args={"user": 7})
+    refute_enqueued(oban_dsn, prefix=oban_prefix, worker=Noop, args={"user": 8})
+    with pytest.raises(AssertionError, match="expected a job matching"):
+        assert_enqueued(oban_dsn, prefix=oban_prefix, worker=Fail)
+    with pytest.raises(AssertionError, match="expected no job"):
+        refute_enqueued(oban_dsn, prefix=oban_prefix, queue="default")
+    assert len(all_enqueued(oban_dsn, prefix=oban_prefix)) == 1
+
+
+async def test_drain_queue_uses_the_real_fetch_and_ack_path(oban_dsn, oban_prefix):
+    with Client(oban_dsn, prefix=oban_prefix) as client:
+        client.enqueue_many([Noop.new({}), Noop.new({}), Fail.new({}), CancelSelf.new({}),
+                             Noop.new({}, queue="other")])  # fmt: skip
+    counts = await drain_queue(oban_dsn, "default", prefix=oban_prefix)
+    assert counts == {"completed": 2, "retryable": 1, "cancelled": 1}
+    refute_enqueued(oban_dsn, prefix=oban_prefix, queue="default")
+    assert_enqueued(oban_dsn, prefix=oban_prefix, queue="other")
