@@ -81,7 +81,6 @@ class Oban:
         self._worker_pool: Any = None
         self._leader: Leader | None = None
         self._scheduler: Scheduler | None = None
-        self._rotation = 0
         _instances[self.name] = self
 
     # -- instances ------------------------------------------------------------------------
@@ -188,6 +187,7 @@ class Oban:
             reserve=self._executor.reserve, dispatch=self._executor.dispatch,
             poll_interval=self.config.poll_interval, blocked=lambda: acker.backpressure,
             on_fetch=m.jobs_fetched if m else None, on_error=m.db_error if m else None,
+            on_spare_slots=self._offer_slots,
         )  # fmt: skip
 
     def _start_loops(self, pool: AsyncConnectionPool) -> None:
@@ -297,11 +297,21 @@ class Oban:
     # -- runtime callbacks ----------------------------------------------------------------
 
     def _on_slot_freed(self, producer: Producer) -> None:
+        # Children are shared by all queues. Waking is FIFO, so the other queues get the freed
+        # slot first (round robin) and the queue that just finished a job goes last.
+        if len(self.producers) == 1:
+            producer.wake()
+            return
+        self._offer_slots(producer)
         producer.wake()
-        if len(self.producers) > 1:  # children are shared: give the next queue a turn too
-            producers = list(self.producers.values())
-            self._rotation = (self._rotation + 1) % len(producers)
-            producers[self._rotation].wake()
+
+    def _offer_slots(self, after: Producer) -> None:
+        """Wake the queues after ``after`` (in order) that may have jobs waiting."""
+        producers = list(self.producers.values())
+        start = producers.index(after) + 1 if after in producers else 0
+        for producer in producers[start:] + producers[:start]:
+            if producer is not after and not producer.exhausted:
+                producer.wake()
 
     def _on_pool_failure(self, job_id: int, reason: str, text: str) -> None:
         if self.metrics is not None:
@@ -316,7 +326,7 @@ class Oban:
     def _wake_queue(self, queue: str) -> None:
         producer = self.producers.get(queue)
         if producer is not None:
-            producer.wake()
+            producer.notice()
 
     def _on_insert(self, payload: dict[str, Any]) -> None:
         queue = payload.get("queue")
@@ -327,7 +337,7 @@ class Oban:
         if self.metrics is not None:
             self.metrics.notifier_reconnect()
         for producer in self.producers.values():
-            producer.wake()  # notices may have been missed while disconnected
+            producer.notice()  # notices may have been missed while disconnected
 
     def _on_rescued(self, count: int, queues: set[str]) -> None:
         if self.metrics is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -244,18 +245,33 @@ async def test_two_nodes_never_fetch_a_job_twice(oban_dsn, oban_prefix, tmp_path
 
 
 async def test_cpu_jobs_run_in_parallel(oban_dsn, oban_prefix):
-    """Two CPU-bound jobs on 2 processes take well under twice one job's time (a ratio)."""
+    """Two CPU-bound jobs on 2 processes take well under twice one job's time (a ratio).
 
-    async def run(n: int) -> float:
-        async with node(oban_dsn, oban_prefix, processes=2) as oban:
-            started = time.monotonic()
-            jobs = await oban.enqueue_many([Spin.new({"iterations": 6_000_000}) for _ in range(n)])
-            for job in jobs:
-                await finished(oban_dsn, oban_prefix, job.id, timeout=60)
-            return time.monotonic() - started
+    The machine is shared, so the best of a few rounds is compared, and two bare forked
+    processes are timed alongside: if even they show no parallelism right now, the test skips
+    rather than blame the engine.
+    """
+    from test_pool import _raw_fork_time
 
-    one = await run(1)
-    two = await run(2)
+    async def timed(oban, n: int) -> float:
+        started = time.monotonic()
+        jobs = await oban.enqueue_many([Spin.new({"iterations": 3_000_000}) for _ in range(n)])
+        for job in jobs:
+            await finished(oban_dsn, oban_prefix, job.id, timeout=60)
+        return time.monotonic() - started
+
+    ones, twos, raw_ones, raw_twos = [], [], [], []
+    async with node(oban_dsn, oban_prefix, processes=2) as oban:
+        for _ in range(4):
+            ones.append(await timed(oban, 1))
+            twos.append(await timed(oban, 2))
+            raw_ones.append(_raw_fork_time(3_000_000, 1))
+            raw_twos.append(_raw_fork_time(3_000_000, 2))
+            if min(twos) < 1.6 * min(ones):
+                break
+    one, two = min(ones), min(twos)
+    if two >= 1.6 * one and min(raw_twos) >= 1.6 * min(raw_ones):
+        pytest.skip(f"no spare core now: bare processes {min(raw_twos):.2f}s vs {min(raw_ones):.2f}s")
     assert two < 1.6 * one, f"two jobs took {two:.2f}s vs one {one:.2f}s"
 
 
@@ -269,3 +285,41 @@ async def test_pause_resume_scale(oban_dsn, oban_prefix, tmp_path):
         assert job_row(oban_dsn, oban_prefix, job.id)["state"] == "available"
         await oban.resume_queue("default")
         await finished(oban_dsn, oban_prefix, job.id)
+
+
+async def test_queues_share_scarce_children_fairly(oban_dsn, oban_prefix, tmp_path):
+    """With one child and two busy queues, both queues make progress side by side."""
+    log = tmp_path / "log"
+    async with node(oban_dsn, oban_prefix, processes=1,
+                    queues={"default": 5, "other": 5}) as oban:  # fmt: skip
+        await oban.pause_all_queues()
+        jobs = await oban.enqueue_many(
+            [Noop.new({"log": str(log)}) for _ in range(40)]
+            + [Noop.new({"log": str(log)}, queue="other") for _ in range(40)]
+        )
+        await oban.resume_all_queues()
+        await wait_until(lambda: len(execution_log(log)) >= 40, message="40 jobs run")
+    first = {r[0] for r in execution_log(log)[:40]}
+    other_ids = {j.id for j in jobs if j.queue == "other"}
+    # neither queue starved while the other drained: each got at least a quarter of the first 40
+    assert 10 <= len(first & other_ids) <= 30
+
+
+async def test_gossip_checks_make_queues_visible(oban_dsn, oban_prefix):
+    import json
+
+    import psycopg
+
+    listener = psycopg.connect(oban_dsn, autocommit=True)
+    listener.execute(f'LISTEN "{oban_prefix}.oban_gossip"')
+    try:
+        async with node(oban_dsn, oban_prefix, gossip_interval=0.2) as oban:
+            notices = await asyncio.to_thread(
+                lambda: [n.payload for n in listener.notifies(timeout=5, stop_after=1)]
+            )
+            checks = json.loads(notices[0])["checks"]
+            assert checks[0]["queue"] == "default" and checks[0]["node"] == "n1"
+            assert checks[0]["uuid"] == oban.producers["default"].uuid
+            assert checks[0]["limit"] == 10 and checks[0]["paused"] is False
+    finally:
+        listener.close()

@@ -450,6 +450,23 @@ async def test_a_child_left_above_max_memory_is_recycled_after_its_job() -> None
         assert h.pool.stats.restarts["memory"] == 1
 
 
+@pytest.mark.reliability
+@async_test
+async def test_many_restarts_leak_no_descriptors_and_no_zombies() -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    async with Harness(start_method="fork") as h:
+        for i in range(12):
+            worker = ("Exit", "Segfault", "Sleep")[i % 3]
+            job_id = h.submit(worker, {"code": 5, "seconds": 30}, timeout=0.2)
+            assert (await h.outcome(job_id))[0] == "failed"
+            await h.full_strength()
+        assert sum(h.pool.stats.restarts.values()) == 12
+        assert len(os.listdir("/proc/self/fd")) <= before + 2 * 8  # two live children's fds
+    assert len(os.listdir("/proc/self/fd")) == before
+    own = [p for p in multiprocess.active_children() if p.name == "oban-pool-child"]
+    assert not own
+
+
 @async_test
 async def test_children_are_recycled_after_max_jobs_per_child() -> None:
     async with Harness(processes=1, max_jobs_per_child=3) as h:
@@ -568,14 +585,18 @@ async def test_the_event_loop_never_waits_on_job_code(tmp_path: Path) -> None:
 
 @async_test
 async def test_cpu_bound_jobs_run_in_parallel() -> None:
-    # The machine is shared: compare the best of several interleaved rounds. Two jobs run one
-    # after the other could never beat 2x the best single time, so min/min cannot pass by luck.
+    # The machine is shared, so each round also times two bare forked processes running the
+    # same loop (what the hardware allows right now), and the best of the rounds is compared.
+    # Two jobs run one after the other can never beat 2x the best single time, so min/min
+    # cannot pass by luck.
     n = _iterations_for(0.3)
     ones: list[float] = []
     twos: list[float] = []
+    raw_ones: list[float] = []
+    raw_twos: list[float] = []
     async with Harness() as h:
         await h.done(h.submit("Cpu", {"n": 1000}))  # warm both code paths
-        for _ in range(5):
+        for _ in range(6):
             start = time.perf_counter()
             await h.done(h.submit("Cpu", {"n": n}))
             ones.append(time.perf_counter() - start)
@@ -585,17 +606,22 @@ async def test_cpu_bound_jobs_run_in_parallel() -> None:
             await h.done(a)
             await h.done(b)
             twos.append(time.perf_counter() - start)
-            if min(twos) < 1.6 * min(ones) and len(twos) >= 2:
+
+            raw_ones.append(_raw_fork_time(n, 1))
+            raw_twos.append(_raw_fork_time(n, 2))
+            if len(twos) >= 2 and min(twos) < 1.6 * min(ones):
                 break
     one, two = min(ones), min(twos)
-    if two >= 1.6 * one:
-        raw_one, raw_two = _raw_fork_times(n)
-        if raw_two >= 1.6 * raw_one:
-            pytest.skip(
-                f"the machine has no spare core now: even two bare forked processes took "
-                f"{raw_two:.2f}s vs {raw_one:.2f}s (pool: {two:.2f}s vs {one:.2f}s)"
-            )
-    assert two < 1.6 * one, f"two jobs on two processes took {two:.2f}s vs {one:.2f}s for one"
+    raw_one, raw_two = min(raw_ones), min(raw_twos)
+    if two >= 1.6 * one and raw_two >= 1.6 * raw_one:
+        pytest.skip(
+            f"no spare core on this machine now: two bare forked processes took "
+            f"{raw_two:.2f}s vs {raw_one:.2f}s (pool: {two:.2f}s vs {one:.2f}s)"
+        )
+    assert two < 1.6 * one, (
+        f"two jobs on two processes took {two:.2f}s vs {one:.2f}s for one "
+        f"(bare processes: {raw_two:.2f}s vs {raw_one:.2f}s)"
+    )
 
 
 def _spin(n: int) -> int:
@@ -612,23 +638,19 @@ def _iterations_for(seconds: float) -> int:
     return int(n * seconds / max(time.perf_counter() - start, 1e-6))
 
 
-def _raw_fork_times(n: int) -> tuple[float, float]:
-    """Best-of-3 wall time of one and of two bare forked processes running the same loop."""
-
-    def run(count: int) -> float:
-        start = time.perf_counter()
-        pids = []
-        for _ in range(count):
-            pid = os.fork()
-            if pid == 0:
-                _spin(n)
-                os._exit(0)
-            pids.append(pid)
-        for pid in pids:
-            os.waitpid(pid, 0)
-        return time.perf_counter() - start
-
-    return min(run(1) for _ in range(3)), min(run(2) for _ in range(3))
+def _raw_fork_time(n: int, count: int) -> float:
+    """Wall time of ``count`` bare forked processes each running the loop ``n`` times."""
+    start = time.perf_counter()
+    pids = []
+    for _ in range(count):
+        pid = os.fork()
+        if pid == 0:
+            _spin(n)
+            os._exit(0)
+        pids.append(pid)
+    for pid in pids:
+        os.waitpid(pid, 0)
+    return time.perf_counter() - start
 
 
 @async_test

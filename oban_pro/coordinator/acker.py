@@ -18,6 +18,8 @@ from typing import Any
 
 import psycopg
 
+from .._aio import wait_event
+
 log = logging.getLogger(__name__)
 
 
@@ -86,11 +88,7 @@ class Acker:
     async def flush(self, timeout: float | None = None) -> bool:
         """Wait until every buffered ack is written; False if ``timeout`` passed first."""
         self._wake.set()
-        try:
-            await asyncio.wait_for(self._drained.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
+        return await wait_event(self._drained, timeout)
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Final flush, then stop. Acks still unwritten after ``timeout`` are logged."""

@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 
+from .._aio import wait_event
 from ..errors import PayloadError
 from ..naming import channel, quote_ident
 from ..payloads import decode_payload, encode_payload
@@ -47,7 +48,8 @@ class Notifier:
 
     async def start(self, timeout: float = 10.0) -> None:
         self._task = asyncio.create_task(self._run(), name="oban-notifier")
-        await asyncio.wait_for(self._connected.wait(), timeout)
+        if not await wait_event(self._connected, timeout):
+            raise TimeoutError(f"could not LISTEN within {timeout}s; is the database reachable?")
 
     async def stop(self) -> None:
         if self._task:

@@ -9,6 +9,8 @@ from collections.abc import Awaitable, Callable
 
 import psycopg
 
+from .._aio import wait_event
+
 log = logging.getLogger(__name__)
 
 
@@ -58,10 +60,5 @@ class Periodic:
                     self._on_error(self.name)
             except Exception:
                 log.exception("%s failed unexpectedly", self.name)
-            try:
-                await asyncio.wait_for(
-                    self._wake.wait(), self.interval * random.uniform(0.95, 1.05)
-                )
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, self.interval * random.uniform(0.95, 1.05))
             self._wake.clear()

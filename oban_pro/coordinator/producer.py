@@ -16,6 +16,8 @@ from typing import Any
 
 import psycopg
 
+from .._aio import wait_event
+
 log = logging.getLogger(__name__)
 
 FetchedRow = tuple[Any, ...]
@@ -38,6 +40,7 @@ class Producer:
         blocked: Callable[[], bool] = lambda: False,
         on_fetch: Callable[[str, int, float], None] | None = None,
         on_error: Callable[[str], None] | None = None,
+        on_spare_slots: Callable[[Producer], None] | None = None,
     ) -> None:
         self.queue = queue
         self.limit = limit
@@ -46,6 +49,10 @@ class Producer:
         self.name = name
         self.node = node
         self.running: set[int] = set()
+        # True after a fetch found fewer jobs than it asked for: the queue looks empty, so a
+        # freed child slot is offered to other queues first. Cleared by an insert notice or a
+        # poll, which are the signs that new jobs may be waiting.
+        self.exhausted = False
         self.started_at = time.time()
         self._pool = pool
         self._queries = queries
@@ -56,6 +63,7 @@ class Producer:
         self._blocked = blocked
         self._on_fetch = on_fetch
         self._on_error = on_error
+        self._on_spare_slots = on_spare_slots
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -72,16 +80,21 @@ class Producer:
     def wake(self) -> None:
         self._wake.set()
 
+    def notice(self) -> None:
+        """New jobs may be available (an insert notice, staging, a rescue): look again."""
+        self.exhausted = False
+        self._wake.set()
+
     def pause(self) -> None:
         self.paused = True
 
     def resume(self) -> None:
         self.paused = False
-        self.wake()
+        self.notice()
 
     def scale(self, limit: int) -> None:
         self.limit = limit
-        self.wake()
+        self.notice()
 
     async def register(self) -> None:
         async with self._pool.connection() as conn:
@@ -128,10 +141,8 @@ class Producer:
 
     async def _sleep(self) -> None:
         timeout = self._poll_interval * random.uniform(0.9, 1.1)
-        try:
-            await asyncio.wait_for(self._wake.wait(), timeout)
-        except TimeoutError:
-            pass
+        if not await wait_event(self._wake, timeout):
+            self.exhausted = False  # the poll: look again even without a notice
         self._wake.clear()
 
     async def _fetch(self, demand: int) -> int:
@@ -148,6 +159,9 @@ class Producer:
             self._reserve(-demand)
         if self._on_fetch:
             self._on_fetch(self.queue, len(rows), time.perf_counter() - started)
+        self.exhausted = len(rows) < demand
         if rows:
             self._dispatch(self, rows)
+        if self.exhausted and self._on_spare_slots is not None:
+            self._on_spare_slots(self)  # slots we could not use: let other queues have them
         return len(rows)

@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._aio import wait_event
 from ..errors import ObanError
 from .child import child_main, read_rss
 from .framing import FrameProtocol, encode_frame
@@ -293,8 +294,7 @@ class WorkerPool:
             if remaining <= 0:
                 break
             self._changed.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
+            await wait_event(self._changed, remaining)
         for child in list(self._children):
             if child.state in (_DEAD, _GONE):
                 continue
@@ -383,16 +383,21 @@ class WorkerPool:
 
     @property
     def stats(self) -> PoolStats:
-        """A snapshot of counts and gauges for metrics."""
+        """A snapshot of counts and gauges for metrics.
+
+        Safe to call from another thread (a metrics scrape): it only reads, from a copy.
+        """
         window = self.window
+        children = list(self._children)  # one atomic copy; the loop may change the list
+        live = [c for c in children if c.state in (_READY, _RETIRING)]
         return PoolStats(
             processes=self.processes,
-            ready=self.size,
-            busy=self.busy_count,
-            idle=sum(1 for c in self._children if c.state is _READY and len(c.inflight) < window),
-            starting=sum(1 for c in self._children if c.state is _STARTING),
+            ready=len(live),
+            busy=sum(1 for c in live if c.inflight),
+            idle=sum(1 for c in live if c.state is _READY and len(c.inflight) < window),
+            starting=sum(1 for c in children if c.state is _STARTING),
             restarts={reason: self._restarts.get(reason, 0) for reason in RESTART_REASONS},
-            rss={c.pid: c.rss for c in self._children if c.state in (_READY, _RETIRING)},
+            rss={c.pid: c.rss for c in live},
             jobs_done=self._jobs_done,
             jobs_failed=self._jobs_failed,
             last_start_seconds=self._last_start,
