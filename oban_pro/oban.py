@@ -156,7 +156,8 @@ class Oban:
             cfg.processes, start_method=cfg.start_method, imports=cfg.imports,
             max_jobs_per_child=cfg.max_jobs_per_child, max_memory=cfg.max_memory,
             window=cfg.window, on_done=self._executor.on_done,
-            on_failed=self._on_pool_failure, on_capacity=self._wake_all,
+            on_failed=self._executor.on_failed, on_capacity=self._wake_all,
+            on_restart=m.child_restart if m else None,
         )  # fmt: skip
         self._executor.pool = self._worker_pool
         await self._worker_pool.start()
@@ -312,12 +313,6 @@ class Oban:
         for producer in producers[start:] + producers[:start]:
             if producer is not after and not producer.exhausted:
                 producer.wake()
-
-    def _on_pool_failure(self, job_id: int, reason: str, text: str) -> None:
-        if self.metrics is not None:
-            self.metrics.child_restart(reason)
-        assert self._executor is not None
-        self._executor.on_failed(job_id, reason, text)
 
     def _wake_all(self) -> None:
         for producer in self.producers.values():

@@ -181,6 +181,11 @@ def resolve_worker(name: str) -> type:
     found = _registry.get(name)
     if found is not None:
         return found
+    if name.startswith("__main__."):
+        raise UnknownWorkerError(
+            f"unknown worker {name!r}: it was defined in a script run as __main__, which worker "
+            f"processes cannot import; move it to a module and list that module in --import"
+        )
     cls = _import_by_path(name)
     if cls is None or not callable(getattr(cls, "process", None)):
         raise UnknownWorkerError(

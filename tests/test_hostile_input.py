@@ -50,10 +50,13 @@ def node(dsn: str, prefix: str, **overrides) -> Oban:
 
 
 async def final(dsn, prefix, job_id, state, timeout=20.0):
-    return await wait_until(
-        lambda: (row := job_row(dsn, prefix, job_id)).get("state") == state and row,
-        timeout=timeout, message=f"job {job_id} to be {state} (now {job_row(dsn, prefix, job_id)})",
-    )  # fmt: skip
+    try:
+        return await wait_until(
+            lambda: (row := job_row(dsn, prefix, job_id)).get("state") == state and row,
+            timeout=timeout, message=f"job {job_id} to be {state}",
+        )  # fmt: skip
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; it is {job_row(dsn, prefix, job_id)}") from None
 
 
 def notify(dsn: str, prefix: str, event: str, payloads: list[str]) -> None:

@@ -166,6 +166,7 @@ class WorkerPool:
         window: int = 1,
         memory_check_interval: float = 0.25,
         on_capacity: Callable[[], None] | None = None,
+        on_restart: Callable[[str], None] | None = None,
         start_timeout: float = 60.0,
     ) -> None:
         if processes < 1:
@@ -187,6 +188,7 @@ class WorkerPool:
         self._on_done = on_done
         self._on_failed = on_failed
         self._on_capacity = on_capacity
+        self._on_restart = on_restart  # reason of every child replacement (for metrics)
         self._children: list[_Child] = []  # every child not yet reaped
         self._free = 0  # free window slots of READY children, kept up to date on every change
         self._job_child: dict[int, _Child] = {}
@@ -317,6 +319,11 @@ class WorkerPool:
         self._cancel_monitor()
         self._shutdown_executor()
         return unfinished
+
+    def _count_restart(self, reason: str) -> None:
+        self._restarts[reason] += 1
+        if self._on_restart is not None:
+            self._call(self._on_restart, reason)
 
     def hurry(self) -> None:
         """Cut a running :meth:`stop` short: busy children are killed now."""
@@ -615,7 +622,7 @@ class WorkerPool:
                 child = await self._launch(initial=False)
             except Exception as exc:  # noqa: BLE001 - keep trying: the pool must refill
                 self._start_failures += 1
-                self._restarts["start_failure"] += 1
+                self._count_restart("start_failure")
                 log.error("could not start a replacement worker process: %s", exc)
                 continue
             try:
@@ -633,7 +640,7 @@ class WorkerPool:
             if self._closing:
                 return
             self._start_failures += 1
-            self._restarts["start_failure"] += 1
+            self._count_restart("start_failure")
 
     # ================================================================ messages
 
@@ -734,7 +741,7 @@ class WorkerPool:
     def _retire(self, child: _Child, reason: str) -> None:
         """Take no more jobs; stop once idle; start the replacement now."""
         self._set_state(child, _RETIRING)
-        self._restarts[reason] += 1
+        self._count_restart(reason)
         log.info(
             "recycling worker process %d (%s) after %d jobs", child.pid, reason, child.jobs_done
         )
@@ -808,7 +815,7 @@ class WorkerPool:
         head = child.inflight[0] if child.inflight else None
         was = child.state
         self._kill_process(child)
-        self._restarts[reason] += 1
+        self._count_restart(reason)
         log.warning("killed worker process %d (%s): %s", child.pid, reason, text)
         self._requeue(child, skip=head)
         if head is not None and head.job_id not in self._cancelled:
@@ -968,14 +975,14 @@ class WorkerPool:
                     f"child process (pid {child.pid}) died while running the job: {how}; "
                     f"last RSS {child.rss / _MIB:.1f} MiB"
                 )
-                self._restarts["crash"] += 1
+                self._count_restart("crash")
                 log.error("worker process %d died running job %d: %s", child.pid, head.job_id, how)
                 self._requeue(child, skip=head)
                 if head.job_id not in self._cancelled:
                     self._fail(head.job_id, "crash", text)
                 self._cancelled.discard(head.job_id)
             else:
-                self._restarts["crash"] += 1
+                self._count_restart("crash")
                 log.error("idle worker process %d died: %s", child.pid, how)
             if was is _READY:
                 self._spawn_replacement()  # a retiring child's replacement already started

@@ -1,0 +1,30 @@
+"""Starting and stopping oban_pro nodes for the benchmarks (in this process)."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Any
+
+_names = itertools.count(1)
+
+
+def quiet_logs() -> None:
+    """Keep engine warnings out of the tables (errors still show)."""
+    logging.getLogger("oban_pro").setLevel(logging.ERROR)
+
+
+async def start_node(dsn: str, prefix: str, queues: dict[str, int], *, processes: int,
+                     window: int = 1, **config: Any) -> Any:  # fmt: skip
+    """A started oban_pro node running ``queues`` with the bench workers importable."""
+    from oban_pro import Oban
+
+    oban = Oban(dsn=dsn, prefix=prefix, queues=queues, processes=processes, window=window,
+                imports=["bench.workers"], name=f"bench-{next(_names)}", node="bench-node",
+                **config)  # fmt: skip
+    await oban.start()
+    return oban
+
+
+async def stop_node(oban: Any) -> None:
+    await oban.stop()

@@ -1,0 +1,165 @@
+"""throughput: N no-op jobs enqueued in one transaction, then drained by one node.
+
+End-to-end jobs/s (fetch, dispatch to the worker processes, run, ack) at queue limits 10/50/100,
+processes 1/2/N and window 1 (the fairness default) and a larger window; beside each, the
+CEILING: a bare SQL loop on the same database that fetches a batch of the same size (the queue
+limit) with FOR UPDATE SKIP LOCKED and acks it with one set-based UPDATE ... FROM unnest, with no
+job code at all. engine/ceiling is the share of this database's physical limit the engine reaches.
+
+The engine fetches at most min(limit - running, free worker slots) jobs at a time, and free
+slots are processes x window: the "batch" column shows that bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+from typing import Any
+
+from . import common, engine, measure
+
+DEFAULT_SIZE = 10_000
+QUEUE = "bench"
+WORKER = "bench.workers.Noop"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--limits", default="10,50,100", help="queue limits (10,50,100)")
+    parser.add_argument("--windows", default="1,50",
+                        help="jobs in flight per child to compare (1,50; 1 is the default)")  # fmt: skip
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in str(text).split(",") if x.strip()]
+
+
+def process_counts(opts: common.Options) -> list[int]:
+    """1, 2 and N (``--processes``, default: the core count)."""
+    n = opts.processes or opts.cores
+    return sorted({1, 2, n})
+
+
+def run(opts: common.Options) -> int:
+    return asyncio.run(_run(opts))
+
+
+async def _run(opts: common.Options) -> int:
+    engine.quiet_logs()
+    dsn = common.resolve_dsn(opts.dsn)
+    info = common.machine_info(dsn)
+    n = opts.size_or(DEFAULT_SIZE)
+    limits = _ints(opts.extra.get("limits", "10,50,100"))
+    windows = _ints(opts.extra.get("windows", "1,50"))
+    procs = process_counts(opts)
+    configs = [(lim, p, w) for lim in limits for p in procs for w in windows]
+    common.header(opts, info, f"{n} no-op jobs per run, median of {opts.repeat}")
+    progress = common.Progress(opts.repeat * (len(configs) + len(limits)), "throughput", opts.quiet)
+    engine_runs: dict[tuple[int, int, int], list[dict[str, Any]]] = {c: [] for c in configs}
+    ceiling_runs: dict[int, list[dict[str, Any]]] = {lim: [] for lim in limits}
+    with common.oban_pro_schema(dsn, "tp") as prefix:
+        notify = common.insert_notice(prefix, QUEUE)
+        for rep in range(opts.repeat):
+            # Ceiling and engine alternate inside every repetition, so drift hits both alike.
+            for lim in limits:
+                progress.step(f"rep {rep + 1}: ceiling batch={lim}")
+                ceiling_runs[lim].append(
+                    await measure.drain_ceiling(dsn, prefix, QUEUE, WORKER, n, lim)
+                )
+                progress.advance()
+                for p in procs:
+                    for w in windows:
+                        progress.step(f"rep {rep + 1}: limit={lim} processes={p} window={w}")
+
+                        async def start(lim: int = lim, p: int = p, w: int = w) -> Any:
+                            return await engine.start_node(dsn, prefix, {QUEUE: lim},
+                                                           processes=p, window=w)  # fmt: skip
+
+                        async def tick() -> None:
+                            progress.detail("draining")
+
+                        engine_runs[(lim, p, w)].append(await measure.drain(
+                            dsn, prefix, QUEUE, WORKER, n, start_node=start,
+                            stop_node=engine.stop_node, notify=notify, on_tick=tick,
+                        ))  # fmt: skip
+                        progress.advance()
+    progress.close()
+
+    rows, results = [], []
+    for lim, p, w in configs:
+        runs = engine_runs[(lim, p, w)]
+        ceil = ceiling_runs[lim]
+        rate = measure.summary([r["rate"] for r in runs])
+        ceiling = measure.summary([c["rate"] for c in ceil])
+        share = measure.summary([r["rate"] / c["rate"] for r, c in zip(runs, ceil, strict=True)])
+        parent_us = statistics.median(r["cpu_us_per_job"]["self"] for r in runs)
+        children_us = statistics.median(r["cpu_us_per_job"]["children"] for r in runs)
+        pg_us = statistics.median(r["cpu_us_per_job"]["postgres"] for r in runs)
+        batch = min(lim, p * w)
+        results.append({"limit": lim, "processes": p, "window": w, "max_batch": batch,
+                        "rate": rate, "ceiling": ceiling, "engine_over_ceiling": share,
+                        "cpu_us_per_job": {"coordinator": parent_us, "workers": children_us,
+                                           "postgres": pg_us},
+                        "runs": runs})  # fmt: skip
+        rows.append([lim, p, w, batch, common.spread(rate), common.fmt_num(ceiling["median"]),
+                     f"{share['median'] * 100:.0f}% ({share['min'] * 100:.0f}-"
+                     f"{share['max'] * 100:.0f}%)",
+                     f"{parent_us:.0f} / {children_us:.0f} / {pg_us:.0f}"])  # fmt: skip
+    ceiling_summary = [{"batch": lim, "rate": measure.summary([c["rate"] for c in ceiling_runs[lim]]),
+                        "runs": ceiling_runs[lim]} for lim in limits]  # fmt: skip
+    text = common.table(
+        ["limit", "processes", "window", "batch", "jobs/s median (min-max)", "ceiling jobs/s",
+         "engine/ceiling", "CPU us/job coord/workers/pg"], rows)  # fmt: skip
+    ceiling_text = common.table(
+        ["ceiling batch", "jobs/s median (min-max)"],
+        [[c["batch"], common.spread(c["rate"])] for c in ceiling_summary],
+    )
+    if not opts.quiet:
+        print(text)
+        print()
+        print("SQL ceiling (bare fetch SKIP LOCKED + set-based ack, one connection, no job code):")
+        print(ceiling_text)
+    payload = {"scenario": "throughput", "machine": info,
+               "params": {"jobs": n, "repeat": opts.repeat, "limits": limits, "windows": windows,
+                          "processes": procs},
+               "results": results, "ceiling": ceiling_summary,
+               "table": text, "ceiling_table": ceiling_text}  # fmt: skip
+    path = common.write_json(opts, payload)
+    if opts.plot:
+        _plot(opts, payload)
+    if not opts.quiet:
+        print(f"\nwrote {path}" + (f" and {common.plot_path(opts)}" if opts.plot else ""))
+    return 0
+
+
+def _plot(opts: common.Options, payload: dict[str, Any]) -> None:
+    plt = common.pyplot()
+    results = payload["results"]
+    limits = payload["params"]["limits"]
+    series = sorted({(r["processes"], r["window"]) for r in results})
+    fig, ax = plt.subplots(figsize=(9, 5))
+    width = 0.8 / (len(series) + 1)
+    for i, (p, w) in enumerate(series):
+        values = [next(r["rate"]["median"] for r in results
+                       if r["limit"] == lim and r["processes"] == p and r["window"] == w)
+                  for lim in limits]  # fmt: skip
+        errs = [[v - next(r["rate"]["min"] for r in results if r["limit"] == lim
+                          and r["processes"] == p and r["window"] == w) for v, lim in
+                 zip(values, limits, strict=True)],
+                [next(r["rate"]["max"] for r in results if r["limit"] == lim
+                      and r["processes"] == p and r["window"] == w) - v for v, lim in
+                 zip(values, limits, strict=True)]]  # fmt: skip
+        xs = [j + i * width for j in range(len(limits))]
+        ax.bar(xs, values, width, yerr=errs, capsize=3, label=f"{p} proc, window {w}")
+    ceil = [c["rate"]["median"] for c in payload["ceiling"]]
+    xs = [j + len(series) * width for j in range(len(limits))]
+    ax.bar(xs, ceil, width, color="lightgray", edgecolor="black", label="SQL ceiling")
+    ax.set_xticks([j + width * len(series) / 2 for j in range(len(limits))])
+    ax.set_xticklabels([f"limit {lim}" for lim in limits])
+    ax.set_ylabel("no-op jobs/s (median, min-max)")
+    ax.set_title(f"oban_pro throughput vs SQL ceiling ({payload['machine']['cores']} cores, "
+                 f"{payload['machine']['date'][:10]})")  # fmt: skip
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(common.plot_path(opts), dpi=110)
+    plt.close(fig)
