@@ -34,10 +34,26 @@ if TYPE_CHECKING:
     from .oban import Oban
 
 __all__ = [
-    "Cancel", "Client", "Config", "ConfigError", "InvalidPrefixError", "Job", "JobState",
-    "MigrationError", "Oban", "ObanError", "Record", "Snooze", "UnknownWorkerError",
-    "ValidationError", "Worker", "job", "load_config", "migrate", "worker",
-]  # fmt: skip
+    "Cancel",
+    "Client",
+    "Config",
+    "ConfigError",
+    "InvalidPrefixError",
+    "Job",
+    "JobState",
+    "MigrationError",
+    "Oban",
+    "ObanError",
+    "Record",
+    "Snooze",
+    "UnknownWorkerError",
+    "ValidationError",
+    "Worker",
+    "job",
+    "load_config",
+    "migrate",
+    "worker",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -58,8 +58,14 @@ class Client:
         found = self._run(get_job_steps(self.queries, job_id), conn)
         return found[0] if found else None
 
-    def list_jobs(self, *, state: str | None = None, queue: str | None = None,
-                  limit: int = 100, conn: Any = None) -> list[Job]:  # fmt: skip
+    def list_jobs(
+        self,
+        *,
+        state: str | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+        conn: Any = None,
+    ) -> list[Job]:
         return self._run(list_jobs_steps(self.queries, state=state, queue=queue, limit=limit), conn)
 
     def retry_jobs(self, jobs: Iterable[Job | int], *, conn: Any = None) -> list[int]:

@@ -145,9 +145,7 @@ class Config:
             "ack_interval",
         ):
             value = getattr(self, name)
-            _check(
-                isinstance(value, (int, float)) and value >= 0, name, value, "seconds >= 0"
-            )
+            _check(isinstance(value, (int, float)) and value >= 0, name, value, "seconds >= 0")
         _check(
             self.heartbeat_ttl > self.heartbeat_interval,
             "heartbeat_ttl",
@@ -174,12 +172,21 @@ def _check(ok: object, name: str, value: object, expected: str) -> None:
 
 _SIZE_RE = re.compile(r"(?i)\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|tb|kib|mib|gib|tib|k|m|g|t)?\s*")
 _SIZE_UNITS = {
-    None: 1, "b": 1,
-    "k": 1024, "kb": 1000, "kib": 1024,
-    "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
-    "g": 1024**3, "gb": 1000**3, "gib": 1024**3,
-    "t": 1024**4, "tb": 1000**4, "tib": 1024**4,
-}  # fmt: skip
+    None: 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1024**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+    "t": 1024**4,
+    "tb": 1000**4,
+    "tib": 1024**4,
+}
 
 
 def parse_size(value: str | int) -> int:

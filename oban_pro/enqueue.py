@@ -37,7 +37,10 @@ def insert_steps(queries: Queries, jobs: Sequence[Job]) -> Steps:
     queues = sorted({job.queue for job in jobs if job.state == "available" and not job.conflict})
     if queues:
         payloads = [encode_payload({"queue": queue}) for queue in queues]
-        yield queries.notify_many, {"channel": channel(queries.prefix, "insert"), "payloads": payloads}
+        yield (
+            queries.notify_many,
+            {"channel": channel(queries.prefix, "insert"), "payloads": payloads},
+        )
     return list(jobs)
 
 
@@ -45,9 +48,14 @@ def _insert_unique(queries: Queries, job: Job) -> Generator[Step, list[tuple[Any
     options = UniqueOptions.parse(job.unique)  # type: ignore[arg-type]
     key = options.key_for(job.worker, job.queue, job.args, job.meta)
     yield queries.unique_lock, {"key": lock_key(key)}
-    found = yield queries.unique_find, {
-        "uniq_key": key, "states": list(options.states), "period": options.period,
-    }  # fmt: skip
+    found = yield (
+        queries.unique_find,
+        {
+            "uniq_key": key,
+            "states": list(options.states),
+            "period": options.period,
+        },
+    )
     if found:
         _apply_row(job, found[0])
         job.conflict = True

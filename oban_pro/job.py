@@ -49,7 +49,9 @@ class Snooze:
 
     def __post_init__(self) -> None:
         if not isinstance(self.seconds, int) or isinstance(self.seconds, bool) or self.seconds < 0:
-            raise ValidationError("seconds", f"Snooze needs whole seconds >= 0, got {self.seconds!r}")
+            raise ValidationError(
+                "seconds", f"Snooze needs whole seconds >= 0, got {self.seconds!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,10 +92,27 @@ class Job:
     """One job. Build with ``Job(worker, args=..., queue=...)`` or a worker's ``.new(...)``."""
 
     __slots__ = (
-        "id", "state", "queue", "worker", "args", "meta", "tags", "errors", "attempt",
-        "max_attempts", "priority", "inserted_at", "scheduled_at", "attempted_at",
-        "attempted_by", "completed_at", "discarded_at", "cancelled_at", "unique", "conflict",
-    )  # fmt: skip
+        "id",
+        "state",
+        "queue",
+        "worker",
+        "args",
+        "meta",
+        "tags",
+        "errors",
+        "attempt",
+        "max_attempts",
+        "priority",
+        "inserted_at",
+        "scheduled_at",
+        "attempted_at",
+        "attempted_by",
+        "completed_at",
+        "discarded_at",
+        "cancelled_at",
+        "unique",
+        "conflict",
+    )
 
     def __init__(
         self,
@@ -194,8 +213,14 @@ class Job:
     def from_row(cls, row: dict[str, Any]) -> Job:
         """Build from a database row (a dict of column values); no validation."""
         known = {k: v for k, v in row.items() if k in cls.__slots__}
-        for stamp in ("inserted_at", "scheduled_at", "attempted_at", "completed_at",
-                      "discarded_at", "cancelled_at"):  # fmt: skip
+        for stamp in (
+            "inserted_at",
+            "scheduled_at",
+            "attempted_at",
+            "completed_at",
+            "discarded_at",
+            "cancelled_at",
+        ):
             if known.get(stamp) is not None:
                 known[stamp] = _as_utc(known[stamp])
         errors = known.get("errors")
@@ -229,7 +254,8 @@ def _check_document(name: str, value: object) -> None:
         raise ValidationError(name, f"is not JSON-serialisable: {exc}") from None
     if size > MAX_ARGS_BYTES:
         raise ValidationError(
-            name, f"is {size} bytes of JSON; the limit is {MAX_ARGS_BYTES} (store big data elsewhere)"
+            name,
+            f"is {size} bytes of JSON; the limit is {MAX_ARGS_BYTES} (store big data elsewhere)",
         )
 
 

@@ -117,9 +117,13 @@ class Oban:
             dsn = self.config.dsn or resolve_dsn(None)
             self.config.dsn = dsn
             self._pool = AsyncConnectionPool(
-                dsn, min_size=1, max_size=self.config.pool_size, open=False,
-                kwargs={"autocommit": True}, name=f"oban-{self.name}",
-            )  # fmt: skip
+                dsn,
+                min_size=1,
+                max_size=self.config.pool_size,
+                open=False,
+                kwargs={"autocommit": True},
+                name=f"oban-{self.name}",
+            )
         if self._owns_pool:
             await self._pool.open(wait=True, timeout=30)
         return self._pool
@@ -144,28 +148,37 @@ class Oban:
         cfg = self.config
         m = self.metrics
         self._acker = Acker(
-            pool, self.queries.ack_jobs, max_crashes=cfg.max_crashes,
-            batch_size=cfg.ack_batch_size, interval=cfg.ack_interval,
+            pool,
+            self.queries.ack_jobs,
+            max_crashes=cfg.max_crashes,
+            batch_size=cfg.ack_batch_size,
+            interval=cfg.ack_interval,
             max_backlog=cfg.ack_max_backlog,
             on_batch=(lambda n, s, stale: (m.ack_batch(n, s), m.acks_stale(stale))) if m else None,
             on_error=(lambda: m.db_error("ack")) if m else None,
-        )  # fmt: skip
+        )
         self._executor = Executor(self._acker, default_timeout=cfg.job_timeout, metrics=m)
         self._executor.on_slot_freed = self._on_slot_freed
         self._worker_pool = WorkerPool(
-            cfg.processes, start_method=cfg.start_method, imports=cfg.imports,
-            max_jobs_per_child=cfg.max_jobs_per_child, max_memory=cfg.max_memory,
-            window=cfg.window, on_done=self._executor.on_done,
-            on_failed=self._executor.on_failed, on_capacity=self._wake_all,
+            cfg.processes,
+            start_method=cfg.start_method,
+            imports=cfg.imports,
+            max_jobs_per_child=cfg.max_jobs_per_child,
+            max_memory=cfg.max_memory,
+            window=cfg.window,
+            on_done=self._executor.on_done,
+            on_failed=self._executor.on_failed,
+            on_capacity=self._wake_all,
             on_restart=m.child_restart if m else None,
-        )  # fmt: skip
+        )
         self._executor.pool = self._worker_pool
         await self._worker_pool.start()
         if m is not None:
             m.track_pool(lambda: self._worker_pool.stats)
             m.track_producers(self._producer_gauges)
-        self._notifier = Notifier(cfg.dsn or "", cfg.prefix,
-                                  on_reconnect=self._on_notifier_reconnect)  # fmt: skip
+        self._notifier = Notifier(
+            cfg.dsn or "", cfg.prefix, on_reconnect=self._on_notifier_reconnect
+        )
         self._notifier.listen("insert", self._on_insert)
         self._notifier.listen("signal", self._on_signal)
         await self._notifier.start()
@@ -183,27 +196,50 @@ class Oban:
         m = self.metrics
         acker = self._acker
         return Producer(
-            queue=queue, limit=limit, name=self.name, node=self.node, pool=pool,
-            queries=self.queries, free_slots=self._executor.free_slots,
-            reserve=self._executor.reserve, dispatch=self._executor.dispatch,
-            poll_interval=self.config.poll_interval, blocked=lambda: acker.backpressure,
-            on_fetch=m.jobs_fetched if m else None, on_error=m.db_error if m else None,
+            queue=queue,
+            limit=limit,
+            name=self.name,
+            node=self.node,
+            pool=pool,
+            queries=self.queries,
+            free_slots=self._executor.free_slots,
+            reserve=self._executor.reserve,
+            dispatch=self._executor.dispatch,
+            poll_interval=self.config.poll_interval,
+            blocked=lambda: acker.backpressure,
+            on_fetch=m.jobs_fetched if m else None,
+            on_error=m.db_error if m else None,
             on_spare_slots=self._offer_slots,
-        )  # fmt: skip
+        )
 
     def _start_loops(self, pool: AsyncConnectionPool) -> None:
         cfg, m = self.config, self.metrics
         on_error = m.db_error if m else None
-        self._leader = Leader(pool=pool, queries=self.queries, name=self.name, node=self.node,
-                              ttl=cfg.leader_ttl, on_change=m.set_leader if m else None)  # fmt: skip
+        self._leader = Leader(
+            pool=pool,
+            queries=self.queries,
+            name=self.name,
+            node=self.node,
+            ttl=cfg.leader_ttl,
+            on_change=m.set_leader if m else None,
+        )
         leader_loop = Periodic("leader", cfg.leader_ttl / 3, self._leader.elect, on_error=on_error)
         assert self._notifier is not None
         self._notifier.listen("leader", lambda p: self._leader.on_notice(p, leader_loop.trigger))  # type: ignore[union-attr]
-        heartbeat = Heartbeat(pool, self.queries, lambda: list(self.producers.values()),
-                              on_beat=m.heartbeat_sent if m else None)  # fmt: skip
+        heartbeat = Heartbeat(
+            pool,
+            self.queries,
+            lambda: list(self.producers.values()),
+            on_beat=m.heartbeat_sent if m else None,
+        )
         stager = Stager(pool, self.queries, self._wake_queue)
-        lifeline = Lifeline(pool, self.queries, heartbeat_ttl=cfg.heartbeat_ttl,
-                            rescue_after=cfg.rescue_after, on_rescued=self._on_rescued)  # fmt: skip
+        lifeline = Lifeline(
+            pool,
+            self.queries,
+            heartbeat_ttl=cfg.heartbeat_ttl,
+            rescue_after=cfg.rescue_after,
+            on_rescued=self._on_rescued,
+        )
         pruner = Pruner(pool, self.queries, max_age=cfg.prune_max_age, limit=cfg.prune_limit)
         self._scheduler = Scheduler([*cron_entries(), *self._crontab], self._insert_jobs)
         gossip = Gossip(pool, self.queries, lambda: list(self.producers.values()))
@@ -212,17 +248,19 @@ class Oban:
             Periodic("heartbeat", cfg.heartbeat_interval, heartbeat.step, on_error=on_error),
             Periodic("gossip", cfg.gossip_interval, gossip.step, on_error=on_error),
             Periodic("stage", cfg.stage_interval, self._if_leader(stager.step), on_error=on_error),
-            Periodic("rescue", cfg.lifeline_interval, self._if_leader(lifeline.step),
-                     on_error=on_error),
+            Periodic(
+                "rescue", cfg.lifeline_interval, self._if_leader(lifeline.step), on_error=on_error
+            ),
             Periodic("prune", cfg.prune_interval, self._if_leader(pruner.step), on_error=on_error),
             Periodic("cron", 1.0, self._cron_step, on_error=on_error),
-        ]  # fmt: skip
+        ]
         if m is not None:
             from .plugins.gauges import QueueGauges
 
             gauges = QueueGauges(pool, self.queries, m.set_queue_counts)
-            self._loops.append(Periodic("gauge", 5.0, self._if_leader(gauges.step),
-                                        on_error=on_error))  # fmt: skip
+            self._loops.append(
+                Periodic("gauge", 5.0, self._if_leader(gauges.step), on_error=on_error)
+            )
         for loop in self._loops:
             loop.start()
 
@@ -288,8 +326,10 @@ class Oban:
         try:
             if self.producers:
                 async with self._pool.connection() as conn:
-                    await conn.execute(self.queries.delete_producers,
-                                       {"uuids": [p.uuid for p in self.producers.values()]})  # fmt: skip
+                    await conn.execute(
+                        self.queries.delete_producers,
+                        {"uuids": [p.uuid for p in self.producers.values()]},
+                    )
             if self._leader is not None:
                 await self._leader.resign()
         except Exception as exc:  # the database may be gone; the lifeline cleans up later
@@ -384,8 +424,9 @@ class Oban:
         found = await self._run(get_job_steps(self.queries, job_id))
         return found[0] if found else None
 
-    async def list_jobs(self, *, state: str | None = None, queue: str | None = None,
-                        limit: int = 100) -> list[Job]:  # fmt: skip
+    async def list_jobs(
+        self, *, state: str | None = None, queue: str | None = None, limit: int = 100
+    ) -> list[Job]:
         return await self._run(list_jobs_steps(self.queries, state=state, queue=queue, limit=limit))
 
     async def retry_job(self, job: Job | int) -> None:
@@ -420,8 +461,9 @@ class Oban:
     async def _run_notify(self, event: str, payload: dict[str, Any]) -> None:
         pool = await self._ensure_pool()
         async with pool.connection() as conn:
-            await conn.execute(self.queries.notify,
-                               notify_params(self.config.prefix, event, payload))  # fmt: skip
+            await conn.execute(
+                self.queries.notify, notify_params(self.config.prefix, event, payload)
+            )
 
     async def pause_queue(self, queue: str, *, node: str | None = None) -> None:
         await self._signal({"action": "pause", "queue": validate_name("queue", queue)}, node)
@@ -447,8 +489,14 @@ class Oban:
         producer = self.producers.get(queue)
         if producer is None:
             return None
-        return {"queue": queue, "limit": producer.limit, "paused": producer.paused,
-                "running": sorted(producer.running), "node": self.node, "uuid": producer.uuid}  # fmt: skip
+        return {
+            "queue": queue,
+            "limit": producer.limit,
+            "paused": producer.paused,
+            "running": sorted(producer.running),
+            "node": self.node,
+            "uuid": producer.uuid,
+        }
 
     def check_all_queues(self) -> list[dict[str, Any]]:
         return [info for q in self.producers if (info := self.check_queue(q)) is not None]

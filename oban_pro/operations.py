@@ -17,10 +17,25 @@ from .payloads import encode_payload
 from .queries import Queries
 
 COLUMNS = (
-    "id", "state", "queue", "worker", "args", "errors", "attempt", "max_attempts", "inserted_at",
-    "scheduled_at", "attempted_at", "completed_at", "attempted_by", "discarded_at", "priority",
-    "tags", "meta", "cancelled_at",
-)  # fmt: skip
+    "id",
+    "state",
+    "queue",
+    "worker",
+    "args",
+    "errors",
+    "attempt",
+    "max_attempts",
+    "inserted_at",
+    "scheduled_at",
+    "attempted_at",
+    "completed_at",
+    "attempted_by",
+    "discarded_at",
+    "priority",
+    "tags",
+    "meta",
+    "cancelled_at",
+)
 
 
 def _ids(jobs: Iterable[Job | int]) -> list[int]:
@@ -64,7 +79,9 @@ def cancel_steps(queries: Queries, jobs: Iterable[Job | int]) -> Steps:
     executing = [job_id for job_id, old_state in rows if old_state == "executing"]
     if executing:
         payloads = [encode_payload({"action": "pkill", "job_id": job_id}) for job_id in executing]
-        step: Step = (queries.notify_many,
-                      {"channel": channel(queries.prefix, "signal"), "payloads": payloads})  # fmt: skip
+        step: Step = (
+            queries.notify_many,
+            {"channel": channel(queries.prefix, "signal"), "payloads": payloads},
+        )
         yield step
     return [row[0] for row in rows]

@@ -149,12 +149,15 @@ RETURNING j.id, j.state::text
 
 # -- maintenance ------------------------------------------------------------------------------
 
-STAGE_JOBS = """
+STAGE_JOBS = (
+    """
 WITH staged AS (
   UPDATE {p}.oban_jobs SET state = 'available'
   WHERE id IN (
     SELECT id FROM {p}.oban_jobs
-    WHERE state IN ('scheduled', 'retryable') AND scheduled_at <= """ + NOW + """
+    WHERE state IN ('scheduled', 'retryable') AND scheduled_at <= """
+    + NOW
+    + """
     ORDER BY scheduled_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -163,11 +166,13 @@ WITH staged AS (
 ), queues AS (SELECT queue, count(*) AS n FROM staged GROUP BY queue)
 SELECT queue, n, pg_notify(%(channel)s, json_build_object('queue', queue)::text) FROM queues
 """
+)
 
 # Orphans: executing jobs whose producer is known to heartbeat but has stopped (its row is
 # stale, or missing while the queue is served by heartbeating producers), plus the time-only
 # fallback for jobs of engines that never heartbeat (compat.md §4 hazard).
-RESCUE_JOBS = """
+RESCUE_JOBS = (
+    """
 WITH orphans AS (
   SELECT j.id,
     CASE
@@ -184,11 +189,15 @@ WITH orphans AS (
   LEFT JOIN {p}.oban_producers AS p ON p.uuid::text = j.attempted_by[2]
   WHERE j.state = 'executing'
     AND (
-      (p.uuid IS NOT NULL AND p.updated_at < """ + NOW + """ - make_interval(secs => %(ttl)s))
+      (p.uuid IS NOT NULL AND p.updated_at < """
+    + NOW
+    + """ - make_interval(secs => %(ttl)s))
       OR (p.uuid IS NULL AND EXISTS (
             SELECT 1 FROM {p}.oban_producers AS q WHERE q.queue = j.queue))
       OR (p.uuid IS NULL
-          AND j.attempted_at < """ + NOW + """ - make_interval(secs => %(rescue_after)s))
+          AND j.attempted_at < """
+    + NOW
+    + """ - make_interval(secs => %(rescue_after)s))
     )
   LIMIT %(limit)s
   FOR UPDATE OF j SKIP LOCKED
@@ -196,56 +205,87 @@ WITH orphans AS (
 UPDATE {p}.oban_jobs AS j SET
   state = (CASE WHEN j.attempt >= j.max_attempts THEN 'discarded' ELSE 'available' END)
     ::{p}.oban_job_state,
-  discarded_at = CASE WHEN j.attempt >= j.max_attempts THEN """ + NOW + """ ELSE j.discarded_at END,
-  scheduled_at = CASE WHEN j.attempt >= j.max_attempts THEN j.scheduled_at ELSE """ + NOW + """ END,
+  discarded_at = CASE WHEN j.attempt >= j.max_attempts THEN """
+    + NOW
+    + """ ELSE j.discarded_at END,
+  scheduled_at = CASE WHEN j.attempt >= j.max_attempts THEN j.scheduled_at ELSE """
+    + NOW
+    + """ END,
   meta = coalesce(j.meta, '{{}}'::jsonb)
     || jsonb_build_object('rescued', coalesce((j.meta->>'rescued')::int, 0) + 1),
   errors = j.errors || jsonb_build_object(
     'attempt', j.attempt,
-    'at', to_char(""" + NOW + """, 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+    'at', to_char("""
+    + NOW
+    + """, 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
     'error', o.reason)
 FROM orphans AS o
 WHERE j.id = o.id
 RETURNING j.id, j.queue, j.state::text
 """
+)
 
-DELETE_DEAD_PRODUCERS = """
+DELETE_DEAD_PRODUCERS = (
+    """
 DELETE FROM {p}.oban_producers AS p
-WHERE p.updated_at < """ + NOW + """ - make_interval(secs => %(ttl)s)
+WHERE p.updated_at < """
+    + NOW
+    + """ - make_interval(secs => %(ttl)s)
   AND NOT EXISTS (
     SELECT 1 FROM {p}.oban_jobs AS j
     WHERE j.state = 'executing' AND j.attempted_by[2] = p.uuid::text)
 RETURNING p.uuid::text, p.node
 """
+)
 
-PRUNE_JOBS = """
+PRUNE_JOBS = (
+    """
 DELETE FROM {p}.oban_jobs WHERE id IN (
   SELECT id FROM {p}.oban_jobs
-  WHERE (state = 'completed' AND completed_at < """ + NOW + """ - make_interval(secs => %(max_age)s))
-     OR (state = 'cancelled' AND cancelled_at < """ + NOW + """ - make_interval(secs => %(max_age)s))
-     OR (state = 'discarded' AND discarded_at < """ + NOW + """ - make_interval(secs => %(max_age)s))
+  WHERE (state = 'completed' AND completed_at < """
+    + NOW
+    + """ - make_interval(secs => %(max_age)s))
+     OR (state = 'cancelled' AND cancelled_at < """
+    + NOW
+    + """ - make_interval(secs => %(max_age)s))
+     OR (state = 'discarded' AND discarded_at < """
+    + NOW
+    + """ - make_interval(secs => %(max_age)s))
   LIMIT %(limit)s
 )
 """
+)
 
 # -- leadership -------------------------------------------------------------------------------
 
-ELECT_LEADER = """
+ELECT_LEADER = (
+    """
 INSERT INTO {p}.oban_leaders AS l (name, node, elected_at, expires_at)
-VALUES (%(name)s, %(node)s, """ + NOW + """, """ + NOW + """ + make_interval(secs => %(ttl)s))
+VALUES (%(name)s, %(node)s, """
+    + NOW
+    + """, """
+    + NOW
+    + """ + make_interval(secs => %(ttl)s))
 ON CONFLICT (name) DO UPDATE SET
   node = excluded.node,
   elected_at = CASE WHEN l.node = excluded.node THEN l.elected_at ELSE excluded.elected_at END,
   expires_at = excluded.expires_at
-WHERE l.node = excluded.node OR l.expires_at < """ + NOW + """
+WHERE l.node = excluded.node OR l.expires_at < """
+    + NOW
+    + """
 RETURNING node
 """
+)
 
 RESIGN_LEADER = "DELETE FROM {p}.oban_leaders WHERE name = %(name)s AND node = %(node)s"
 
-CURRENT_LEADER = """
-SELECT node FROM {p}.oban_leaders WHERE name = %(name)s AND expires_at >= """ + NOW + """
+CURRENT_LEADER = (
+    """
+SELECT node FROM {p}.oban_leaders WHERE name = %(name)s AND expires_at >= """
+    + NOW
+    + """
 """
+)
 
 ALL_LEADERS = "SELECT name, node, expires_at FROM {p}.oban_leaders ORDER BY name"
 
@@ -264,28 +304,36 @@ GROUP BY queue, state
 
 # -- job operations (people and the CLI) ------------------------------------------------------
 
-JOB_COLUMNS = """id, state::text, queue, worker, args, to_jsonb(errors) AS errors, attempt, max_attempts,
-  inserted_at, scheduled_at, attempted_at, completed_at, attempted_by, discarded_at, priority, tags,
+JOB_COLUMNS = """id, state::text, queue, worker, args, to_jsonb(errors) AS errors, attempt,
+  max_attempts, inserted_at, scheduled_at, attempted_at, completed_at, attempted_by, discarded_at, priority, tags,
   meta, cancelled_at"""
 
 GET_JOB = "SELECT " + JOB_COLUMNS + " FROM {p}.oban_jobs WHERE id = %(id)s"
 
-LIST_JOBS = """
-SELECT """ + JOB_COLUMNS + """ FROM {p}.oban_jobs
+LIST_JOBS = (
+    """
+SELECT """
+    + JOB_COLUMNS
+    + """ FROM {p}.oban_jobs
 WHERE (%(state)s::text IS NULL OR state::text = %(state)s)
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
 ORDER BY id DESC
 LIMIT %(limit)s
 """
+)
 
-ENQUEUED_JOBS = """
-SELECT """ + JOB_COLUMNS + """ FROM {p}.oban_jobs
+ENQUEUED_JOBS = (
+    """
+SELECT """
+    + JOB_COLUMNS
+    + """ FROM {p}.oban_jobs
 WHERE state IN ('available', 'scheduled')
   AND (%(worker)s::text IS NULL OR worker = %(worker)s)
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(args)s::jsonb IS NULL OR args @> %(args)s::jsonb)
 ORDER BY id
 """
+)
 
 RETRY_JOBS = """
 UPDATE {p}.oban_jobs SET
@@ -330,8 +378,15 @@ class Queries:
         quoted = quoted_prefix(prefix)
         for name, text in globals().items():
             if name.isupper() and isinstance(text, str) and name not in ("NOW", "JOB_COLUMNS"):
-                setattr(self, name.lower(), text.replace("{{", "\x00").replace("}}", "\x01")
-                        .replace("{p}", quoted).replace("\x00", "{").replace("\x01", "}"))
+                setattr(
+                    self,
+                    name.lower(),
+                    text.replace("{{", "\x00")
+                    .replace("}}", "\x01")
+                    .replace("{p}", quoted)
+                    .replace("\x00", "{")
+                    .replace("\x01", "}"),
+                )
 
     # Declared for type checkers; set in __init__.
     insert_jobs: str

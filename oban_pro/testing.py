@@ -29,17 +29,29 @@ from .queries import Queries
 __all__ = ["all_enqueued", "assert_enqueued", "drain_queue", "perform_job", "refute_enqueued"]
 
 
-def perform_job(worker: type | str, args: Mapping[str, Any] | None = None, *,
-                attempt: int = 1, max_attempts: int = 20, meta: Mapping[str, Any] | None = None,
-                imports: list[str] | None = None) -> Done:  # fmt: skip
+def perform_job(
+    worker: type | str,
+    args: Mapping[str, Any] | None = None,
+    *,
+    attempt: int = 1,
+    max_attempts: int = 20,
+    meta: Mapping[str, Any] | None = None,
+    imports: list[str] | None = None,
+) -> Done:
     """Run one job in-process the way a child runs it; returns the ``Done`` outcome.
 
     ``done.kind`` is completed, error, cancel, snooze or record; ``done.error`` holds the
     traceback of a failure.
     """
     name = worker if isinstance(worker, str) else worker._worker_name  # type: ignore[attr-defined]
-    run = Run(job_id=0, worker=name, args=json.dumps(dict(args or {})),
-              meta=json.dumps(dict(meta or {})), attempt=attempt, max_attempts=max_attempts)  # fmt: skip
+    run = Run(
+        job_id=0,
+        worker=name,
+        args=json.dumps(dict(args or {})),
+        meta=json.dumps(dict(meta or {})),
+        attempt=attempt,
+        max_attempts=max_attempts,
+    )
     runner = _Runner(list(imports or []))
     try:
         return runner.run(run)
@@ -53,7 +65,9 @@ class _Outcomes:
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
 
-    def job_finished(self, queue: str, worker: str, state: str, duration: float, wait: float) -> None:
+    def job_finished(
+        self, queue: str, worker: str, state: str, duration: float, wait: float
+    ) -> None:
         self.counts[state] += 1
 
 
@@ -81,21 +95,37 @@ class _InlinePool:
         self._runner.close()
 
 
-async def drain_queue(dsn: str, queue: str, *, prefix: str = "public", imports: list[str] | None = None,
-                      max_crashes: int = 3) -> Counter[str]:  # fmt: skip
+async def drain_queue(
+    dsn: str,
+    queue: str,
+    *,
+    prefix: str = "public",
+    imports: list[str] | None = None,
+    max_crashes: int = 3,
+) -> Counter[str]:
     """Run every available job of ``queue`` in this process; returns counts by outcome
     (completed, retryable, discarded, cancelled, snoozed). Scheduled jobs are not staged."""
     queries = Queries(prefix)
-    async with AsyncConnectionPool(dsn, min_size=1, max_size=2, open=False,
-                                   kwargs={"autocommit": True}) as pool:  # fmt: skip
+    async with AsyncConnectionPool(
+        dsn, min_size=1, max_size=2, open=False, kwargs={"autocommit": True}
+    ) as pool:
         outcomes = _Outcomes()
         acker = Acker(pool, queries.ack_jobs, max_crashes=max_crashes, interval=0)
         executor = Executor(acker, default_timeout=0, metrics=outcomes)  # type: ignore[arg-type]
         inline = _InlinePool(executor, list(imports or []))
         executor.pool = inline
-        producer = Producer(queue=queue, limit=100, name="drain", node="drain", pool=pool,
-                            queries=queries, free_slots=lambda: 100, reserve=lambda n: None,
-                            dispatch=executor.dispatch, poll_interval=1)  # fmt: skip
+        producer = Producer(
+            queue=queue,
+            limit=100,
+            name="drain",
+            node="drain",
+            pool=pool,
+            queries=queries,
+            free_slots=lambda: 100,
+            reserve=lambda n: None,
+            dispatch=executor.dispatch,
+            poll_interval=1,
+        )
         acker.start()
         try:
             while await producer._fetch(100):
@@ -107,8 +137,14 @@ async def drain_queue(dsn: str, queue: str, *, prefix: str = "public", imports: 
         return outcomes.counts
 
 
-def all_enqueued(dsn: str, *, prefix: str = "public", worker: type | str | None = None,
-                 queue: str | None = None, args: Mapping[str, Any] | None = None) -> list[Job]:  # fmt: skip
+def all_enqueued(
+    dsn: str,
+    *,
+    prefix: str = "public",
+    worker: type | str | None = None,
+    queue: str | None = None,
+    args: Mapping[str, Any] | None = None,
+) -> list[Job]:
     """Jobs waiting to run (available or scheduled) that match every given field
     (``args`` matches when the job's args contain those keys and values)."""
     from .operations import COLUMNS
@@ -116,8 +152,14 @@ def all_enqueued(dsn: str, *, prefix: str = "public", worker: type | str | None 
     name = worker if worker is None or isinstance(worker, str) else worker._worker_name  # type: ignore[attr-defined]
     queries = Queries(prefix)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        rows = conn.execute(queries.enqueued_jobs, {"worker": name, "queue": queue,
-                            "args": json.dumps(dict(args)) if args is not None else None}).fetchall()  # fmt: skip
+        rows = conn.execute(
+            queries.enqueued_jobs,
+            {
+                "worker": name,
+                "queue": queue,
+                "args": json.dumps(dict(args)) if args is not None else None,
+            },
+        ).fetchall()
     return [Job.from_row(dict(zip(COLUMNS, row, strict=True))) for row in rows]
 
 
@@ -127,8 +169,10 @@ def assert_enqueued(dsn: str, **match: Any) -> list[Job]:
     if not found:
         prefix = match.get("prefix", "public")
         waiting = all_enqueued(dsn, prefix=prefix)
-        raise AssertionError(f"expected a job matching {match!r} to be enqueued; waiting jobs: "
-                             f"{[(j.worker, j.queue, j.args) for j in waiting][:20]}")  # fmt: skip
+        raise AssertionError(
+            f"expected a job matching {match!r} to be enqueued; waiting jobs: "
+            f"{[(j.worker, j.queue, j.args) for j in waiting][:20]}"
+        )
     return found
 
 

@@ -17,9 +17,15 @@ from typing import Any
 from .errors import ValidationError
 
 ALL_STATES = (
-    "available", "suspended", "scheduled", "executing", "retryable", "completed", "discarded",
+    "available",
+    "suspended",
+    "scheduled",
+    "executing",
+    "retryable",
+    "completed",
+    "discarded",
     "cancelled",
-)  # fmt: skip
+)
 DEFAULT_STATES = ("available", "scheduled", "executing", "retryable", "completed")
 FIELDS = ("worker", "queue", "args", "meta")
 DEFAULT_FIELDS = ("worker", "queue", "args")
@@ -53,7 +59,9 @@ class UniqueOptions:
             states=_subset("unique.states", spec.get("states", DEFAULT_STATES), ALL_STATES),
         )
 
-    def key_for(self, worker: str, queue: str, args: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
+    def key_for(
+        self, worker: str, queue: str, args: Mapping[str, Any], meta: Mapping[str, Any]
+    ) -> str:
         """The uniqueness key of a job: a hash of the selected fields."""
         values: dict[str, Any] = {"worker": worker, "queue": queue, "args": args, "meta": meta}
         if self.keys is not None:

@@ -10,8 +10,12 @@ from typing import Any
 import psycopg
 
 
-async def wait_until(check: Callable[[], Any | Awaitable[Any]], timeout: float = 20.0,
-                     interval: float = 0.02, message: str = "condition") -> Any:  # fmt: skip
+async def wait_until(
+    check: Callable[[], Any | Awaitable[Any]],
+    timeout: float = 20.0,
+    interval: float = 0.02,
+    message: str = "condition",
+) -> Any:
     """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -25,8 +29,12 @@ async def wait_until(check: Callable[[], Any | Awaitable[Any]], timeout: float =
         await asyncio.sleep(interval)
 
 
-def wait_until_sync(check: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02,
-                    message: str = "condition") -> Any:  # fmt: skip
+def wait_until_sync(
+    check: Callable[[], Any],
+    timeout: float = 20.0,
+    interval: float = 0.02,
+    message: str = "condition",
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         result = check()
@@ -51,8 +59,8 @@ def states(dsn: str, prefix: str) -> dict[str, int]:
 def job_row(dsn: str, prefix: str, job_id: int) -> dict[str, Any]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         cur = conn.execute(
-            f'SELECT id, state::text AS state, attempt, max_attempts, to_jsonb(errors) AS errors, '
-            f'meta, attempted_by, scheduled_at, completed_at, discarded_at, cancelled_at '
+            f"SELECT id, state::text AS state, attempt, max_attempts, to_jsonb(errors) AS errors, "
+            f"meta, attempted_by, scheduled_at, completed_at, discarded_at, cancelled_at "
             f'FROM "{prefix}".oban_jobs WHERE id = %s',
             (job_id,),
         )

@@ -138,10 +138,24 @@ class NodeProcess:
     # -- lifecycle ------------------------------------------------------------------------
 
     def argv(self) -> list[str]:
-        args = [sys.executable, "-m", "oban_pro", "start", "--dsn", self.dsn,
-                "--prefix", self.prefix, "--queues", self.queues, "--node", self.node,
-                "--processes", str(self.processes),
-                "--shutdown-timeout", str(self.shutdown_timeout)]  # fmt: skip
+        args = [
+            sys.executable,
+            "-m",
+            "oban_pro",
+            "start",
+            "--dsn",
+            self.dsn,
+            "--prefix",
+            self.prefix,
+            "--queues",
+            self.queues,
+            "--node",
+            self.node,
+            "--processes",
+            str(self.processes),
+            "--shutdown-timeout",
+            str(self.shutdown_timeout),
+        ]
         for module in self.imports:
             args += ["--import", module]
         return args
@@ -174,8 +188,9 @@ class NodeProcess:
                     + self.log_text()[-4000:]
                 )
             if time.monotonic() > deadline:
-                raise AssertionError(f"node {self.node} not ready after {timeout}s:\n"
-                                     + self.log_text()[-4000:])  # fmt: skip
+                raise AssertionError(
+                    f"node {self.node} not ready after {timeout}s:\n" + self.log_text()[-4000:]
+                )
             time.sleep(0.05)
         self.remember_tree()
 

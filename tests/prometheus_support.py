@@ -137,9 +137,13 @@ class PrometheusServer:
         log = self.log_path.open("wb")
         try:
             self.proc = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=self.workdir, preexec_fn=_die_with_parent,
-            )  # fmt: skip
+                args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.workdir,
+                preexec_fn=_die_with_parent,
+            )
         finally:
             log.close()
 

@@ -16,23 +16,51 @@ from oban_pro import Client
 
 CLI = [sys.executable, "-m", "oban_pro"]
 FAST_ENV = {
-    "OBAN_POLL_INTERVAL": "0.2", "OBAN_HEARTBEAT_INTERVAL": "0.5", "OBAN_HEARTBEAT_TTL": "3",
-    "OBAN_LIFELINE_INTERVAL": "0.5", "OBAN_LEADER_TTL": "3", "OBAN_STAGE_INTERVAL": "0.2",
-}  # fmt: skip
+    "OBAN_POLL_INTERVAL": "0.2",
+    "OBAN_HEARTBEAT_INTERVAL": "0.5",
+    "OBAN_HEARTBEAT_TTL": "3",
+    "OBAN_LIFELINE_INTERVAL": "0.5",
+    "OBAN_LEADER_TTL": "3",
+    "OBAN_STAGE_INTERVAL": "0.2",
+}
 
 
-def run_cli(*args: str, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})  # fmt: skip
+def run_cli(
+    *args: str, timeout: float = 60, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def start_node(dsn: str, prefix: str, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [*CLI, "start", "--dsn", dsn, "--prefix", prefix, "--queues", "default:4",
-         "--processes", "2", "--import", "engine_workers", "--node", "cli-node", *extra],
-        env={**os.environ, **FAST_ENV}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            *CLI,
+            "start",
+            "--dsn",
+            dsn,
+            "--prefix",
+            prefix,
+            "--queues",
+            "default:4",
+            "--processes",
+            "2",
+            "--import",
+            "engine_workers",
+            "--node",
+            "cli-node",
+            *extra,
+        ],
+        env={**os.environ, **FAST_ENV},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-    )  # fmt: skip
+    )
 
 
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30) -> tuple[int, str]:
@@ -54,8 +82,17 @@ def test_help_and_usage_errors():
 
 
 def test_bad_configuration_exits_2_naming_the_field(oban_dsn, oban_prefix):
-    result = run_cli("start", "--dsn", oban_dsn, "--prefix", oban_prefix,
-                     "--queues", "default:10", "--processes", "0")  # fmt: skip
+    result = run_cli(
+        "start",
+        "--dsn",
+        oban_dsn,
+        "--prefix",
+        oban_prefix,
+        "--queues",
+        "default:10",
+        "--processes",
+        "0",
+    )
     assert result.returncode == 2 and "processes" in result.stderr
     result = run_cli("start", "--dsn", oban_dsn, "--prefix", "x;drop", "--queues", "default:1")
     assert result.returncode == 2 and "prefix" in result.stderr
@@ -69,8 +106,11 @@ def test_start_runs_jobs_and_sigterm_stops_cleanly(oban_dsn, oban_prefix, tmp_pa
         jobs = client.enqueue_many([Noop.new({"log": str(log)}) for _ in range(20)])
     proc = start_node(oban_dsn, oban_prefix, "--log-format", "json")
     try:
-        wait_until_sync(lambda: states(oban_dsn, oban_prefix) == {"completed": 20},
-                        timeout=60, message="20 jobs completed by the CLI node")  # fmt: skip
+        wait_until_sync(
+            lambda: states(oban_dsn, oban_prefix) == {"completed": 20},
+            timeout=60,
+            message="20 jobs completed by the CLI node",
+        )
     finally:
         code, out = stop(proc)
     assert code == 0, out
@@ -81,8 +121,9 @@ def test_start_runs_jobs_and_sigterm_stops_cleanly(oban_dsn, oban_prefix, tmp_pa
 
 def test_sigterm_releases_running_jobs_at_once(oban_dsn, oban_prefix, tmp_path):
     with Client(oban_dsn, prefix=oban_prefix) as client:
-        job = client.enqueue(WaitForFile.new({"release": str(tmp_path / "never"),
-                                              "started": str(tmp_path / "s")}))  # fmt: skip
+        job = client.enqueue(
+            WaitForFile.new({"release": str(tmp_path / "never"), "started": str(tmp_path / "s")})
+        )
     proc = start_node(oban_dsn, oban_prefix, "--shutdown-timeout", "0.5")
     try:
         wait_until_sync(lambda: (tmp_path / "s").exists(), timeout=60, message="job start")
@@ -97,8 +138,9 @@ def test_sigterm_releases_running_jobs_at_once(oban_dsn, oban_prefix, tmp_path):
 
 def test_second_sigint_stops_immediately(oban_dsn, oban_prefix, tmp_path):
     with Client(oban_dsn, prefix=oban_prefix) as client:
-        client.enqueue(WaitForFile.new({"release": str(tmp_path / "never"),
-                                        "started": str(tmp_path / "s")}))  # fmt: skip
+        client.enqueue(
+            WaitForFile.new({"release": str(tmp_path / "never"), "started": str(tmp_path / "s")})
+        )
     proc = start_node(oban_dsn, oban_prefix, "--shutdown-timeout", "60")
     try:
         wait_until_sync(lambda: (tmp_path / "s").exists(), timeout=60, message="job start")
@@ -132,8 +174,18 @@ def test_jobs_commands(oban_dsn, oban_prefix):
 
 
 def test_demo_runs_cpu_jobs_and_summarises(oban_dsn, oban_empty_prefix):
-    result = run_cli("demo", "--dsn", oban_dsn, "--prefix", oban_empty_prefix,
-                     "--jobs", "20", "--rounds", "200", timeout=120)  # fmt: skip
+    result = run_cli(
+        "demo",
+        "--dsn",
+        oban_dsn,
+        "--prefix",
+        oban_empty_prefix,
+        "--jobs",
+        "20",
+        "--rounds",
+        "200",
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert "ran 20 of 20 jobs" in result.stdout and "failures: 0" in result.stdout
     assert result.stdout.count("process ") >= 1

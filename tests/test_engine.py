@@ -10,9 +10,21 @@ from collections import Counter
 
 import pytest
 from engine_workers import (
-    AsyncNoop, CancelSelf, Exit3, Fail, FailWithBackoff, Hog, Noop, Pid, RecordIt, Segfault,
-    SnoozeOnce, Spin, TooSlow, WaitForFile,
-)  # fmt: skip
+    AsyncNoop,
+    CancelSelf,
+    Exit3,
+    Fail,
+    FailWithBackoff,
+    Hog,
+    Noop,
+    Pid,
+    RecordIt,
+    Segfault,
+    SnoozeOnce,
+    Spin,
+    TooSlow,
+    WaitForFile,
+)
 from helpers import execution_log, job_row, query, states, wait_until
 
 from oban_pro import Job, Oban
@@ -21,10 +33,17 @@ from oban_pro.term import decode_recorded
 pytestmark = pytest.mark.asyncio
 
 FAST = dict(
-    processes=2, imports=["engine_workers"], poll_interval=0.2, stage_interval=0.2,
-    heartbeat_interval=0.5, heartbeat_ttl=3.0, lifeline_interval=0.5, leader_ttl=3.0,
-    shutdown_timeout=5.0, gossip_interval=1.0,
-)  # fmt: skip
+    processes=2,
+    imports=["engine_workers"],
+    poll_interval=0.2,
+    stage_interval=0.2,
+    heartbeat_interval=0.5,
+    heartbeat_ttl=3.0,
+    lifeline_interval=0.5,
+    leader_ttl=3.0,
+    shutdown_timeout=5.0,
+    gossip_interval=1.0,
+)
 
 
 def node(dsn: str, prefix: str, name: str = "n1", **overrides) -> Oban:
@@ -35,8 +54,9 @@ def node(dsn: str, prefix: str, name: str = "n1", **overrides) -> Oban:
 async def finished(dsn, prefix, job_id, state="completed", timeout=30.0):
     return await wait_until(
         lambda: job_row(dsn, prefix, job_id).get("state") == state and job_row(dsn, prefix, job_id),
-        timeout=timeout, message=f"job {job_id} to be {state}",
-    )  # fmt: skip
+        timeout=timeout,
+        message=f"job {job_id} to be {state}",
+    )
 
 
 async def test_jobs_complete_sync_and_async(oban_dsn, oban_prefix, tmp_path):
@@ -46,8 +66,10 @@ async def test_jobs_complete_sync_and_async(oban_dsn, oban_prefix, tmp_path):
             [Noop.new({"log": str(log)}) for _ in range(50)]
             + [AsyncNoop.new({"log": str(log)}) for _ in range(50)]
         )
-        await wait_until(lambda: states(oban_dsn, oban_prefix) == {"completed": 100},
-                         message="100 completed jobs")  # fmt: skip
+        await wait_until(
+            lambda: states(oban_dsn, oban_prefix) == {"completed": 100},
+            message="100 completed jobs",
+        )
     row = job_row(oban_dsn, oban_prefix, jobs[0].id)
     assert row["attempt"] == 1 and row["completed_at"] is not None
     assert row["attempted_by"][0] == "n1"
@@ -72,8 +94,12 @@ async def test_outcomes(oban_dsn, oban_prefix):
         assert "RuntimeError: boom on attempt 1" in row["errors"][0]["error"]
         assert "Traceback" in row["errors"][0]["error"]
         row = await finished(oban_dsn, oban_prefix, custom.id, "retryable")
-        delay = query(oban_dsn, f'SELECT extract(epoch FROM scheduled_at - attempted_at) '
-                                f'FROM "{oban_prefix}".oban_jobs WHERE id = %s', (custom.id,))[0][0]
+        delay = query(
+            oban_dsn,
+            f"SELECT extract(epoch FROM scheduled_at - attempted_at) "
+            f'FROM "{oban_prefix}".oban_jobs WHERE id = %s',
+            (custom.id,),
+        )[0][0]
         assert 990 < float(delay) < 1010
         row = await finished(oban_dsn, oban_prefix, cancel.id, "cancelled")
         assert "not needed any more" in row["errors"][0]["error"]
@@ -99,8 +125,9 @@ async def test_discard_at_max_attempts(oban_dsn, oban_prefix):
 async def test_child_crashes_fail_only_that_job(oban_dsn, oban_prefix, tmp_path):
     release = tmp_path / "release"
     async with node(oban_dsn, oban_prefix, processes=2) as oban:
-        long = await oban.enqueue(WaitForFile.new({"release": str(release),
-                                                   "started": str(tmp_path / "s")}))  # fmt: skip
+        long = await oban.enqueue(
+            WaitForFile.new({"release": str(release), "started": str(tmp_path / "s")})
+        )
         await wait_until(lambda: (tmp_path / "s").exists(), message="long job to start")
         exit3 = await oban.enqueue(Exit3.new({}))
         row = await finished(oban_dsn, oban_prefix, exit3.id, "retryable")
@@ -119,8 +146,9 @@ async def test_child_crashes_fail_only_that_job(oban_dsn, oban_prefix, tmp_path)
 @pytest.mark.reliability
 async def test_kill_9_child_mid_job(oban_dsn, oban_prefix, tmp_path):
     async with node(oban_dsn, oban_prefix) as oban:
-        job = await oban.enqueue(WaitForFile.new({"release": str(tmp_path / "never"),
-                                                  "log": str(tmp_path / "log")}))  # fmt: skip
+        job = await oban.enqueue(
+            WaitForFile.new({"release": str(tmp_path / "never"), "log": str(tmp_path / "log")})
+        )
         runs = await wait_until(lambda: execution_log(tmp_path / "log"), message="job start")
         os.kill(runs[0][2], signal.SIGKILL)
         row = await finished(oban_dsn, oban_prefix, job.id, "retryable")
@@ -168,8 +196,9 @@ async def test_recycling_after_max_jobs_per_child(oban_dsn, oban_prefix):
 
 async def test_pkill_from_another_instance(oban_dsn, oban_prefix, tmp_path):
     async with node(oban_dsn, oban_prefix) as oban:
-        job = await oban.enqueue(WaitForFile.new({"release": str(tmp_path / "never"),
-                                                  "started": str(tmp_path / "s")}))  # fmt: skip
+        job = await oban.enqueue(
+            WaitForFile.new({"release": str(tmp_path / "never"), "started": str(tmp_path / "s")})
+        )
         await wait_until(lambda: (tmp_path / "s").exists(), message="job start")
         other = Oban(dsn=oban_dsn, prefix=oban_prefix, name=f"client-{oban_prefix}")
         try:
@@ -178,25 +207,34 @@ async def test_pkill_from_another_instance(oban_dsn, oban_prefix, tmp_path):
             await other.stop()
         await finished(oban_dsn, oban_prefix, job.id, "cancelled")
         # the child running it was stopped: the pool is free again
-        await wait_until(lambda: not oban.check_queue("default")["running"],
-                         message="running set to empty")  # fmt: skip
+        await wait_until(
+            lambda: not oban.check_queue("default")["running"], message="running set to empty"
+        )
 
 
 async def test_stale_ack_changes_nothing(oban_dsn, oban_prefix, tmp_path):
     """A job rescued and re-fetched elsewhere is not overwritten by the first node's ack."""
     release = tmp_path / "release"
     async with node(oban_dsn, oban_prefix) as oban:
-        job = await oban.enqueue(WaitForFile.new({"release": str(release),
-                                                  "started": str(tmp_path / "s")}))  # fmt: skip
+        job = await oban.enqueue(
+            WaitForFile.new({"release": str(release), "started": str(tmp_path / "s")})
+        )
         await wait_until(lambda: (tmp_path / "s").exists(), message="job start")
         # Simulate a rescue and a re-fetch by another live producer (attempt 2, its uuid).
-        other = query(oban_dsn, f'INSERT INTO "{oban_prefix}".oban_producers '
-                                f"(uuid, name, node, queue, meta, started_at, updated_at) VALUES "
-                                f"(gen_random_uuid(), 'x', 'other', 'default', '{{}}', "
-                                f"now() + interval '1 hour', now() + interval '1 hour') "
-                                f"RETURNING uuid::text")[0][0]  # fmt: skip
-        query(oban_dsn, f"UPDATE \"{oban_prefix}\".oban_jobs SET attempt = 2, "
-                        f"attempted_by = ARRAY['other', %s] WHERE id = %s", (other, job.id))
+        other = query(
+            oban_dsn,
+            f'INSERT INTO "{oban_prefix}".oban_producers '
+            f"(uuid, name, node, queue, meta, started_at, updated_at) VALUES "
+            f"(gen_random_uuid(), 'x', 'other', 'default', '{{}}', "
+            f"now() + interval '1 hour', now() + interval '1 hour') "
+            f"RETURNING uuid::text",
+        )[0][0]
+        query(
+            oban_dsn,
+            f'UPDATE "{oban_prefix}".oban_jobs SET attempt = 2, '
+            f"attempted_by = ARRAY['other', %s] WHERE id = %s",
+            (other, job.id),
+        )
         release.touch()
         await wait_until(lambda: not oban.check_queue("default")["running"], message="ack")
         await oban._acker.flush(5)
@@ -209,8 +247,10 @@ async def test_graceful_shutdown_releases_unfinished_jobs_at_once(oban_dsn, oban
     await oban.start()
     try:
         jobs = await oban.enqueue_many(
-            [WaitForFile.new({"release": str(tmp_path / "never"), "log": str(tmp_path / "log")})
-             for _ in range(2)]  # fmt: skip
+            [
+                WaitForFile.new({"release": str(tmp_path / "never"), "log": str(tmp_path / "log")})
+                for _ in range(2)
+            ]
         )
         await wait_until(lambda: len(execution_log(tmp_path / "log")) == 2, message="2 running")
     finally:
@@ -231,16 +271,21 @@ async def test_two_nodes_never_fetch_a_job_twice(oban_dsn, oban_prefix, tmp_path
     await b.start()
     try:
         await a.enqueue_many([Noop.new({"log": str(log)}) for _ in range(20_000)])
-        await wait_until(lambda: states(oban_dsn, oban_prefix) == {"completed": 20_000},
-                         timeout=120, interval=0.25, message="20,000 completed")  # fmt: skip
+        await wait_until(
+            lambda: states(oban_dsn, oban_prefix) == {"completed": 20_000},
+            timeout=120,
+            interval=0.25,
+            message="20,000 completed",
+        )
     finally:
         await a.stop()
         await b.stop()
     runs = execution_log(log)
     counts = Counter(r[0] for r in runs)
     assert len(counts) == 20_000 and max(counts.values()) == 1
-    nodes = Counter(row[0] for row in query(
-        oban_dsn, f'SELECT attempted_by[1] FROM "{oban_prefix}".oban_jobs'))  # fmt: skip
+    nodes = Counter(
+        row[0] for row in query(oban_dsn, f'SELECT attempted_by[1] FROM "{oban_prefix}".oban_jobs')
+    )
     assert set(nodes) == {"a", "b"}
 
 
@@ -271,7 +316,9 @@ async def test_cpu_jobs_run_in_parallel(oban_dsn, oban_prefix):
                 break
     one, two = min(ones), min(twos)
     if two >= 1.6 * one and min(raw_twos) >= 1.6 * min(raw_ones):
-        pytest.skip(f"no spare core now: bare processes {min(raw_twos):.2f}s vs {min(raw_ones):.2f}s")
+        pytest.skip(
+            f"no spare core now: bare processes {min(raw_twos):.2f}s vs {min(raw_ones):.2f}s"
+        )
     assert two < 1.6 * one, f"two jobs took {two:.2f}s vs one {one:.2f}s"
 
 
@@ -290,8 +337,7 @@ async def test_pause_resume_scale(oban_dsn, oban_prefix, tmp_path):
 async def test_queues_share_scarce_children_fairly(oban_dsn, oban_prefix, tmp_path):
     """With one child and two busy queues, both queues make progress side by side."""
     log = tmp_path / "log"
-    async with node(oban_dsn, oban_prefix, processes=1,
-                    queues={"default": 5, "other": 5}) as oban:  # fmt: skip
+    async with node(oban_dsn, oban_prefix, processes=1, queues={"default": 5, "other": 5}) as oban:
         await oban.pause_all_queues()
         jobs = await oban.enqueue_many(
             [Noop.new({"log": str(log)}) for _ in range(40)]

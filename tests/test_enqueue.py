@@ -25,7 +25,9 @@ def build_report(month: str) -> None:
 
 def count(dsn: str, prefix: str, where: str = "true") -> int:
     with psycopg.connect(dsn) as conn:
-        return conn.execute(f'SELECT count(*) FROM "{prefix}".oban_jobs WHERE {where}').fetchone()[0]
+        return conn.execute(f'SELECT count(*) FROM "{prefix}".oban_jobs WHERE {where}').fetchone()[
+            0
+        ]
 
 
 def listen(dsn: str, prefix: str) -> psycopg.Connection:

@@ -20,20 +20,43 @@ async def test_every_outcome_on_each_layout(oban_dsn, oban_empty_prefix, layout)
         load_fixture(oban_dsn, prefix, {"elixir": "elixir_v14", "obanpy": "obanpy"}[layout])
     migrate_up(oban_dsn, prefix=prefix)
     assert migration_status(oban_dsn, prefix=prefix).layout == layout
-    oban = Oban(dsn=oban_dsn, prefix=prefix, queues={"default": 4}, processes=2,
-                imports=["engine_workers"], name=f"layout-{prefix}", poll_interval=0.2,
-                stage_interval=0.2)  # fmt: skip
+    oban = Oban(
+        dsn=oban_dsn,
+        prefix=prefix,
+        queues={"default": 4},
+        processes=2,
+        imports=["engine_workers"],
+        name=f"layout-{prefix}",
+        poll_interval=0.2,
+        stage_interval=0.2,
+    )
     async with oban:
-        jobs = await oban.enqueue_many([
-            Noop.new({}, tags=["a", "b"]), Fail.new({}), SnoozeOnce.new({}), CancelSelf.new({}),
-            RecordIt.new({"values": [2, 3]}), Exit3.new({}), Job("missing.Worker"),
-        ])  # fmt: skip
-        expected = ["completed", "retryable", "completed", "cancelled", "completed", "retryable",
-                    "retryable"]  # fmt: skip
+        jobs = await oban.enqueue_many(
+            [
+                Noop.new({}, tags=["a", "b"]),
+                Fail.new({}),
+                SnoozeOnce.new({}),
+                CancelSelf.new({}),
+                RecordIt.new({"values": [2, 3]}),
+                Exit3.new({}),
+                Job("missing.Worker"),
+            ]
+        )
+        expected = [
+            "completed",
+            "retryable",
+            "completed",
+            "cancelled",
+            "completed",
+            "retryable",
+            "retryable",
+        ]
 
         def done():
-            return all(job_row(oban_dsn, prefix, j.id)["state"] == s
-                       for j, s in zip(jobs, expected, strict=True))  # fmt: skip
+            return all(
+                job_row(oban_dsn, prefix, j.id)["state"] == s
+                for j, s in zip(jobs, expected, strict=True)
+            )
 
         await wait_until(done, timeout=30, message=f"every outcome on the {layout} layout")
     noop, fail, snooze, cancel, record, exit3, missing = (

@@ -32,8 +32,9 @@ pytestmark = pytest.mark.asyncio
 
 @pytest.fixture
 async def pool(oban_dsn):
-    async with AsyncConnectionPool(oban_dsn, min_size=1, max_size=2, open=False,
-                                   kwargs={"autocommit": True}) as pool:  # fmt: skip
+    async with AsyncConnectionPool(
+        oban_dsn, min_size=1, max_size=2, open=False, kwargs={"autocommit": True}
+    ) as pool:
         yield pool
 
 
@@ -42,16 +43,23 @@ def naive(dt: datetime) -> datetime:
 
 
 def set_executing(dsn, prefix, job_id, node, uuid, attempted_at=None, attempt=1):
-    query(dsn, f'UPDATE "{prefix}".oban_jobs SET state = \'executing\', attempt = %s, '
-               f"attempted_by = ARRAY[%s, %s], attempted_at = coalesce(%s, timezone('UTC', now())) "
-               f"WHERE id = %s", (attempt, node, uuid, attempted_at, job_id))  # fmt: skip
+    query(
+        dsn,
+        f"UPDATE \"{prefix}\".oban_jobs SET state = 'executing', attempt = %s, "
+        f"attempted_by = ARRAY[%s, %s], attempted_at = coalesce(%s, timezone('UTC', now())) "
+        f"WHERE id = %s",
+        (attempt, node, uuid, attempted_at, job_id),
+    )
 
 
 def add_producer(dsn, prefix, uuid, node, queue="default", age=0.0):
-    query(dsn, f'INSERT INTO "{prefix}".oban_producers (uuid, name, node, queue, meta, '
-               f"started_at, updated_at) VALUES (%s, 'Oban', %s, %s, '{{}}', "
-               f"timezone('UTC', now()), timezone('UTC', now()) - make_interval(secs => %s))",
-          (uuid, node, queue, age))  # fmt: skip
+    query(
+        dsn,
+        f'INSERT INTO "{prefix}".oban_producers (uuid, name, node, queue, meta, '
+        f"started_at, updated_at) VALUES (%s, 'Oban', %s, %s, '{{}}', "
+        f"timezone('UTC', now()), timezone('UTC', now()) - make_interval(secs => %s))",
+        (uuid, node, queue, age),
+    )
 
 
 # -- stager --------------------------------------------------------------------------------
@@ -86,10 +94,18 @@ async def test_pruner_deletes_old_finished_jobs_in_batches(oban_dsn, oban_prefix
         jobs = client.enqueue_many([Job("app.W") for _ in range(5)])
     ids = [j.id for j in jobs]
     p = f'"{oban_prefix}"'
-    query(oban_dsn, f"UPDATE {p}.oban_jobs SET state = 'completed', completed_at = "
-                    f"timezone('UTC', now()) - interval '2 hours' WHERE id = ANY(%s)", (ids[:3],))
-    query(oban_dsn, f"UPDATE {p}.oban_jobs SET state = 'discarded', discarded_at = "
-                    f"timezone('UTC', now()) WHERE id = %s", (ids[3],))  # fmt: skip
+    query(
+        oban_dsn,
+        f"UPDATE {p}.oban_jobs SET state = 'completed', completed_at = "
+        f"timezone('UTC', now()) - interval '2 hours' WHERE id = ANY(%s)",
+        (ids[:3],),
+    )
+    query(
+        oban_dsn,
+        f"UPDATE {p}.oban_jobs SET state = 'discarded', discarded_at = "
+        f"timezone('UTC', now()) WHERE id = %s",
+        (ids[3],),
+    )
     pruner = Pruner(pool, Queries(oban_prefix), max_age=3600, limit=2)
     assert await pruner.step() == 2
     assert await pruner.step() == 1
@@ -121,16 +137,27 @@ async def test_lifeline_rescues_only_jobs_of_dead_producers(oban_dsn, oban_prefi
     set_executing(oban_dsn, oban_prefix, missing.id, "gone-node", str(uuidlib.uuid4()))
     # An Elixir (open-source) job: valid uuid, but its queue has no heartbeating producers.
     set_executing(oban_dsn, oban_prefix, foreign.id, "elixir@host", str(uuidlib.uuid4()))
-    query(oban_dsn, f'UPDATE "{oban_prefix}".oban_jobs SET queue = \'elixir\' WHERE id = %s',
-          (foreign.id,))  # fmt: skip
+    query(
+        oban_dsn,
+        f"UPDATE \"{oban_prefix}\".oban_jobs SET queue = 'elixir' WHERE id = %s",
+        (foreign.id,),
+    )
     set_executing(oban_dsn, oban_prefix, spent.id, "dead-node", dead_uuid)
     rescued: list[int] = []
-    lifeline = Lifeline(pool, Queries(oban_prefix), heartbeat_ttl=30, rescue_after=3600,
-                        on_rescued=lambda n, queues: rescued.append(n))  # fmt: skip
+    lifeline = Lifeline(
+        pool,
+        Queries(oban_prefix),
+        heartbeat_ttl=30,
+        rescue_after=3600,
+        on_rescued=lambda n, queues: rescued.append(n),
+    )
     assert await lifeline.step() == 3
     row = job_row(oban_dsn, oban_prefix, dead.id)
     assert row["state"] == "available" and row["meta"]["rescued"] == 1
-    assert "dead-node" in row["errors"][-1]["error"] and "stopped heartbeating" in row["errors"][-1]["error"]
+    assert (
+        "dead-node" in row["errors"][-1]["error"]
+        and "stopped heartbeating" in row["errors"][-1]["error"]
+    )
     assert job_row(oban_dsn, oban_prefix, missing.id)["state"] == "available"
     assert "no producer row" in job_row(oban_dsn, oban_prefix, missing.id)["errors"][-1]["error"]
     assert job_row(oban_dsn, oban_prefix, spent.id)["state"] == "discarded"
@@ -143,7 +170,9 @@ async def test_lifeline_rescues_only_jobs_of_dead_producers(oban_dsn, oban_prefi
     assert await lifeline_late.step(now=later) == 1
     assert "rescue_after" in job_row(oban_dsn, oban_prefix, foreign.id)["errors"][-1]["error"]
     # the dead producer row was deleted once none of its jobs was executing
-    uuids = {r[0] for r in query(oban_dsn, f'SELECT uuid::text FROM "{oban_prefix}".oban_producers')}
+    uuids = {
+        r[0] for r in query(oban_dsn, f'SELECT uuid::text FROM "{oban_prefix}".oban_producers')
+    }
     assert uuids == {live_uuid}
     assert rescued == [3]
 
@@ -158,7 +187,9 @@ async def test_leader_lease_takeover_and_resign(oban_dsn, oban_prefix, pool):
     assert await a.elect() is True
     assert await b.elect() is False
     assert await a.elect() is True  # refresh keeps it
-    (elected, expires), = query(oban_dsn, f'SELECT elected_at, expires_at FROM "{oban_prefix}".oban_leaders')
+    ((elected, expires),) = query(
+        oban_dsn, f'SELECT elected_at, expires_at FROM "{oban_prefix}".oban_leaders'
+    )
     assert abs((expires - elected).total_seconds() - 30) < 2  # a real 30 s lease, not 3
     listener = psycopg.connect(oban_dsn, autocommit=True)
     listener.execute(f'LISTEN "{oban_prefix}.oban_leader"')
@@ -170,8 +201,11 @@ async def test_leader_lease_takeover_and_resign(oban_dsn, oban_prefix, pool):
         listener.close()
     assert await b.elect() is True and a.is_leader is False
     # an expired lease is taken over
-    query(oban_dsn, f"UPDATE \"{oban_prefix}\".oban_leaders SET expires_at = "
-                    f"timezone('UTC', now()) - interval '1 second'")  # fmt: skip
+    query(
+        oban_dsn,
+        f'UPDATE "{oban_prefix}".oban_leaders SET expires_at = '
+        f"timezone('UTC', now()) - interval '1 second'",
+    )
     assert await a.elect() is True
 
 

@@ -99,11 +99,21 @@ async def test_every_panel_and_rule_against_a_real_prometheus(
 ) -> None:
     require_binary()
     oban = Oban(
-        dsn=oban_dsn, prefix=oban_prefix, name=f"Oban-{oban_prefix}", node="n1",
-        queues={"default": 4}, processes=2, imports=["prometheus_support"], metrics_port=0,
-        poll_interval=0.2, stage_interval=0.5, heartbeat_interval=0.5, lifeline_interval=0.5,
-        leader_ttl=3.0, shutdown_timeout=2.0,
-    )  # fmt: skip
+        dsn=oban_dsn,
+        prefix=oban_prefix,
+        name=f"Oban-{oban_prefix}",
+        node="n1",
+        queues={"default": 4},
+        processes=2,
+        imports=["prometheus_support"],
+        metrics_port=0,
+        poll_interval=0.2,
+        stage_interval=0.5,
+        heartbeat_interval=0.5,
+        lifeline_interval=0.5,
+        leader_ttl=3.0,
+        shutdown_timeout=2.0,
+    )
     prom: PrometheusServer | None = None
     await oban.start()
     try:
@@ -160,8 +170,9 @@ async def test_every_panel_and_rule_against_a_real_prometheus(
             await oban.enqueue(Complete.new({"ms": 20}))
         await poll(
             lambda: scalar(prom, 'sum(oban_pro_jobs_total{state="completed"})') >= 40,
-            30, "the second wave to complete",
-        )  # fmt: skip
+            30,
+            "the second wave to complete",
+        )
 
         # 3. Every panel expression parses and returns data at two rate intervals; over 1m each
         # one has a number, not only NaN (a quantile over zero rates). Rates need two samples in
@@ -231,46 +242,87 @@ RULE_TESTS = {
             "interval": "1m",
             "input_series": [
                 # A queue with available jobs and no progress, and one that makes progress.
-                {"series": 'oban_pro_queue_jobs{node="n1",queue="stuck",state="available"}',
-                 "values": "5x40"},
-                {"series": 'oban_pro_queue_jobs{node="n1",queue="busy",state="available"}',
-                 "values": "5x40"},
-                {"series": 'oban_pro_jobs_total{node="n1",queue="busy",worker="w",'
-                           'state="completed"}', "values": "0+10x40"},
-                {"series": 'oban_pro_jobs_total{node="n1",queue="busy",worker="w",'
-                           'state="discarded"}', "values": "0+5x40"},
+                {
+                    "series": 'oban_pro_queue_jobs{node="n1",queue="stuck",state="available"}',
+                    "values": "5x40",
+                },
+                {
+                    "series": 'oban_pro_queue_jobs{node="n1",queue="busy",state="available"}',
+                    "values": "5x40",
+                },
+                {
+                    "series": 'oban_pro_jobs_total{node="n1",queue="busy",worker="w",'
+                    'state="completed"}',
+                    "values": "0+10x40",
+                },
+                {
+                    "series": 'oban_pro_jobs_total{node="n1",queue="busy",worker="w",'
+                    'state="discarded"}',
+                    "values": "0+5x40",
+                },
                 {"series": 'oban_pro_jobs_rescued_total{node="n1"}', "values": "0+5x40"},
-                {"series": 'oban_pro_child_restarts_total{node="n1",reason="crash"}',
-                 "values": "0+2x40"},
-                {"series": 'oban_pro_child_restarts_total{node="n1",reason="recycle"}',
-                 "values": "0+50x40"},
+                {
+                    "series": 'oban_pro_child_restarts_total{node="n1",reason="crash"}',
+                    "values": "0+2x40",
+                },
+                {
+                    "series": 'oban_pro_child_restarts_total{node="n1",reason="recycle"}',
+                    "values": "0+50x40",
+                },
                 {"series": 'oban_pro_ack_backlog{node="n1"}', "values": "20000x40"},
                 {"series": 'oban_pro_ack_backlog{node="n2"}', "values": "10x40"},
                 {"series": 'oban_pro_heartbeat_age_seconds{node="n1"}', "values": "100x40"},
                 {"series": 'oban_pro_heartbeat_age_seconds{node="n2"}', "values": "1x40"},
                 {"series": 'oban_pro_leader{node="n1"}', "values": "0x40"},
                 {"series": 'oban_pro_leader{node="n2"}', "values": "0x40"},
-                {"series": 'oban_pro_db_errors_total{node="n1",operation="ack"}',
-                 "values": "0+60x40"},
+                {
+                    "series": 'oban_pro_db_errors_total{node="n1",operation="ack"}',
+                    "values": "0+60x40",
+                },
             ],
             "alert_rule_test": [
-                {"eval_time": "30m", "alertname": "ObanProNoProgress",
-                 "exp_alerts": [{"exp_labels": {"severity": "critical", "queue": "stuck"}}]},
-                {"eval_time": "35m", "alertname": "ObanProHighDiscardRate",
-                 "exp_alerts": [{"exp_labels": {"severity": "warning", "queue": "busy"}}]},
-                {"eval_time": "15m", "alertname": "ObanProRescueSpike",
-                 "exp_alerts": [{"exp_labels": {"severity": "warning"}}]},
-                {"eval_time": "15m", "alertname": "ObanProChildCrashLoop",
-                 "exp_alerts": [{"exp_labels": {"severity": "critical", "node": "n1"}}]},
-                {"eval_time": "15m", "alertname": "ObanProAckBacklog",
-                 "exp_alerts": [{"exp_labels": {"severity": "warning", "node": "n1"}}]},
-                {"eval_time": "10m", "alertname": "ObanProHeartbeatStale",
-                 "exp_alerts": [{"exp_labels": {"severity": "warning", "node": "n1"}}]},
-                {"eval_time": "15m", "alertname": "ObanProNoLeader",
-                 "exp_alerts": [{"exp_labels": {"severity": "warning"}}]},
-                {"eval_time": "15m", "alertname": "ObanProDatabaseErrors",
-                 "exp_alerts": [{"exp_labels": {"severity": "warning", "node": "n1",
-                                                "operation": "ack"}}]},
+                {
+                    "eval_time": "30m",
+                    "alertname": "ObanProNoProgress",
+                    "exp_alerts": [{"exp_labels": {"severity": "critical", "queue": "stuck"}}],
+                },
+                {
+                    "eval_time": "35m",
+                    "alertname": "ObanProHighDiscardRate",
+                    "exp_alerts": [{"exp_labels": {"severity": "warning", "queue": "busy"}}],
+                },
+                {
+                    "eval_time": "15m",
+                    "alertname": "ObanProRescueSpike",
+                    "exp_alerts": [{"exp_labels": {"severity": "warning"}}],
+                },
+                {
+                    "eval_time": "15m",
+                    "alertname": "ObanProChildCrashLoop",
+                    "exp_alerts": [{"exp_labels": {"severity": "critical", "node": "n1"}}],
+                },
+                {
+                    "eval_time": "15m",
+                    "alertname": "ObanProAckBacklog",
+                    "exp_alerts": [{"exp_labels": {"severity": "warning", "node": "n1"}}],
+                },
+                {
+                    "eval_time": "10m",
+                    "alertname": "ObanProHeartbeatStale",
+                    "exp_alerts": [{"exp_labels": {"severity": "warning", "node": "n1"}}],
+                },
+                {
+                    "eval_time": "15m",
+                    "alertname": "ObanProNoLeader",
+                    "exp_alerts": [{"exp_labels": {"severity": "warning"}}],
+                },
+                {
+                    "eval_time": "15m",
+                    "alertname": "ObanProDatabaseErrors",
+                    "exp_alerts": [
+                        {"exp_labels": {"severity": "warning", "node": "n1", "operation": "ack"}}
+                    ],
+                },
                 # "for" holds alerts back: nothing fires a minute in.
                 {"eval_time": "1m", "alertname": "ObanProNoProgress", "exp_alerts": []},
                 {"eval_time": "1m", "alertname": "ObanProAckBacklog", "exp_alerts": []},
@@ -280,32 +332,46 @@ RULE_TESTS = {
             # A healthy cluster: nothing fires.
             "interval": "1m",
             "input_series": [
-                {"series": 'oban_pro_queue_jobs{node="n1",queue="q",state="available"}',
-                 "values": "3x40"},
-                {"series": 'oban_pro_jobs_total{node="n1",queue="q",worker="w",'
-                           'state="completed"}', "values": "0+100x40"},
-                {"series": 'oban_pro_jobs_total{node="n1",queue="q",worker="w",'
-                           'state="discarded"}', "values": "0+1x40"},
+                {
+                    "series": 'oban_pro_queue_jobs{node="n1",queue="q",state="available"}',
+                    "values": "3x40",
+                },
+                {
+                    "series": 'oban_pro_jobs_total{node="n1",queue="q",worker="w",'
+                    'state="completed"}',
+                    "values": "0+100x40",
+                },
+                {
+                    "series": 'oban_pro_jobs_total{node="n1",queue="q",worker="w",'
+                    'state="discarded"}',
+                    "values": "0+1x40",
+                },
                 {"series": 'oban_pro_jobs_rescued_total{node="n1"}', "values": "0x40"},
-                {"series": 'oban_pro_child_restarts_total{node="n1",reason="crash"}',
-                 "values": "0x40"},
+                {
+                    "series": 'oban_pro_child_restarts_total{node="n1",reason="crash"}',
+                    "values": "0x40",
+                },
                 {"series": 'oban_pro_ack_backlog{node="n1"}', "values": "50x40"},
                 {"series": 'oban_pro_heartbeat_age_seconds{node="n1"}', "values": "1x40"},
                 {"series": 'oban_pro_leader{node="n1"}', "values": "1x40"},
-                {"series": 'oban_pro_db_errors_total{node="n1",operation="ack"}',
-                 "values": "0x40"},
+                {"series": 'oban_pro_db_errors_total{node="n1",operation="ack"}', "values": "0x40"},
             ],
             "alert_rule_test": [
                 {"eval_time": "35m", "alertname": name, "exp_alerts": []}
                 for name in (
-                    "ObanProNoProgress", "ObanProHighDiscardRate", "ObanProRescueSpike",
-                    "ObanProChildCrashLoop", "ObanProAckBacklog", "ObanProHeartbeatStale",
-                    "ObanProNoLeader", "ObanProDatabaseErrors",
+                    "ObanProNoProgress",
+                    "ObanProHighDiscardRate",
+                    "ObanProRescueSpike",
+                    "ObanProChildCrashLoop",
+                    "ObanProAckBacklog",
+                    "ObanProHeartbeatStale",
+                    "ObanProNoLeader",
+                    "ObanProDatabaseErrors",
                 )
             ],
         },
     ],
-}  # fmt: skip
+}
 
 
 def test_alert_rules_check_and_fire_as_documented(tmp_path: Path) -> None:

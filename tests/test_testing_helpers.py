@@ -7,8 +7,12 @@ from engine_workers import CancelSelf, Fail, Noop, RecordIt
 
 from oban_pro import Client
 from oban_pro.testing import (
-    all_enqueued, assert_enqueued, drain_queue, perform_job, refute_enqueued,
-)  # fmt: skip
+    all_enqueued,
+    assert_enqueued,
+    drain_queue,
+    perform_job,
+    refute_enqueued,
+)
 
 
 def test_perform_job_runs_in_process():
@@ -33,8 +37,15 @@ def test_assert_and_refute_enqueued(oban_dsn, oban_prefix):
 
 async def test_drain_queue_uses_the_real_fetch_and_ack_path(oban_dsn, oban_prefix):
     with Client(oban_dsn, prefix=oban_prefix) as client:
-        client.enqueue_many([Noop.new({}), Noop.new({}), Fail.new({}), CancelSelf.new({}),
-                             Noop.new({}, queue="other")])  # fmt: skip
+        client.enqueue_many(
+            [
+                Noop.new({}),
+                Noop.new({}),
+                Fail.new({}),
+                CancelSelf.new({}),
+                Noop.new({}, queue="other"),
+            ]
+        )
     counts = await drain_queue(oban_dsn, "default", prefix=oban_prefix)
     assert counts == {"completed": 2, "retryable": 1, "cancelled": 1}
     refute_enqueued(oban_dsn, prefix=oban_prefix, queue="default")

@@ -65,10 +65,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def add_database_args(parser: argparse.ArgumentParser) -> None:
     """--dsn and --prefix, shared by every subcommand that touches the database."""
     parser.add_argument(
-        "--dsn", default=None, help="PostgreSQL DSN (env OBAN_DSN or DATABASE_URL; default: embedded)"
+        "--dsn",
+        default=None,
+        help="PostgreSQL DSN (env OBAN_DSN or DATABASE_URL; default: embedded)",
     )
     parser.add_argument(
-        "--prefix", default=None, help="schema holding the oban tables (env OBAN_PREFIX; default public)"
+        "--prefix",
+        default=None,
+        help="schema holding the oban tables (env OBAN_PREFIX; default public)",
     )
 
 

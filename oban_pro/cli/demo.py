@@ -18,14 +18,20 @@ from . import EXIT_FAILURE, EXIT_OK, add_database_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("demo", help="run CPU-heavy demo jobs on all cores",
-                                   description=__doc__)  # fmt: skip
+    parser = subparsers.add_parser(
+        "demo", help="run CPU-heavy demo jobs on all cores", description=__doc__
+    )
     add_database_args(parser)
     parser.add_argument("--jobs", type=int, default=300, help="jobs to run (300)")
-    parser.add_argument("--rounds", type=int, default=20_000,
-                        help="CPU work per job in hash rounds (20000, ~50 ms)")  # fmt: skip
-    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1,
-                        help="worker processes (default: CPU count)")  # fmt: skip
+    parser.add_argument(
+        "--rounds", type=int, default=20_000, help="CPU work per job in hash rounds (20000, ~50 ms)"
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker processes (default: CPU count)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -43,9 +49,15 @@ async def _demo(args: argparse.Namespace) -> int:
     prefix = args.prefix or os.environ.get("OBAN_PREFIX") or "public"
     dsn = resolve_dsn(args.dsn)
     migrate_up(dsn, prefix=prefix)
-    oban = Oban(dsn=dsn, prefix=prefix, queues={"demo": max(args.processes * 2, 2)},
-                processes=args.processes, imports=["oban_pro.demo"], name="oban-pro-demo",
-                poll_interval=0.2)  # fmt: skip
+    oban = Oban(
+        dsn=dsn,
+        prefix=prefix,
+        queues={"demo": max(args.processes * 2, 2)},
+        processes=args.processes,
+        imports=["oban_pro.demo"],
+        name="oban-pro-demo",
+        poll_interval=0.2,
+    )
     await oban.start()
     try:
         started = time.monotonic()
@@ -58,11 +70,16 @@ async def _demo(args: argparse.Namespace) -> int:
         rows = await _final_rows(oban, ids)
     finally:
         await oban.stop()
-    per_pid = Counter(decode_recorded(meta["return"])["pid"] for state, meta in rows
-                      if state == "completed" and meta and "return" in meta)  # fmt: skip
+    per_pid = Counter(
+        decode_recorded(meta["return"])["pid"]
+        for state, meta in rows
+        if state == "completed" and meta and "return" in meta
+    )
     failures = sum(1 for state, _ in rows if state != "completed")
-    print(f"\nran {done} of {len(ids)} jobs in {elapsed:.2f}s: {done / elapsed:.1f} jobs/s "
-          f"on {args.processes} processes")  # fmt: skip
+    print(
+        f"\nran {done} of {len(ids)} jobs in {elapsed:.2f}s: {done / elapsed:.1f} jobs/s "
+        f"on {args.processes} processes"
+    )
     for pid, n in sorted(per_pid.items()):
         print(f"  process {pid}: {n} jobs")
     print(f"  failures: {failures}")

@@ -43,11 +43,13 @@ FLAGS: dict[str, tuple[str, str]] = {
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "start", help="run a node", description=__doc__,
+        "start",
+        help="run a node",
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="exit codes: 0 clean stop, 1 runtime failure, 2 bad configuration, "
         "130 second interrupt. Every flag also reads OBAN_<NAME> (e.g. OBAN_QUEUES).",
-    )  # fmt: skip
+    )
     add_node_args(parser)
     parser.set_defaults(func=run)
 
@@ -55,8 +57,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def add_node_args(parser: argparse.ArgumentParser) -> None:
     add_database_args(parser)
     parser.add_argument("--config", default=None, help="TOML file (default ./oban.toml)")
-    parser.add_argument("--import", dest="imports", action="append", default=None,
-                        metavar="MODULE", help="module defining workers/cron (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=None,
+        metavar="MODULE",
+        help="module defining workers/cron (repeatable)",
+    )
     for flag, (_field, text) in FLAGS.items():
         parser.add_argument(flag, default=None, help=text)
 
@@ -76,8 +84,10 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     configure_logging(config.log_level, config.log_format, config.node)
     if not config.queues:
-        print("oban-pro start: no queues configured (use --queues default:10 or OBAN_QUEUES)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "oban-pro start: no queues configured (use --queues default:10 or OBAN_QUEUES)",
+            file=sys.stderr,
+        )
         return 2
     return asyncio.run(serve(config))
 

@@ -120,7 +120,9 @@ class Acker:
                     if self._on_error:
                         self._on_error()
                     delay = min(0.05 * 2**failures, 5.0)
-                    log.warning("ack batch of %d failed (%s); retrying in %.2fs", len(batch), exc, delay)
+                    log.warning(
+                        "ack batch of %d failed (%s); retrying in %.2fs", len(batch), exc, delay
+                    )
                     await asyncio.sleep(delay)
                     continue
                 failures = 0

@@ -62,19 +62,42 @@ class Executor:
 
         runs = []
         now = time.monotonic()
-        for (job_id, worker, args, meta, attempt, max_attempts, priority, tags, errors,
-             inserted_at, scheduled_at, attempted_at) in rows:  # fmt: skip
+        for (
+            job_id,
+            worker,
+            args,
+            meta,
+            attempt,
+            max_attempts,
+            priority,
+            tags,
+            errors,
+            inserted_at,
+            scheduled_at,
+            attempted_at,
+        ) in rows:
             self.inflight[job_id] = InFlight(
                 producer, worker, attempt, max_attempts, max(0.0, attempted_at - scheduled_at), now
             )
             producer.running.add(job_id)
             runs.append(
-                Run(job_id=job_id, worker=worker, args=args.encode(), meta=meta.encode(),
-                    attempt=attempt, max_attempts=max_attempts, queue=producer.queue,
-                    priority=priority, tags=tags or [], errors=errors.encode(),
-                    inserted_at=inserted_at, scheduled_at=scheduled_at,
-                    attempted_at=attempted_at, timeout=self._timeout(worker))
-            )  # fmt: skip
+                Run(
+                    job_id=job_id,
+                    worker=worker,
+                    args=args.encode(),
+                    meta=meta.encode(),
+                    attempt=attempt,
+                    max_attempts=max_attempts,
+                    queue=producer.queue,
+                    priority=priority,
+                    tags=tags or [],
+                    errors=errors.encode(),
+                    inserted_at=inserted_at,
+                    scheduled_at=scheduled_at,
+                    attempted_at=attempted_at,
+                    timeout=self._timeout(worker),
+                )
+            )
         self.pool.submit_many(runs)
 
     def _timeout(self, worker: str) -> float:
@@ -115,7 +138,9 @@ class Executor:
             "discarded" if job.attempt >= job.max_attempts else "retryable"
         )
         error = _error_entry(job.attempt, text)
-        self._finish(job_id, job, kind, delay, error, None, state, time.monotonic() - job.dispatched)
+        self._finish(
+            job_id, job, kind, delay, error, None, state, time.monotonic() - job.dispatched
+        )
 
     def release(self, job_ids: list[int]) -> None:
         """Give back jobs that did not finish before shutdown (attempt returned)."""
@@ -128,8 +153,17 @@ class Executor:
     def running_job_ids(self) -> list[int]:
         return list(self.inflight)
 
-    def _finish(self, job_id: int, job: InFlight, kind: str, delay: float, error: str | None,
-                meta: str | None, state: str, duration: float) -> None:  # fmt: skip
+    def _finish(
+        self,
+        job_id: int,
+        job: InFlight,
+        kind: str,
+        delay: float,
+        error: str | None,
+        meta: str | None,
+        state: str,
+        duration: float,
+    ) -> None:
         job.producer.running.discard(job_id)
         self.acker.add(Ack(job_id, job.attempt, job.producer.uuid, kind, delay, error, meta))
         if self.metrics is not None:

@@ -16,8 +16,13 @@ log = logging.getLogger(__name__)
 
 
 class Heartbeat:
-    def __init__(self, pool: Any, queries: Any, producers: Callable[[], Sequence[Producer]],
-                 on_beat: Callable[[], None] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        pool: Any,
+        queries: Any,
+        producers: Callable[[], Sequence[Producer]],
+        on_beat: Callable[[], None] | None = None,
+    ) -> None:
         self._pool = pool
         self._queries = queries
         self._producers = producers
@@ -35,7 +40,9 @@ class Heartbeat:
             alive = {row[0] for row in await cur.fetchall()}
         for producer in producers:
             if producer.uuid not in alive:
-                log.warning("producer row of queue %r was gone; registering it again", producer.queue)
+                log.warning(
+                    "producer row of queue %r was gone; registering it again", producer.queue
+                )
                 await producer.register()
         if self._on_beat:
             self._on_beat()

@@ -16,9 +16,15 @@ log = logging.getLogger(__name__)
 
 class Leader:
     def __init__(
-        self, *, pool: Any, queries: Any, name: str, node: str, ttl: float,
+        self,
+        *,
+        pool: Any,
+        queries: Any,
+        name: str,
+        node: str,
+        ttl: float,
         on_change: Callable[[bool], None] | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self._pool = pool
         self._queries = queries
         self.name = name
@@ -46,7 +52,8 @@ class Leader:
         async with self._pool.connection() as conn:
             await conn.execute(self._queries.resign_leader, {"name": self.name, "node": self.node})
             await conn.execute(
-                self._queries.notify, notify_params(self._queries.prefix, "leader", {"down": self.name})
+                self._queries.notify,
+                notify_params(self._queries.prefix, "leader", {"down": self.name}),
             )
         self._set(False)
 
@@ -56,8 +63,9 @@ class Leader:
 
     def _set(self, leading: bool) -> None:
         if leading != self.is_leader:
-            log.info("node %s %s leadership of %s", self.node,
-                     "took" if leading else "lost", self.name)  # fmt: skip
+            log.info(
+                "node %s %s leadership of %s", self.node, "took" if leading else "lost", self.name
+            )
             self.is_leader = leading
             if self._on_change:
                 self._on_change(leading)

@@ -100,9 +100,14 @@ class Producer:
         async with self._pool.connection() as conn:
             await conn.execute(
                 self._queries.register_producer,
-                {"uuid": self.uuid, "name": self.name, "node": self.node, "queue": self.queue,
-                 "meta": self.meta_json()},
-            )  # fmt: skip
+                {
+                    "uuid": self.uuid,
+                    "name": self.name,
+                    "node": self.node,
+                    "queue": self.queue,
+                    "meta": self.meta_json(),
+                },
+            )
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"oban-producer-{self.queue}")

@@ -28,9 +28,11 @@ def apply_signal(oban: Oban, payload: dict[str, Any]) -> None:
             log.warning("ignored pkill signal without an integer job_id: %r", payload)
         return
     queue = payload.get("queue")
-    targets = list(oban.producers.values()) if queue == "*" else (
-        [oban.producers[queue]] if isinstance(queue, str) and queue in oban.producers else []
-    )  # fmt: skip
+    targets = (
+        list(oban.producers.values())
+        if queue == "*"
+        else ([oban.producers[queue]] if isinstance(queue, str) and queue in oban.producers else [])
+    )
     for producer in targets:
         if action == "pause":
             producer.pause()

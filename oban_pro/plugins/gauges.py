@@ -11,8 +11,9 @@ from typing import Any
 
 
 class QueueGauges:
-    def __init__(self, pool: Any, queries: Any,
-                 publish: Callable[[dict[tuple[str, str], int]], None]) -> None:  # fmt: skip
+    def __init__(
+        self, pool: Any, queries: Any, publish: Callable[[dict[tuple[str, str], int]], None]
+    ) -> None:
         self._pool = pool
         self._queries = queries
         self._publish = publish

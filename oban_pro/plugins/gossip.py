@@ -19,11 +19,17 @@ def check(producer: Producer) -> dict[str, Any]:
     now = datetime.now(UTC).isoformat()
     started = datetime.fromtimestamp(producer.started_at, UTC).isoformat()
     return {
-        "uuid": producer.uuid, "name": producer.name, "node": producer.node,
-        "queue": producer.queue, "limit": producer.limit, "local_limit": producer.limit,
-        "paused": producer.paused, "running": sorted(producer.running)[:MAX_RUNNING_IDS],
-        "started_at": started, "updated_at": now,
-    }  # fmt: skip
+        "uuid": producer.uuid,
+        "name": producer.name,
+        "node": producer.node,
+        "queue": producer.queue,
+        "limit": producer.limit,
+        "local_limit": producer.limit,
+        "paused": producer.paused,
+        "running": sorted(producer.running)[:MAX_RUNNING_IDS],
+        "started_at": started,
+        "updated_at": now,
+    }
 
 
 class Gossip:

@@ -22,9 +22,14 @@ RESCUE_LIMIT = 1000
 
 class Lifeline:
     def __init__(
-        self, pool: Any, queries: Any, *, heartbeat_ttl: float, rescue_after: float,
+        self,
+        pool: Any,
+        queries: Any,
+        *,
+        heartbeat_ttl: float,
+        rescue_after: float,
         on_rescued: Callable[[int, set[str]], None] | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self._pool = pool
         self._queries = queries
         self._ttl = heartbeat_ttl
@@ -33,8 +38,12 @@ class Lifeline:
 
     async def step(self, now: Any = None) -> int:
         """Rescue orphans and delete dead producer rows; returns the number of jobs rescued."""
-        params = {"ttl": self._ttl, "rescue_after": self._rescue_after, "limit": RESCUE_LIMIT,
-                  "now": now}  # fmt: skip
+        params = {
+            "ttl": self._ttl,
+            "rescue_after": self._rescue_after,
+            "limit": RESCUE_LIMIT,
+            "now": now,
+        }
         total = 0
         while True:
             async with self._pool.connection() as conn:
@@ -43,14 +52,16 @@ class Lifeline:
             if rows:
                 log.warning("lifeline rescued %d orphaned jobs", len(rows))
                 if self._on_rescued:
-                    self._on_rescued(len(rows), {queue for _id, queue, state in rows
-                                                 if state == "available"})  # fmt: skip
+                    self._on_rescued(
+                        len(rows), {queue for _id, queue, state in rows if state == "available"}
+                    )
             total += len(rows)
             if len(rows) < RESCUE_LIMIT:
                 break
         async with self._pool.connection() as conn:
-            cur = await conn.execute(self._queries.delete_dead_producers,
-                                     {"ttl": self._ttl, "now": now})  # fmt: skip
+            cur = await conn.execute(
+                self._queries.delete_dead_producers, {"ttl": self._ttl, "now": now}
+            )
             for uuid, node in await cur.fetchall():
                 log.info("deleted dead producer %s of node %s", uuid, node)
         return total

@@ -18,6 +18,7 @@ class Pruner:
             return 0
         async with self._pool.connection() as conn:
             cur = await conn.execute(
-                self._queries.prune_jobs, {"max_age": self._max_age, "limit": self._limit, "now": now}
+                self._queries.prune_jobs,
+                {"max_age": self._max_age, "limit": self._limit, "now": now},
             )
             return cur.rowcount

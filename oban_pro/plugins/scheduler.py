@@ -35,8 +35,11 @@ class Scheduler:
         if minute == self._last_minute:
             return []
         self._last_minute = minute
-        jobs = [self.build(entry, minute) for entry in self.entries
-                if not entry.is_reboot and entry.matches(minute)]  # fmt: skip
+        jobs = [
+            self.build(entry, minute)
+            for entry in self.entries
+            if not entry.is_reboot and entry.matches(minute)
+        ]
         if not jobs:
             return []
         inserted = await self._insert(jobs)
@@ -54,6 +57,10 @@ class Scheduler:
         opts = dict(entry.opts)
         meta = {**opts.pop("meta", {}), **cron_meta(entry), "cron_at": minute.isoformat()}
         opts.pop("unique", None)
-        unique = {"period": 86400, "fields": ["worker", "meta"], "keys": ["cron_name", "cron_at"],
-                  "states": list(ALL_STATES)}  # fmt: skip
+        unique = {
+            "period": 86400,
+            "fields": ["worker", "meta"],
+            "keys": ["cron_name", "cron_at"],
+            "states": list(ALL_STATES),
+        }
         return Job(entry.worker, args=dict(entry.args), meta=meta, unique=unique, **opts)
