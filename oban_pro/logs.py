@@ -22,7 +22,7 @@ class _Context(logging.Filter):
         record.node = self.node
         record.pid = os.getpid()
         if not hasattr(record, "job_id"):
-            record.job_id = None
+            record.job_id = None  # type: ignore[attr-defined]
         return True
 
 
@@ -37,8 +37,9 @@ class JsonFormatter(logging.Formatter):
             "pid": getattr(record, "pid", None),
             "message": record.getMessage(),
         }
-        if getattr(record, "job_id", None) is not None:
-            entry["job_id"] = record.job_id
+        job_id = getattr(record, "job_id", None)
+        if job_id is not None:
+            entry["job_id"] = job_id
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)

@@ -154,7 +154,7 @@ class Oban:
             batch_size=cfg.ack_batch_size,
             interval=cfg.ack_interval,
             max_backlog=cfg.ack_max_backlog,
-            on_batch=(lambda n, s, stale: (m.ack_batch(n, s), m.acks_stale(stale))) if m else None,
+            on_batch=self._on_ack_batch if m else None,
             on_error=(lambda: m.db_error("ack")) if m else None,
         )
         self._executor = Executor(self._acker, default_timeout=cfg.job_timeout, metrics=m)
@@ -353,6 +353,12 @@ class Oban:
         for producer in producers[start:] + producers[:start]:
             if producer is not after and not producer.exhausted:
                 producer.wake()
+
+    def _on_ack_batch(self, size: int, seconds: float, stale: int) -> None:
+        assert self.metrics is not None and self._acker is not None
+        self.metrics.ack_batch(size, seconds)
+        self.metrics.acks_stale(stale)
+        self.metrics.set_ack_backlog(self._acker.backlog - size)
 
     def _wake_all(self) -> None:
         for producer in self.producers.values():

@@ -305,8 +305,8 @@ GROUP BY queue, state
 # -- job operations (people and the CLI) ------------------------------------------------------
 
 JOB_COLUMNS = """id, state::text, queue, worker, args, to_jsonb(errors) AS errors, attempt,
-  max_attempts, inserted_at, scheduled_at, attempted_at, completed_at, attempted_by, discarded_at, priority, tags,
-  meta, cancelled_at"""
+  max_attempts, inserted_at, scheduled_at, attempted_at, completed_at, attempted_by, discarded_at,
+  priority, tags, meta, cancelled_at"""
 
 GET_JOB = "SELECT " + JOB_COLUMNS + " FROM {p}.oban_jobs WHERE id = %(id)s"
 

@@ -52,7 +52,7 @@ def _check_options(opts: Mapping[str, Any]) -> None:
     unknown = set(opts) - JOB_OPTIONS - RUN_OPTIONS
     if unknown:
         known = ", ".join(sorted(JOB_OPTIONS | RUN_OPTIONS))
-        raise ValidationError(sorted(unknown)[0], f"unknown worker option; known options are {known}")
+        raise ValidationError(sorted(unknown)[0], f"unknown worker option; known: {known}")
     timeout = opts.get("timeout")
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
         raise ValidationError("timeout", f"must be seconds > 0, got {timeout!r}")

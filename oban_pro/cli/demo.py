@@ -62,9 +62,9 @@ async def _demo(args: argparse.Namespace) -> int:
     try:
         started = time.monotonic()
         jobs = await oban.enqueue_many(
-            [CpuJob.new({"rounds": args.rounds, "n": i}) for i in range(args.jobs)]
+            [CpuJob.new({"rounds": args.rounds, "n": i}) for i in range(args.jobs)]  # type: ignore[attr-defined]
         )
-        ids = [job.id for job in jobs]
+        ids = [job.id for job in jobs if job.id is not None]
         done = await _progress(oban, ids, started)
         elapsed = time.monotonic() - started
         rows = await _final_rows(oban, ids)
