@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from engine_workers import Noop, WaitForFile
+from engine_workers import Fail, Noop, WaitForFile
 from helpers import execution_log, job_row, query, states, wait_until_sync
 
 from oban_pro import Client
@@ -104,10 +104,11 @@ def test_start_runs_jobs_and_sigterm_stops_cleanly(oban_dsn, oban_prefix, tmp_pa
     log = tmp_path / "log"
     with Client(oban_dsn, prefix=oban_prefix) as client:
         jobs = client.enqueue_many([Noop.new({"log": str(log)}) for _ in range(20)])
+        failing = client.enqueue(Fail.new({}, max_attempts=1))
     proc = start_node(oban_dsn, oban_prefix, "--log-format", "json")
     try:
         wait_until_sync(
-            lambda: states(oban_dsn, oban_prefix) == {"completed": 20},
+            lambda: states(oban_dsn, oban_prefix) == {"completed": 20, "discarded": 1},
             timeout=60,
             message="20 jobs completed by the CLI node",
         )
@@ -115,6 +116,7 @@ def test_start_runs_jobs_and_sigterm_stops_cleanly(oban_dsn, oban_prefix, tmp_pa
         code, out = stop(proc)
     assert code == 0, out
     assert '"node": "cli-node"' in out and "stopped" in out
+    assert f'"job_id": {failing.id}' in out and "RuntimeError: boom" in out
     assert len(execution_log(log)) == len(jobs)
     assert query(oban_dsn, f'SELECT count(*) FROM "{oban_prefix}".oban_producers')[0][0] == 0
 

@@ -115,8 +115,9 @@ class Executor:
         kind, delay, error, meta, state = done.kind, 0.0, None, None, "completed"
         if kind == "error":
             delay = done.delay
+            state = state_after_error(job)
             error = _error_entry(job.attempt, done.error or "error")
-            state = "discarded" if job.attempt >= job.max_attempts else "retryable"
+            _log_failure(done.job_id, job, state, done.error or "error")
         elif kind == "cancel":
             error = _error_entry(job.attempt, f"cancelled: {done.reason}")
             state = "cancelled"
@@ -138,6 +139,7 @@ class Executor:
             "discarded" if job.attempt >= job.max_attempts else "retryable"
         )
         error = _error_entry(job.attempt, text)
+        _log_failure(job_id, job, state, text)
         self._finish(
             job_id, job, kind, delay, error, None, state, time.monotonic() - job.dispatched
         )
@@ -170,6 +172,26 @@ class Executor:
             self.metrics.job_finished(job.producer.queue, job.worker, state, duration, job.wait)
         if self.on_slot_freed is not None:
             self.on_slot_freed(job.producer)
+
+
+def state_after_error(job: InFlight) -> str:
+    return "discarded" if job.attempt >= job.max_attempts else "retryable"
+
+
+def _log_failure(job_id: int, job: InFlight, state: str, text: str) -> None:
+    # The last line of a traceback names the exception; the whole text is in the job's errors.
+    last = text.strip().splitlines()[-1] if text.strip() else text
+    log.warning(
+        "job %s (%s, queue %s, attempt %d/%d) failed, now %s: %s",
+        job_id,
+        job.worker,
+        job.producer.queue,
+        job.attempt,
+        job.max_attempts,
+        state,
+        last,
+        extra={"job_id": job_id},
+    )
 
 
 def _error_entry(attempt: int, text: str) -> str:
