@@ -14,6 +14,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from .config import Config
@@ -124,7 +125,11 @@ class Oban:
                 kwargs={"autocommit": True},
                 name=f"oban-{self.name}",
             )
-        if self._owns_pool:
+        if self._owns_pool and self._pool.closed:
+            # One direct connection first: a wrong DSN fails at once with libpq's own message
+            # instead of a pool timeout 30 s later.
+            probe = await psycopg.AsyncConnection.connect(self.config.dsn or "", connect_timeout=10)
+            await probe.close()
             await self._pool.open(wait=True, timeout=30)
         return self._pool
 

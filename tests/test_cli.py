@@ -201,3 +201,10 @@ def test_every_start_flag_has_an_env_var(flag):
     from oban_pro.config import field_names
 
     assert field in field_names()  # so OBAN_<FIELD> reads it
+
+
+def test_unreachable_database_exits_1_with_a_clear_message():
+    result = run_cli("start", "--dsn", "postgresql://nobody@127.0.0.1:1/none",
+                     "--queues", "default:1", timeout=60)  # fmt: skip
+    assert result.returncode == 1
+    assert "could not start the node" in result.stderr and "--dsn" in result.stderr

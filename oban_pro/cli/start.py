@@ -15,9 +15,12 @@ import signal
 import sys
 from typing import Any
 
+import psycopg
+from psycopg_pool import PoolTimeout
+
 from ..config import Config, load_config
 from ..logs import configure_logging
-from . import EXIT_INTERRUPTED, EXIT_OK, add_database_args
+from . import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, add_database_args
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +92,11 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    return asyncio.run(serve(config))
+    try:
+        return asyncio.run(serve(config))
+    except (OSError, TimeoutError, psycopg.OperationalError, PoolTimeout) as exc:
+        log.error("could not start the node: %s (is the database at --dsn reachable?)", exc)
+        return EXIT_FAILURE
 
 
 async def serve(config: Config) -> int:
