@@ -47,8 +47,10 @@ FAST = dict(
 
 
 def node(dsn: str, prefix: str, name: str = "n1", **overrides) -> Oban:
-    opts = {**FAST, "queues": {"default": 10}, **overrides}
-    return Oban(dsn=dsn, prefix=prefix, node=name, name=f"Oban-{prefix}-{name}", **opts)
+    """A fast-ticking node. Instance names are unique per node unless ``name=`` is given:
+    nodes of one cluster share the instance name (signals address ``<name>.<node>``)."""
+    opts = {**FAST, "queues": {"default": 10}, "name": f"Oban-{prefix}-{name}", **overrides}
+    return Oban(dsn=dsn, prefix=prefix, node=name, **opts)
 
 
 async def finished(dsn, prefix, job_id, state="completed", timeout=30.0):
@@ -369,3 +371,20 @@ async def test_gossip_checks_make_queues_visible(oban_dsn, oban_prefix):
             assert checks[0]["limit"] == 10 and checks[0]["paused"] is False
     finally:
         listener.close()
+
+
+async def test_signals_reach_other_nodes(oban_dsn, oban_prefix):
+    a = node(oban_dsn, oban_prefix, "n1", name=f"Oban-{oban_prefix}")
+    b = node(oban_dsn, oban_prefix, "n2", name=f"Oban-{oban_prefix}")
+    async with a, b:
+        await a.pause_queue("default", node="n2")  # only n2
+        await wait_until(lambda: b.check_queue("default")["paused"], message="n2 paused")
+        assert not a.check_queue("default")["paused"]
+        await a.pause_all_queues()  # every node
+        await wait_until(lambda: b.check_queue("default")["paused"], message="n2 paused")
+        assert a.check_queue("default")["paused"]
+        await b.scale_queue("default", limit=3)
+        await wait_until(lambda: a.check_queue("default")["limit"] == 3, message="n1 scaled")
+        await b.resume_queue("default", node="n1")
+        await wait_until(lambda: not a.check_queue("default")["paused"], message="n1 resumed")
+        assert b.check_queue("default")["paused"]
