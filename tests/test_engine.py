@@ -46,11 +46,11 @@ FAST = dict(
 )
 
 
-def node(dsn: str, prefix: str, name: str = "n1", **overrides) -> Oban:
+def node(dsn: str, prefix: str, node_name: str = "n1", **overrides) -> Oban:
     """A fast-ticking node. Instance names are unique per node unless ``name=`` is given:
     nodes of one cluster share the instance name (signals address ``<name>.<node>``)."""
-    opts = {**FAST, "queues": {"default": 10}, "name": f"Oban-{prefix}-{name}", **overrides}
-    return Oban(dsn=dsn, prefix=prefix, node=name, **opts)
+    opts = {**FAST, "queues": {"default": 10}, "name": f"Oban-{prefix}-{node_name}", **overrides}
+    return Oban(dsn=dsn, prefix=prefix, node=node_name, **opts)
 
 
 async def finished(dsn, prefix, job_id, state="completed", timeout=30.0):
