@@ -243,6 +243,11 @@ class NodeProcess:
             except subprocess.TimeoutExpired:
                 pass
         kill_all(self._known.items())
+        deadline = time.monotonic() + 5
+        while self.known_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()  # every writer is gone: a reader has seen end of file
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None

@@ -94,21 +94,26 @@ class Hang:
 
 @worker(queue="default")
 class StdoutFlood:
-    """Writes ``args["mb"]`` MiB to stdout: half through ``sys.stdout``, half with raw writes
-    to file descriptor 1 (what a C extension or a subprocess would do)."""
+    """Writes ``args["mb"]`` MiB to stdout, a third each through ``sys.stdout``, raw writes to
+    file descriptor 1 (what a C extension would do) and ``/dev/stdout`` opened anew (what a
+    shell command in a subprocess would do)."""
 
     def process(self, job):
         log_run(job)
         mib = int(job.args.get("mb", 200))
         chunk = "x" * (1024 * 1024 - 1) + "\n"
-        for _ in range(mib // 2):
+        third = mib // 3
+        for _ in range(third):
             sys.stdout.write(chunk)
         sys.stdout.flush()
         raw = chunk.encode()
-        for _ in range(mib - mib // 2):
+        for _ in range(third):
             view = memoryview(raw)
             while view:
-                view = view[os.write(1, view):]
+                view = view[os.write(1, view) :]
+        with open("/dev/stdout", "wb", buffering=0) as out:
+            for _ in range(mib - 2 * third):
+                out.write(raw)
         return Record(mib)
 
 

@@ -44,8 +44,9 @@ class Nodes:
 
 
 @pytest.fixture
-def nodes(oban_dsn: str, oban_prefix: str, tmp_path: Path,
-          request: pytest.FixtureRequest) -> Iterator[Nodes]:  # fmt: skip
+def nodes(
+    oban_dsn: str, oban_prefix: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Nodes]:
     group = Nodes(oban_dsn, oban_prefix, tmp_path)
     try:
         yield group
@@ -73,8 +74,7 @@ def client(oban_dsn: str, oban_prefix: str) -> Iterator[Client]:
 # -- probes -----------------------------------------------------------------------------------
 
 
-def wait_for(check: Callable[[], Any], timeout: float, message: str,
-             interval: float = 0.05) -> Any:  # fmt: skip
+def wait_for(check: Callable[[], Any], timeout: float, message: str, interval: float = 0.05) -> Any:
     """Poll ``check`` until truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -87,14 +87,21 @@ def wait_for(check: Callable[[], Any], timeout: float, message: str,
 
 
 def leader(dsn: str, prefix: str, name: str = "Oban") -> str | None:
-    rows = query(dsn, f'SELECT node FROM "{prefix}".oban_leaders WHERE name = %s '
-                      f"AND expires_at >= timezone('UTC', now())", (name,))  # fmt: skip
+    rows = query(
+        dsn,
+        f'SELECT node FROM "{prefix}".oban_leaders WHERE name = %s '
+        f"AND expires_at >= timezone('UTC', now())",
+        (name,),
+    )
     return rows[0][0] if rows else None
 
 
 def job_states(dsn: str, prefix: str, ids: list[int]) -> Counter[str]:
-    rows = query(dsn, f'SELECT state::text, count(*) FROM "{prefix}".oban_jobs '
-                      f"WHERE id = ANY(%s) GROUP BY 1", (ids,))  # fmt: skip
+    rows = query(
+        dsn,
+        f'SELECT state::text, count(*) FROM "{prefix}".oban_jobs WHERE id = ANY(%s) GROUP BY 1',
+        (ids,),
+    )
     return Counter(dict(rows))
 
 
@@ -103,8 +110,12 @@ def all_done(dsn: str, prefix: str, ids: list[int]) -> bool:
 
 
 def rows_by_id(dsn: str, prefix: str, ids: list[int]) -> dict[int, dict[str, Any]]:
-    rows = query(dsn, f'SELECT id, state::text, attempt, meta, to_jsonb(errors), attempted_by '
-                      f'FROM "{prefix}".oban_jobs WHERE id = ANY(%s)', (ids,))  # fmt: skip
+    rows = query(
+        dsn,
+        f"SELECT id, state::text, attempt, meta, to_jsonb(errors), attempted_by "
+        f'FROM "{prefix}".oban_jobs WHERE id = ANY(%s)',
+        (ids,),
+    )
     return {
         r[0]: {"state": r[1], "attempt": r[2], "meta": r[3], "errors": r[4], "attempted_by": r[5]}
         for r in rows
@@ -112,8 +123,9 @@ def rows_by_id(dsn: str, prefix: str, ids: list[int]) -> dict[int, dict[str, Any
 
 
 def executing_on(dsn: str, prefix: str, node: str, worker: str | None = None) -> list[int]:
-    sql = (f'SELECT id FROM "{prefix}".oban_jobs WHERE state = \'executing\' '
-           f"AND attempted_by[1] = %s")  # fmt: skip
+    sql = (
+        f"SELECT id FROM \"{prefix}\".oban_jobs WHERE state = 'executing' AND attempted_by[1] = %s"
+    )
     params: list[Any] = [node]
     if worker is not None:
         sql += " AND worker = %s"
@@ -133,14 +145,20 @@ def producers(dsn: str, prefix: str) -> list[tuple[str, str, float]]:
     """(node, queue, seconds since the last heartbeat) of every producer row."""
     return [
         (r[0], r[1], float(r[2]))
-        for r in query(dsn, f'SELECT node, queue, extract(epoch FROM timezone(\'UTC\', now()) '
-                            f'- updated_at) FROM "{prefix}".oban_producers')  # fmt: skip
+        for r in query(
+            dsn,
+            f"SELECT node, queue, extract(epoch FROM timezone('UTC', now()) "
+            f'- updated_at) FROM "{prefix}".oban_producers',
+        )
     ]
 
 
 def duplicate_cron_minutes(dsn: str, prefix: str) -> list[tuple[Any, ...]]:
-    return query(dsn, f"SELECT worker, meta->>'cron_at', count(*) FROM \"{prefix}\".oban_jobs "
-                      f"WHERE meta ? 'cron_at' GROUP BY 1, 2 HAVING count(*) > 1")  # fmt: skip
+    return query(
+        dsn,
+        f"SELECT worker, meta->>'cron_at', count(*) FROM \"{prefix}\".oban_jobs "
+        f"WHERE meta ? 'cron_at' GROUP BY 1, 2 HAVING count(*) > 1",
+    )
 
 
 def as_json(value: Any) -> Any:

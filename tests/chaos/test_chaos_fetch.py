@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+
 from chaos.chaos_workers import Quick, read_runs
 
 from .conftest import all_done, job_states, rows_by_id, runs_by_id, wait_for
@@ -21,8 +22,11 @@ def test_nodes_draining_one_queue_never_fetch_a_job_twice(
     group = [nodes.start(name, processes=2, queues="default:20") for name in names]
     jobs = client.enqueue_many([Quick.new({"log": str(log)}) for _ in range(1500)])
     ids = [j.id for j in jobs]
-    wait_for(lambda: all_done(dsn, prefix, ids), 120,
-             f"1,500 jobs completed (now {dict(job_states(dsn, prefix, ids))})")  # fmt: skip
+    wait_for(
+        lambda: all_done(dsn, prefix, ids),
+        120,
+        f"1,500 jobs completed (now {dict(job_states(dsn, prefix, ids))})",
+    )
 
     rows = rows_by_id(dsn, prefix, ids)
     # from the job rows: each job was fetched once (a second fetch would have made attempt 2)

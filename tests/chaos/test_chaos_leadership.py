@@ -8,16 +8,22 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from chaos.chaos_workers import Hang, read_runs
 from helpers import query
 
+from chaos.chaos_workers import Hang, read_runs
 from oban_pro import Oban
 from oban_pro.cron import CronEntry
 from oban_pro.plugins.scheduler import Scheduler
 
 from .conftest import (
-    all_done, duplicate_cron_minutes, executing_on, leader, rows_by_id, runs_by_id, wait_for,
-)  # fmt: skip
+    all_done,
+    duplicate_cron_minutes,
+    executing_on,
+    leader,
+    rows_by_id,
+    runs_by_id,
+    wait_for,
+)
 
 pytestmark = pytest.mark.chaos
 
@@ -48,8 +54,12 @@ def test_leader_killed_another_node_leads_within_one_lease(
     marks = {n.node: len(n.log_text()) for n in (b, c)}
 
     killed_at = a.kill9()
-    successor = wait_for(lambda: leader(dsn, prefix) in ("b", "c") and leader(dsn, prefix),
-                         20, "b or c to lead", interval=0.02)  # fmt: skip
+    successor = wait_for(
+        lambda: leader(dsn, prefix) in ("b", "c") and leader(dsn, prefix),
+        20,
+        "b or c to lead",
+        interval=0.02,
+    )
     failover = time.time() - killed_at
     print(f"\nkill -9 leader -> {successor} leads: {failover:.2f}s (leader_ttl {LEADER_TTL}s)")
     assert failover <= LEADER_TTL + LEADER_TTL / 3 + FAILOVER_SLACK, failover
@@ -59,8 +69,8 @@ def test_leader_killed_another_node_leads_within_one_lease(
     while time.monotonic() < deadline:
         assert leader(dsn, prefix) == successor
         time.sleep(0.1)
-    took = {n.node: n.log_text()[marks[n.node]:].count("took leadership") for n in (b, c)}
-    lost = {n.node: n.log_text()[marks[n.node]:].count("lost leadership") for n in (b, c)}
+    took = {n.node: n.log_text()[marks[n.node] :].count("took leadership") for n in (b, c)}
+    lost = {n.node: n.log_text()[marks[n.node] :].count("lost leadership") for n in (b, c)}
     assert took == {"b": int(successor == "b"), "c": int(successor == "c")}, took
     assert lost == {"b": 0, "c": 0}, lost
 
@@ -115,9 +125,14 @@ async def test_cron_never_inserts_a_minute_twice_across_failover(oban_dsn, oban_
     finally:
         await old.stop()
         await new.stop()
-    rows = query(oban_dsn, f"SELECT meta->>'cron_at', meta->>'cron_expr', queue, count(*) "
-                           f'FROM "{oban_prefix}".oban_jobs GROUP BY 1, 2, 3 ORDER BY 1')  # fmt: skip
-    expected = [((minute + timedelta(minutes=n)).isoformat(), "* * * * *", "chaos_cron", 1)
-                for n in range(7)]  # fmt: skip
+    rows = query(
+        oban_dsn,
+        f"SELECT meta->>'cron_at', meta->>'cron_expr', queue, count(*) "
+        f'FROM "{oban_prefix}".oban_jobs GROUP BY 1, 2, 3 ORDER BY 1',
+    )
+    expected = [
+        ((minute + timedelta(minutes=n)).isoformat(), "* * * * *", "chaos_cron", 1)
+        for n in range(7)
+    ]
     assert rows == expected
     assert duplicate_cron_minutes(oban_dsn, oban_prefix) == []

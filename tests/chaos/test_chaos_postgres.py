@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 import pytest
+
 from chaos.chaos_workers import Nap, Quick, read_runs
 
 from .conftest import all_done, job_states, leader, producers, rows_by_id, runs_by_id, wait_for
@@ -28,8 +29,11 @@ def _restart(oban_embedded, nodes, down_for: float) -> float:
     stopped = time.monotonic()
     oban_embedded.stop()
     try:
-        wait_for(lambda: all(_warnings_after(n, m) for n, m in zip(nodes, marks, strict=True)),
-                 30, "every node to notice the outage")  # fmt: skip
+        wait_for(
+            lambda: all(_warnings_after(n, m) for n, m in zip(nodes, marks, strict=True)),
+            30,
+            "every node to notice the outage",
+        )
         remaining = down_for - (time.monotonic() - stopped)
         if remaining > 0:
             time.sleep(remaining)  # the scenario's outage length, not a synchronisation
@@ -66,8 +70,12 @@ def test_postgres_restart_under_load(oban_dsn, oban_prefix, tmp_path, nodes, cli
     a = nodes.start("a", settings=settings)
     b = nodes.start("b", settings=settings)
     jobs = client.enqueue_many(
-        [Nap.new({"log": str(log), "seconds": 0.5}) if i % 50 == 0 else Quick.new({"log": str(log)})
-         for i in range(1500)]  # fmt: skip
+        [
+            Nap.new({"log": str(log), "seconds": 0.5})
+            if i % 50 == 0
+            else Quick.new({"log": str(log)})
+            for i in range(1500)
+        ]
     )
     ids = [j.id for j in jobs]
     wait_for(lambda: job_states(dsn, prefix, ids).get("completed", 0) >= 300, 60, "300 completed")
@@ -75,13 +83,19 @@ def test_postgres_restart_under_load(oban_dsn, oban_prefix, tmp_path, nodes, cli
     outage = _restart(embedded, [a, b], down_for=1.0)
     print(f"\npostgres down for {outage:.2f}s")
 
-    wait_for(lambda: all_done(dsn, prefix, ids), 120,
-             f"all jobs completed (now {dict(job_states(dsn, prefix, ids))})")  # fmt: skip
+    wait_for(
+        lambda: all_done(dsn, prefix, ids),
+        120,
+        f"all jobs completed (now {dict(job_states(dsn, prefix, ids))})",
+    )
     _check_exactly_once(dsn, prefix, ids, log)
     assert a.proc.poll() is None and b.proc.poll() is None
     # heartbeats resumed: both producers fresh
-    wait_for(lambda: sorted(n for n, _q, age in producers(dsn, prefix) if age < 2.0) == ["a", "b"],
-             10, "fresh heartbeats from a and b")  # fmt: skip
+    wait_for(
+        lambda: sorted(n for n, _q, age in producers(dsn, prefix) if age < 2.0) == ["a", "b"],
+        10,
+        "fresh heartbeats from a and b",
+    )
     wait_for(lambda: leader(dsn, prefix) in ("a", "b"), 10, "a leader again")
     # notifications resumed: a new job starts well before the 5 s poll would find it
     started = time.monotonic()
@@ -90,23 +104,33 @@ def test_postgres_restart_under_load(oban_dsn, oban_prefix, tmp_path, nodes, cli
     assert time.monotonic() - started < 3.0, "woken by a notification, not by the 5 s poll"
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="engine bug: after an outage longer than heartbeat_ttl the "
+    "first lifeline run (plugins/lifeline.py, queries.RESCUE_JOBS) judges every "
+    "producer stale by updated_at alone and rescues live nodes' running jobs "
+    "before their heartbeats land; they then run twice",
+)
 def test_outage_longer_than_heartbeat_ttl_rescues_nothing_alive(
     oban_dsn, oban_prefix, tmp_path, nodes, client, embedded
 ):
-    """PostgreSQL down for longer than heartbeat_ttl while both nodes run long jobs. No node
-    died, so when the server returns no job may be rescued or run twice (design.md
-    invariant 2: a job whose node is alive is never rescued)."""
+    """PostgreSQL down for longer than heartbeat_ttl while three nodes run long jobs. No node
+    died, so when the server returns no job may be rescued or run twice (design.md invariant 2:
+    a job whose node is alive is never rescued). Timings are ordinary ones (a heartbeat every
+    1 s, a producer dead after 3 s of silence); the lifeline runs often, as a leader may."""
     dsn, prefix, log = oban_dsn, oban_prefix, tmp_path / "runs"
-    ttl = 2.0
-    settings = {"heartbeat_ttl": ttl, "lifeline_interval": 0.5}
+    ttl = 3.0
+    settings = {"heartbeat_interval": 1.0, "heartbeat_ttl": ttl, "lifeline_interval": 0.1,
+                "leader_ttl": 3.0}  # fmt: skip
     a = nodes.start("a", settings=settings)
     wait_for(lambda: leader(dsn, prefix) == "a", 15, "a to lead")
-    b = nodes.start("b", settings=settings)
-    long_jobs = client.enqueue_many([Nap.new({"log": str(log), "seconds": 8.0}) for _ in range(4)])
+    others = [nodes.start(name, settings=settings) for name in ("b", "c")]
+    long_jobs = client.enqueue_many([Nap.new({"log": str(log), "seconds": 12.0}) for _ in range(6)])
     ids = [j.id for j in long_jobs]
-    wait_for(lambda: job_states(dsn, prefix, ids).get("executing") == 4, 15, "4 long jobs running")
+    wait_for(lambda: job_states(dsn, prefix, ids).get("executing") == 6, 15, "6 long jobs running")
+    assert {r["attempted_by"][0] for r in rows_by_id(dsn, prefix, ids).values()} == {"a", "b", "c"}
     client.close()
-    outage = _restart(embedded, [a, b], down_for=ttl + 1.5)
+    outage = _restart(embedded, [a, *others], down_for=ttl + 2.0)
     print(f"\npostgres down for {outage:.2f}s (heartbeat_ttl {ttl}s)")
     wait_for(lambda: all_done(dsn, prefix, ids), 60,
              f"long jobs completed (now {dict(job_states(dsn, prefix, ids))})")  # fmt: skip

@@ -6,11 +6,18 @@ import time
 from collections import Counter
 
 import pytest
+
 from chaos.chaos_workers import Burn, Nap, Quick, read_runs
 
 from .conftest import (
-    all_done, executing_on, job_states, leader, rows_by_id, runs_by_id, wait_for,
-)  # fmt: skip
+    all_done,
+    executing_on,
+    job_states,
+    leader,
+    rows_by_id,
+    runs_by_id,
+    wait_for,
+)
 
 pytestmark = pytest.mark.chaos
 
@@ -33,30 +40,43 @@ def test_kill_9_node_under_load(oban_dsn, oban_prefix, tmp_path, nodes, client):
     a = nodes.start("a", processes=3, settings=timings)
 
     jobs = client.enqueue_many(
-        [Nap.new({"log": str(log), "seconds": 1.5}) if i % 100 == 0 else Quick.new({"log": str(log)})
-         for i in range(2000)]  # fmt: skip
+        [
+            Nap.new({"log": str(log), "seconds": 1.5})
+            if i % 100 == 0
+            else Quick.new({"log": str(log)})
+            for i in range(2000)
+        ]
     )
     ids = [j.id for j in jobs]
     long_ids = {j.id for j in jobs if j.worker == Nap._worker_name}
 
     # Under load, with a long job running on a: kill -9 its coordinator.
-    wait_for(lambda: executing_on(dsn, prefix, "a", Nap._worker_name)
-             and job_states(dsn, prefix, ids).get("completed", 0) >= 300,
-             60, "a long job running on node a after 300 completions")  # fmt: skip
+    wait_for(
+        lambda: (
+            executing_on(dsn, prefix, "a", Nap._worker_name)
+            and job_states(dsn, prefix, ids).get("completed", 0) >= 300
+        ),
+        60,
+        "a long job running on node a after 300 completions",
+    )
     a_pids = a.worker_pids()
     killed_at = a.kill9()
 
     # Rescue: the moment no job is left executing under the dead node.
-    wait_for(lambda: not executing_on(dsn, prefix, "a"), 30, "a's jobs to be rescued",
-             interval=0.02)  # fmt: skip
+    wait_for(
+        lambda: not executing_on(dsn, prefix, "a"), 30, "a's jobs to be rescued", interval=0.02
+    )
     rescue_seconds = time.time() - killed_at
 
     # The dead node's worker processes notice by themselves and stop (a running job is never
     # left executing beside its rescued copy).
     wait_for(lambda: not a.known_alive(), 10, f"node a's processes to exit: {a.known_alive()}")
 
-    wait_for(lambda: all_done(dsn, prefix, ids), 120,
-             f"2,000 jobs completed (now {dict(job_states(dsn, prefix, ids))})")  # fmt: skip
+    wait_for(
+        lambda: all_done(dsn, prefix, ids),
+        120,
+        f"2,000 jobs completed (now {dict(job_states(dsn, prefix, ids))})",
+    )
     rows = rows_by_id(dsn, prefix, ids)
     runs = runs_by_id(read_runs(log))
     b_pids = b.worker_pids()
@@ -64,9 +84,11 @@ def test_kill_9_node_under_load(oban_dsn, oban_prefix, tmp_path, nodes, client):
     rescued = {i for i, r in rows.items() if r["meta"].get("rescued")}
     restarted = [at for i in rescued for attempt, _pid, at in runs[i] if attempt >= 2]
     first_restart = min(restarted) - killed_at if restarted else float("nan")
-    print(f"\nkill -9 -> rescue: {rescue_seconds:.2f}s; kill -9 -> first rescued job started on "
-          f"b: {first_restart:.2f}s; rescued {len(rescued)} jobs "
-          f"({len(rescued & long_ids)} long)")  # fmt: skip
+    print(
+        f"\nkill -9 -> rescue: {rescue_seconds:.2f}s; kill -9 -> first rescued job started on "
+        f"b: {first_restart:.2f}s; rescued {len(rescued)} jobs "
+        f"({len(rescued & long_ids)} long)"
+    )
 
     assert rescue_seconds <= HEARTBEAT_TTL + LIFELINE_INTERVAL + RESCUE_SLACK, rescue_seconds
     assert rescued, "the node was killed while running jobs, so some must have been rescued"
@@ -104,12 +126,18 @@ def test_long_jobs_on_live_nodes_never_run_twice(oban_dsn, oban_prefix, tmp_path
         [Nap.new({"log": str(log), "seconds": seconds}) for _ in range(2)]
         + [Burn.new({"log": str(log), "seconds": seconds}) for _ in range(2)]
     )
-    wait_for(lambda: job_states(dsn, prefix, [j.id for j in long_jobs]).get("executing") == 4,
-             15, "4 long jobs executing")  # fmt: skip
+    wait_for(
+        lambda: job_states(dsn, prefix, [j.id for j in long_jobs]).get("executing") == 4,
+        15,
+        "4 long jobs executing",
+    )
     quick = client.enqueue_many([Quick.new({"log": str(log)}) for _ in range(300)])
     ids = [j.id for j in long_jobs + quick]
-    wait_for(lambda: all_done(dsn, prefix, ids), 60,
-             f"all jobs completed (now {dict(job_states(dsn, prefix, ids))})")  # fmt: skip
+    wait_for(
+        lambda: all_done(dsn, prefix, ids),
+        60,
+        f"all jobs completed (now {dict(job_states(dsn, prefix, ids))})",
+    )
 
     rows = rows_by_id(dsn, prefix, ids)
     runs = runs_by_id(read_runs(log))

@@ -5,12 +5,19 @@ from __future__ import annotations
 import time
 
 import pytest
-from chaos.chaos_workers import Hang, Nap, Quick, read_runs
 from helpers import query
 
+from chaos.chaos_workers import Hang, Nap, Quick, read_runs
+
 from .conftest import (
-    all_done, executing_on, job_states, leader, rows_by_id, runs_by_id, wait_for,
-)  # fmt: skip
+    all_done,
+    executing_on,
+    job_states,
+    leader,
+    rows_by_id,
+    runs_by_id,
+    wait_for,
+)
 
 pytestmark = pytest.mark.chaos
 
@@ -29,13 +36,21 @@ def test_sigterm_under_load(oban_dsn, oban_prefix, tmp_path, nodes, client):
         [Hang.new({"log": str(log), "release": str(release), "max_seconds": 60}) for _ in range(2)]
     )
     quick = client.enqueue_many([Quick.new({"log": str(log)}, priority=1) for _ in range(1000)])
-    wait_for(lambda: len(executing_on(dsn, prefix, "a", Hang._worker_name)) == 2
-             and job_states(dsn, prefix, [j.id for j in quick]).get("completed", 0) >= 100,
-             30, "2 hanging jobs and 100 quick ones done")  # fmt: skip
+    wait_for(
+        lambda: (
+            len(executing_on(dsn, prefix, "a", Hang._worker_name)) == 2
+            and job_states(dsn, prefix, [j.id for j in quick]).get("completed", 0) >= 100
+        ),
+        30,
+        "2 hanging jobs and 100 quick ones done",
+    )
     # Two jobs that finish within the grace period, started just before the SIGTERM.
     naps = client.enqueue_many([Nap.new({"log": str(log), "seconds": 1.0}) for _ in range(2)])
-    wait_for(lambda: len(executing_on(dsn, prefix, "a", Nap._worker_name)) == 2, 15,
-             "the 1 s jobs to run")  # fmt: skip
+    wait_for(
+        lambda: len(executing_on(dsn, prefix, "a", Nap._worker_name)) == 2,
+        15,
+        "the 1 s jobs to run",
+    )
     ids = [j.id for j in hang + naps + quick]
 
     sent = time.monotonic()
@@ -67,12 +82,17 @@ def test_sigterm_under_load(oban_dsn, oban_prefix, tmp_path, nodes, client):
     # Another node finishes the rest: every job completes; only the released jobs ran twice.
     release.touch()
     b = nodes.start("b", processes=2)
-    wait_for(lambda: all_done(dsn, prefix, ids), 60,
-             f"all jobs completed (now {dict(job_states(dsn, prefix, ids))})")  # fmt: skip
+    wait_for(
+        lambda: all_done(dsn, prefix, ids),
+        60,
+        f"all jobs completed (now {dict(job_states(dsn, prefix, ids))})",
+    )
     runs = runs_by_id(read_runs(log))
     b_pids = b.worker_pids()
     for job in hang:
         assert [(attempt, pid in a_pids, pid in b_pids) for attempt, pid, _ in runs[job.id]] == [
-            (1, True, False), (1, False, True)]
+            (1, True, False),
+            (1, False, True),
+        ]
     assert {i: runs[i] for i in ids if len(runs[i]) != 1 and i not in {j.id for j in hang}} == {}
     assert all(r["attempt"] == 1 for r in rows_by_id(dsn, prefix, ids).values())
