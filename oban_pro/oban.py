@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -82,6 +83,7 @@ class Oban:
         self._worker_pool: Any = None
         self._leader: Leader | None = None
         self._scheduler: Scheduler | None = None
+        self._last_db_error = -float("inf")  # monotonic time of this node's last db error
         _instances[self.name] = self
 
     # -- instances ------------------------------------------------------------------------
@@ -160,7 +162,7 @@ class Oban:
             interval=cfg.ack_interval,
             max_backlog=cfg.ack_max_backlog,
             on_batch=self._on_ack_batch if m else None,
-            on_error=(lambda: m.db_error("ack")) if m else None,
+            on_error=lambda: self._on_db_error("ack"),
         )
         self._executor = Executor(self._acker, default_timeout=cfg.job_timeout, metrics=m)
         self._executor.on_slot_freed = self._on_slot_freed
@@ -213,13 +215,13 @@ class Oban:
             poll_interval=self.config.poll_interval,
             blocked=lambda: acker.backpressure,
             on_fetch=m.jobs_fetched if m else None,
-            on_error=m.db_error if m else None,
+            on_error=self._on_db_error,
             on_spare_slots=self._offer_slots,
         )
 
     def _start_loops(self, pool: AsyncConnectionPool) -> None:
         cfg, m = self.config, self.metrics
-        on_error = m.db_error if m else None
+        on_error = self._on_db_error
         self._leader = Leader(
             pool=pool,
             queries=self.queries,
@@ -244,6 +246,7 @@ class Oban:
             heartbeat_ttl=cfg.heartbeat_ttl,
             rescue_after=cfg.rescue_after,
             on_rescued=self._on_rescued,
+            healthy_for=self.seconds_since_db_error,
         )
         pruner = Pruner(pool, self.queries, max_age=cfg.prune_max_age, limit=cfg.prune_limit)
         self._scheduler = Scheduler([*cron_entries(), *self._crontab], self._insert_jobs)
@@ -358,6 +361,15 @@ class Oban:
         for producer in producers[start:] + producers[:start]:
             if producer is not after and not producer.exhausted:
                 producer.wake()
+
+    def _on_db_error(self, operation: str) -> None:
+        self._last_db_error = time.monotonic()
+        if self.metrics is not None:
+            self.metrics.db_error(operation)
+
+    def seconds_since_db_error(self) -> float:
+        """How long this node has talked to the database without an error."""
+        return time.monotonic() - self._last_db_error
 
     def _on_ack_batch(self, size: int, seconds: float, stale: int) -> None:
         assert self.metrics is not None and self._acker is not None

@@ -1,8 +1,10 @@
 """Every SQL statement the engine runs, by name, in one place (the "driver seam").
 
-Statements are written with ``{p}`` for the quoted prefix; :class:`Queries` formats them once
-for a validated prefix, so runtime code never builds SQL. Time-sensitive statements take an
-optional ``now`` parameter (a naive UTC timestamp) so tests can move time instead of sleeping.
+Statements are written with tokens: ``{p}`` for the quoted prefix, ``{now}`` for the current UTC
+time (or the ``now`` parameter), ``{server_start}`` and ``{job_columns}``. :class:`Queries`
+substitutes them once for a validated prefix, so runtime code never builds SQL. Time-sensitive
+statements take an optional ``now`` parameter (a naive UTC timestamp) so tests can move time
+instead of sleeping.
 """
 
 from __future__ import annotations
@@ -10,6 +12,12 @@ from __future__ import annotations
 from .naming import quoted_prefix
 
 NOW = "coalesce(%(now)s::timestamp, timezone('UTC', now()))"
+
+# When the server (re)started, as a UTC timestamp. Unlogged tables such as oban_producers are
+# emptied by crash recovery, and no node could heartbeat while the server was down.
+SERVER_START = "(pg_postmaster_start_time() AT TIME ZONE 'UTC')"
+
+FRAGMENTS = ("NOW", "SERVER_START", "JOB_COLUMNS", "FRAGMENTS")
 
 # -- enqueue ----------------------------------------------------------------------------------
 
@@ -66,9 +74,10 @@ SET state = 'executing',
     attempted_by = ARRAY[%(node)s::text, %(uuid)s::text]
 FROM next
 WHERE j.id = next.id AND j.attempt < j.max_attempts
-RETURNING j.id, j.worker, j.args::text, j.meta::text, j.attempt, j.max_attempts, j.priority,
-  j.tags, to_jsonb(j.errors)::text, extract(epoch FROM j.inserted_at)::float8,
-  extract(epoch FROM j.scheduled_at)::float8, extract(epoch FROM j.attempted_at)::float8
+RETURNING j.id, j.worker, j.args::text, coalesce(j.meta, '{}'::jsonb)::text, j.attempt,
+  j.max_attempts, j.priority, j.tags, to_jsonb(j.errors)::text,
+  extract(epoch FROM j.inserted_at)::float8, extract(epoch FROM j.scheduled_at)::float8,
+  extract(epoch FROM j.attempted_at)::float8
 """
 
 REGISTER_PRODUCER = """
@@ -103,7 +112,7 @@ WITH a AS (
 ), t AS (
   SELECT j.id, a.kind, a.delay, a.error, a.meta,
     timezone('UTC', now()) AS now,
-    coalesce(j.meta, '{{}}'::jsonb) AS old_meta,
+    coalesce(j.meta, '{}'::jsonb) AS old_meta,
     coalesce((j.meta->>'crashes')::int, 0) + 1 AS crashes,
     CASE
       WHEN a.kind IN ('completed', 'record') THEN 'completed'
@@ -132,12 +141,12 @@ UPDATE {p}.oban_jobs AS j SET
   errors = CASE
     WHEN t.error IS NULL THEN j.errors
     WHEN t.kind = 'crash' AND t.new_state = 'discarded' AND j.attempt < j.max_attempts
-      THEN j.errors || jsonb_set(t.error, '{{error}}', to_jsonb((t.error->>'error') ||
+      THEN j.errors || jsonb_set(t.error, '{error}', to_jsonb((t.error->>'error') ||
         ' -- discarded by the poison-job guard: this job has now killed its child process '
         || t.crashes || ' times (max_crashes)'))
     ELSE j.errors || t.error END,
   meta = CASE
-    WHEN t.kind = 'snooze' THEN t.old_meta || coalesce(t.meta, '{{}}'::jsonb)
+    WHEN t.kind = 'snooze' THEN t.old_meta || coalesce(t.meta, '{}'::jsonb)
       || jsonb_build_object('snoozed', coalesce((t.old_meta->>'snoozed')::int, 0) + 1)
     WHEN t.kind = 'crash' THEN t.old_meta || jsonb_build_object('crashes', t.crashes)
     WHEN t.meta IS NOT NULL THEN t.old_meta || t.meta
@@ -149,15 +158,12 @@ RETURNING j.id, j.state::text
 
 # -- maintenance ------------------------------------------------------------------------------
 
-STAGE_JOBS = (
-    """
+STAGE_JOBS = """
 WITH staged AS (
   UPDATE {p}.oban_jobs SET state = 'available'
   WHERE id IN (
     SELECT id FROM {p}.oban_jobs
-    WHERE state IN ('scheduled', 'retryable') AND scheduled_at <= """
-    + NOW
-    + """
+    WHERE state IN ('scheduled', 'retryable') AND scheduled_at <= {now}
     ORDER BY scheduled_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -166,13 +172,11 @@ WITH staged AS (
 ), queues AS (SELECT queue, count(*) AS n FROM staged GROUP BY queue)
 SELECT queue, n, pg_notify(%(channel)s, json_build_object('queue', queue)::text) FROM queues
 """
-)
 
 # Orphans: executing jobs whose producer is known to heartbeat but has stopped (its row is
 # stale, or missing while the queue is served by heartbeating producers), plus the time-only
 # fallback for jobs of engines that never heartbeat (compat.md §4 hazard).
-RESCUE_JOBS = (
-    """
+RESCUE_JOBS = """
 WITH orphans AS (
   SELECT j.id,
     CASE
@@ -189,15 +193,13 @@ WITH orphans AS (
   LEFT JOIN {p}.oban_producers AS p ON p.uuid::text = j.attempted_by[2]
   WHERE j.state = 'executing'
     AND (
-      (p.uuid IS NOT NULL AND p.updated_at < """
-    + NOW
-    + """ - make_interval(secs => %(ttl)s))
-      OR (p.uuid IS NULL AND EXISTS (
-            SELECT 1 FROM {p}.oban_producers AS q WHERE q.queue = j.queue))
+      (p.uuid IS NOT NULL
+        AND greatest(p.updated_at, {server_start}) < {now} - make_interval(secs => %(ttl)s))
       OR (p.uuid IS NULL
-          AND j.attempted_at < """
-    + NOW
-    + """ - make_interval(secs => %(rescue_after)s))
+        AND {server_start} < {now} - make_interval(secs => %(ttl)s)
+        AND EXISTS (SELECT 1 FROM {p}.oban_producers AS q WHERE q.queue = j.queue))
+      OR (p.uuid IS NULL
+          AND j.attempted_at < {now} - make_interval(secs => %(rescue_after)s))
     )
   LIMIT %(limit)s
   FOR UPDATE OF j SKIP LOCKED
@@ -205,87 +207,55 @@ WITH orphans AS (
 UPDATE {p}.oban_jobs AS j SET
   state = (CASE WHEN j.attempt >= j.max_attempts THEN 'discarded' ELSE 'available' END)
     ::{p}.oban_job_state,
-  discarded_at = CASE WHEN j.attempt >= j.max_attempts THEN """
-    + NOW
-    + """ ELSE j.discarded_at END,
-  scheduled_at = CASE WHEN j.attempt >= j.max_attempts THEN j.scheduled_at ELSE """
-    + NOW
-    + """ END,
-  meta = coalesce(j.meta, '{{}}'::jsonb)
+  discarded_at = CASE WHEN j.attempt >= j.max_attempts THEN {now} ELSE j.discarded_at END,
+  meta = coalesce(j.meta, '{}'::jsonb)
     || jsonb_build_object('rescued', coalesce((j.meta->>'rescued')::int, 0) + 1),
   errors = j.errors || jsonb_build_object(
     'attempt', j.attempt,
-    'at', to_char("""
-    + NOW
-    + """, 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+    'at', to_char({now}, 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
     'error', o.reason)
 FROM orphans AS o
 WHERE j.id = o.id
 RETURNING j.id, j.queue, j.state::text
 """
-)
 
-DELETE_DEAD_PRODUCERS = (
-    """
+DELETE_DEAD_PRODUCERS = """
 DELETE FROM {p}.oban_producers AS p
-WHERE p.updated_at < """
-    + NOW
-    + """ - make_interval(secs => %(ttl)s)
+WHERE greatest(p.updated_at, {server_start}) < {now} - make_interval(secs => %(ttl)s)
   AND NOT EXISTS (
     SELECT 1 FROM {p}.oban_jobs AS j
     WHERE j.state = 'executing' AND j.attempted_by[2] = p.uuid::text)
 RETURNING p.uuid::text, p.node
 """
-)
 
-PRUNE_JOBS = (
-    """
+PRUNE_JOBS = """
 DELETE FROM {p}.oban_jobs WHERE id IN (
   SELECT id FROM {p}.oban_jobs
-  WHERE (state = 'completed' AND completed_at < """
-    + NOW
-    + """ - make_interval(secs => %(max_age)s))
-     OR (state = 'cancelled' AND cancelled_at < """
-    + NOW
-    + """ - make_interval(secs => %(max_age)s))
-     OR (state = 'discarded' AND discarded_at < """
-    + NOW
-    + """ - make_interval(secs => %(max_age)s))
+  WHERE (state = 'completed' AND completed_at < {now} - make_interval(secs => %(max_age)s))
+     OR (state = 'cancelled' AND cancelled_at < {now} - make_interval(secs => %(max_age)s))
+     OR (state = 'discarded' AND discarded_at < {now} - make_interval(secs => %(max_age)s))
   LIMIT %(limit)s
 )
 """
-)
 
 # -- leadership -------------------------------------------------------------------------------
 
-ELECT_LEADER = (
-    """
+ELECT_LEADER = """
 INSERT INTO {p}.oban_leaders AS l (name, node, elected_at, expires_at)
-VALUES (%(name)s, %(node)s, """
-    + NOW
-    + """, """
-    + NOW
-    + """ + make_interval(secs => %(ttl)s))
+VALUES (%(name)s, %(node)s, {now}, {now} + make_interval(secs => %(ttl)s))
 ON CONFLICT (name) DO UPDATE SET
   node = excluded.node,
   elected_at = CASE WHEN l.node = excluded.node THEN l.elected_at ELSE excluded.elected_at END,
   expires_at = excluded.expires_at
-WHERE l.node = excluded.node OR l.expires_at < """
-    + NOW
-    + """
+WHERE l.node = excluded.node OR l.expires_at < {now}
 RETURNING node
 """
-)
 
 RESIGN_LEADER = "DELETE FROM {p}.oban_leaders WHERE name = %(name)s AND node = %(node)s"
 
-CURRENT_LEADER = (
-    """
-SELECT node FROM {p}.oban_leaders WHERE name = %(name)s AND expires_at >= """
-    + NOW
-    + """
+CURRENT_LEADER = """
+SELECT node FROM {p}.oban_leaders WHERE name = %(name)s AND expires_at >= {now}
 """
-)
 
 ALL_LEADERS = "SELECT name, node, expires_at FROM {p}.oban_leaders ORDER BY name"
 
@@ -308,32 +278,24 @@ JOB_COLUMNS = """id, state::text, queue, worker, args, to_jsonb(errors) AS error
   max_attempts, inserted_at, scheduled_at, attempted_at, completed_at, attempted_by, discarded_at,
   priority, tags, meta, cancelled_at"""
 
-GET_JOB = "SELECT " + JOB_COLUMNS + " FROM {p}.oban_jobs WHERE id = %(id)s"
+GET_JOB = "SELECT {job_columns} FROM {p}.oban_jobs WHERE id = %(id)s"
 
-LIST_JOBS = (
-    """
-SELECT """
-    + JOB_COLUMNS
-    + """ FROM {p}.oban_jobs
+LIST_JOBS = """
+SELECT {job_columns} FROM {p}.oban_jobs
 WHERE (%(state)s::text IS NULL OR state::text = %(state)s)
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
 ORDER BY id DESC
 LIMIT %(limit)s
 """
-)
 
-ENQUEUED_JOBS = (
-    """
-SELECT """
-    + JOB_COLUMNS
-    + """ FROM {p}.oban_jobs
+ENQUEUED_JOBS = """
+SELECT {job_columns} FROM {p}.oban_jobs
 WHERE state IN ('available', 'scheduled')
   AND (%(worker)s::text IS NULL OR worker = %(worker)s)
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(args)s::jsonb IS NULL OR args @> %(args)s::jsonb)
 ORDER BY id
 """
-)
 
 RETRY_JOBS = """
 UPDATE {p}.oban_jobs SET
@@ -371,22 +333,21 @@ RETURNING id
 
 
 class Queries:
-    """All statements above with ``{p}`` replaced by one validated, quoted prefix."""
+    """All statements above, ready to run for one validated, quoted prefix."""
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
-        quoted = quoted_prefix(prefix)
+        tokens = {
+            "{p}": quoted_prefix(prefix),
+            "{now}": NOW,
+            "{server_start}": SERVER_START,
+            "{job_columns}": JOB_COLUMNS,
+        }
         for name, text in globals().items():
-            if name.isupper() and isinstance(text, str) and name not in ("NOW", "JOB_COLUMNS"):
-                setattr(
-                    self,
-                    name.lower(),
-                    text.replace("{{", "\x00")
-                    .replace("}}", "\x01")
-                    .replace("{p}", quoted)
-                    .replace("\x00", "{")
-                    .replace("\x01", "}"),
-                )
+            if name.isupper() and isinstance(text, str) and name not in FRAGMENTS:
+                for token, value in tokens.items():
+                    text = text.replace(token, value)
+                setattr(self, name.lower(), text)
 
     # Declared for type checkers; set in __init__.
     insert_jobs: str

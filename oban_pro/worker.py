@@ -127,6 +127,10 @@ def job(
 
 
 def _new(cls: Any, args: Mapping[str, Any] | None = None, /, **overrides: Any) -> Job:
+    if args is not None and not isinstance(args, Mapping):
+        raise ValidationError(
+            "args", f"must be a JSON object (a dict), got {type(args).__name__}: {args!r:.80}"
+        )
     params = {k: v for k, v in cls._opts.items() if k in JOB_OPTIONS}
     params.update(overrides)
     return Job(cls._worker_name, args=dict(args or {}), **params)
@@ -215,9 +219,13 @@ def _import_by_path(name: str) -> Any:
 
 
 def worker_timeout(name: str, default: float = 0.0) -> float:
-    """The timeout a worker declares, or ``default`` when it declares none or is unknown here."""
-    try:
-        cls = resolve_worker(name)
-    except UnknownWorkerError:
+    """The timeout a registered worker declares, or ``default``.
+
+    Only this process's registry is consulted: the coordinator must never import a module
+    because a job row names it (that would run arbitrary import-time code in the parent).
+    Workers from the node's ``imports`` are registered when those modules are imported.
+    """
+    cls = _registry.get(name)
+    if cls is None:
         return default
     return float(getattr(cls, "_opts", {}).get("timeout") or default)

@@ -300,12 +300,6 @@ async def test_args_that_are_not_a_json_object(oban_dsn, oban_prefix, tmp_path):
     assert all(job_row(oban_dsn, oban_prefix, j.id)["attempt"] == 1 for j in others)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: worker._new builds args with dict(args or {}): "
-    "a list/str/int raises TypeError/ValueError from dict(), and [] or [('a', 1)] "
-    "are silently turned into objects",
-)
 def test_worker_new_rejects_args_that_are_not_an_object():
     """``Worker.new(args)`` is the usual edge: it must refuse what ``Job`` refuses, with the
     same ValidationError naming ``args`` (not a TypeError from ``dict()``, and never by
@@ -356,11 +350,6 @@ async def test_unknown_and_absurd_worker_names(oban_dsn, oban_prefix, tmp_path):
     assert all(job_row(oban_dsn, oban_prefix, j.id)["attempt"] == 1 for j in others)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: Executor.dispatch calls meta.encode() on a "
-    "NULL meta (AttributeError) and the exception kills the producer task",
-)
 async def test_row_with_null_meta(oban_dsn, oban_prefix, tmp_path):
     """``oban_jobs.meta`` is nullable in Oban's schema (``meta jsonb DEFAULT '{}'``): a row
     written with NULL meta runs like one with ``{}``, and the queue keeps working."""
@@ -373,13 +362,6 @@ async def test_row_with_null_meta(oban_dsn, oban_prefix, tmp_path):
         assert no_restarts(oban)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: the coordinator resolves worker names itself "
-    "(Executor._timeout -> worker_timeout -> resolve_worker); names such as '.' or "
-    "'..' or a module raising at import raise out of Executor.dispatch and kill the "
-    "producer task, so the queue stops fetching with jobs left executing",
-)
 async def test_worker_names_that_break_name_resolution(oban_dsn, oban_prefix, tmp_path):
     """Names on which importing itself raises something other than ImportError: each job
     fails with an error naming the worker; the queue keeps running other jobs."""
@@ -394,12 +376,6 @@ async def test_worker_names_that_break_name_resolution(oban_dsn, oban_prefix, tm
         assert no_restarts(oban)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: Executor._timeout -> worker_timeout -> "
-    "resolve_worker imports the module a job row names in the coordinator process "
-    "(on the event loop): job-row data runs import-time code in the parent",
-)
 async def test_worker_module_named_by_a_row_is_never_imported_by_the_coordinator(
     oban_dsn, oban_prefix, tmp_path, monkeypatch
 ):
@@ -838,13 +814,6 @@ async def test_job_whose_worker_process_exits_leaving_a_grandchild(oban_dsn, oba
                 _reap_later(_pid_from(pidfile))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: pool/child.py never checks that it is still the "
-    "worker process after a job returns: a fork()ed copy of the worker reports a "
-    "result and then keeps reading the job pipe, running jobs the coordinator "
-    "thinks another process runs",
-)
 async def test_job_that_forks_and_both_processes_return(oban_dsn, oban_prefix, tmp_path):
     """os.fork() in job code with both copies returning from process(): the copy is not a
     worker process the coordinator knows. The job completes once; every later job runs exactly

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ..backoff import default_backoff
+from ..pool.messages import Run
 from ..worker import worker_timeout
 from .acker import Ack, Acker
 
@@ -23,7 +24,10 @@ log = logging.getLogger(__name__)
 
 # Pool failure reasons -> ack kinds. Crashes and memory kills count toward the poison guard;
 # a timeout is an ordinary failed attempt; a pkill cancels.
-FAILURE_KINDS = {"crash": "crash", "memory": "crash", "timeout": "error", "cancelled": "cancel"}
+FAILURE_KINDS = {
+    "crash": "crash", "memory": "crash", "timeout": "error", "cancelled": "cancel",
+    "dispatch": "error",
+}  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -58,47 +62,43 @@ class Executor:
     # -- dispatch -------------------------------------------------------------------------
 
     def dispatch(self, producer: Producer, rows: list[FetchedRow]) -> None:
-        from ..pool.messages import Run
-
+        """Send fetched jobs to the pool. A row that cannot become a message fails alone."""
         runs = []
         now = time.monotonic()
-        for (
-            job_id,
-            worker,
-            args,
-            meta,
-            attempt,
-            max_attempts,
-            priority,
-            tags,
-            errors,
-            inserted_at,
-            scheduled_at,
-            attempted_at,
-        ) in rows:
-            self.inflight[job_id] = InFlight(
-                producer, worker, attempt, max_attempts, max(0.0, attempted_at - scheduled_at), now
-            )
+        for row in rows:
+            job_id, worker, attempt, max_attempts = row[0], row[1], row[4], row[5]
+            wait = max(0.0, (row[11] or 0.0) - (row[10] or 0.0))
+            self.inflight[job_id] = InFlight(producer, worker, attempt, max_attempts, wait, now)
             producer.running.add(job_id)
-            runs.append(
-                Run(
-                    job_id=job_id,
-                    worker=worker,
-                    args=args.encode(),
-                    meta=meta.encode(),
-                    attempt=attempt,
-                    max_attempts=max_attempts,
-                    queue=producer.queue,
-                    priority=priority,
-                    tags=tags or [],
-                    errors=errors.encode(),
-                    inserted_at=inserted_at,
-                    scheduled_at=scheduled_at,
-                    attempted_at=attempted_at,
-                    timeout=self._timeout(worker),
-                )
-            )
-        self.pool.submit_many(runs)
+            try:
+                runs.append(self._run_message(producer, row))
+            except Exception as exc:  # a hostile row must not take the queue down with it
+                self.on_failed(job_id, "dispatch", f"could not dispatch the job: {exc!r}")
+        try:
+            self.pool.submit_many(runs)
+        except Exception as exc:  # the pool is closing: give the jobs back at once
+            log.warning("could not hand %d jobs to the pool (%s); releasing them", len(runs), exc)
+            self.release([run.job_id for run in runs])
+
+    def _run_message(self, producer: Producer, row: FetchedRow) -> Run:
+        (job_id, worker, args, meta, attempt, max_attempts, priority, tags, errors,
+         inserted_at, scheduled_at, attempted_at) = row  # fmt: skip
+        return Run(
+            job_id=job_id,
+            worker=worker,
+            args=args.encode(),
+            meta=(meta or "{}").encode(),
+            attempt=attempt,
+            max_attempts=max_attempts,
+            queue=producer.queue,
+            priority=priority,
+            tags=tags or [],
+            errors=(errors or "[]").encode(),
+            inserted_at=inserted_at or 0.0,
+            scheduled_at=scheduled_at or 0.0,
+            attempted_at=attempted_at or 0.0,
+            timeout=self._timeout(worker),
+        )
 
     def _timeout(self, worker: str) -> float:
         found = self._timeouts.get(worker)

@@ -140,6 +140,11 @@ class Producer:
                     log.warning("fetch for queue %r failed: %s", self.queue, exc)
                     await asyncio.sleep(min(0.1 * 2**failures, 5.0))
                     continue
+                except Exception:  # never let a bug end the queue silently
+                    failures += 1
+                    log.exception("fetch for queue %r failed unexpectedly", self.queue)
+                    await asyncio.sleep(min(0.1 * 2**failures, 5.0))
+                    continue
                 if got == demand:
                     continue  # there may be more waiting: fetch again without sleeping
             await self._sleep()

@@ -111,6 +111,7 @@ def _serve(reader: FrameReader, write_fd: int, runner: _Runner) -> None:
     queue: deque[Run] = deque()
     skipped: set[int] = set()
     stopping = False
+    worker_pid = os.getpid()
 
     def take(payload: bytes) -> None:
         nonlocal stopping
@@ -137,6 +138,10 @@ def _serve(reader: FrameReader, write_fd: int, runner: _Runner) -> None:
             done = Done(run.job_id, "skipped")
         else:
             done = runner.run(run)
+            if os.getpid() != worker_pid:
+                # Job code called fork() and this is the copy returning: only the real worker
+                # may report and take jobs, so the copy leaves without touching the pipes.
+                os._exit(0)
         write_frame(write_fd, encode_to_parent([done]))
         # With a window > 1 more jobs may wait here; look for a Skip/Stop before the next one.
         while queue and reader.has_frame():

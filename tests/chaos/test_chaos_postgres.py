@@ -104,13 +104,6 @@ def test_postgres_restart_under_load(oban_dsn, oban_prefix, tmp_path, nodes, cli
     assert time.monotonic() - started < 3.0, "woken by a notification, not by the 5 s poll"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: after an outage longer than heartbeat_ttl the "
-    "first lifeline run (plugins/lifeline.py, queries.RESCUE_JOBS) judges every "
-    "producer stale by updated_at alone and rescues live nodes' running jobs "
-    "before their heartbeats land; they then run twice",
-)
 def test_outage_longer_than_heartbeat_ttl_rescues_nothing_alive(
     oban_dsn, oban_prefix, tmp_path, nodes, client, embedded
 ):
