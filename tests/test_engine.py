@@ -140,7 +140,7 @@ async def test_child_crashes_fail_only_that_job(oban_dsn, oban_prefix, tmp_path)
         assert row["meta"]["crashes"] == 1
         # the long job on the other child was untouched and the pool is back to 2
         assert job_row(oban_dsn, oban_prefix, long.id)["state"] == "executing"
-        await wait_until(lambda: oban._worker_pool.size == 2, message="pool back to 2")
+        await wait_until(lambda: oban.runtime.worker_pool.size == 2, message="pool back to 2")
         release.touch()
         await finished(oban_dsn, oban_prefix, long.id, "completed")
 
@@ -239,7 +239,7 @@ async def test_stale_ack_changes_nothing(oban_dsn, oban_prefix, tmp_path):
         )
         release.touch()
         await wait_until(lambda: not oban.check_queue("default")["running"], message="ack")
-        await oban._acker.flush(5)
+        await oban.runtime.acker.flush(5)
     row = job_row(oban_dsn, oban_prefix, job.id)
     assert row["state"] == "executing" and row["attempt"] == 2 and row["attempted_by"][0] == "other"
 

@@ -107,7 +107,7 @@ async def run_quick(oban: Oban, dsn: str, prefix: str, log: Path, n: int = 20) -
 
 
 def no_restarts(oban: Oban) -> bool:
-    stats = oban._worker_pool.stats
+    stats = oban.runtime.worker_pool.stats
     return stats.ready == stats.processes and not any(stats.restarts.values())
 
 
@@ -228,7 +228,7 @@ async def test_malformed_notifications_are_ignored_with_a_log_line(
         job = await oban.enqueue(Quick.new({"log": str(log)}))
         await final(oban_dsn, oban_prefix, job.id, "completed", timeout=10)
         assert time.monotonic() - started < 5.0, "woken by the notification, not the 30 s poll"
-        assert oban._notifier.connected and no_restarts(oban)
+        assert oban.runtime.notifier.connected and no_restarts(oban)
 
 
 async def test_pkill_for_a_job_this_node_does_not_run(oban_dsn, oban_prefix, tmp_path):
@@ -240,7 +240,7 @@ async def test_pkill_for_a_job_this_node_does_not_run(oban_dsn, oban_prefix, tmp
         running = await oban.enqueue(Hang.new({"log": str(log), "release": str(release)}))
         await final(oban_dsn, oban_prefix, running.id, "executing")
         await wait_until(lambda: running.id in oban.check_queue("default")["running"])
-        pids = oban._worker_pool.pids()
+        pids = oban.runtime.worker_pool.pids()
         payloads = [
             {"action": "pkill", "job_id": job_id}
             for job_id in (987654321, done.id, 2**80, -1, 0, running.id + 1)
@@ -251,7 +251,7 @@ async def test_pkill_for_a_job_this_node_does_not_run(oban_dsn, oban_prefix, tmp
         await wait_until(lambda: oban.check_queue("default")["limit"] == 7, timeout=10)
         assert running.id in oban.check_queue("default")["running"]
         assert job_row(oban_dsn, oban_prefix, running.id)["state"] == "executing"
-        assert oban._worker_pool.pids() == pids and no_restarts(oban)
+        assert oban.runtime.worker_pool.pids() == pids and no_restarts(oban)
         release.touch()
         row = await final(oban_dsn, oban_prefix, running.id, "completed")
         assert row["attempt"] == 1 and row["errors"] == []
@@ -779,7 +779,7 @@ async def test_job_that_forks_a_lingering_grandchild_and_returns(oban_dsn, oban_
         await final(oban_dsn, oban_prefix, job.id, "completed")
         await wait_until(pidfile.exists)
         quick = await run_quick(oban, oban_dsn, oban_prefix, log)
-        worker_pid = oban._worker_pool.pids()[0]
+        worker_pid = oban.runtime.worker_pool.pids()[0]
         runs = {r[0]: r[2] for r in read_runs(log)}
         assert {runs[j.id] for j in quick} == {worker_pid}
         assert no_restarts(oban)
@@ -807,7 +807,7 @@ async def test_job_whose_worker_process_exits_leaving_a_grandchild(oban_dsn, oba
             assert time.monotonic() - started < 10, "not held up by the grandchild (20 s)"
             error = row["errors"][-1]["error"]
             assert "exited with code 0" in error, error
-            await wait_until(lambda: oban._worker_pool.size == 2, message="pool back to 2")
+            await wait_until(lambda: oban.runtime.worker_pool.size == 2, message="pool back to 2")
             await run_quick(oban, oban_dsn, oban_prefix, log)
         finally:
             if pidfile.exists():
@@ -823,7 +823,7 @@ async def test_job_that_forks_and_both_processes_return(oban_dsn, oban_prefix, t
     await oban.start()
     forked: int | None = None
     try:
-        worker_pid = oban._worker_pool.pids()[0]
+        worker_pid = oban.runtime.worker_pool.pids()[0]
         job = await oban.enqueue(ForkBothReturn.new({"log": str(log), "pidfile": str(pidfile)}))
         await final(oban_dsn, oban_prefix, job.id, "completed")
         await wait_until(pidfile.exists)

@@ -1,0 +1,334 @@
+"""The runtime of a node: everything the coordinator runs besides the public API.
+
+It owns the worker-process pool, the executor and acker, one producer per queue, the notifier,
+heartbeats, leadership and (on the leader) the stager, lifeline, pruner, cron and queue gauges,
+and wires their callbacks together. :class:`~oban_pro.Oban` creates one when it has queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from ..config import Config
+from ..cron import CronEntry
+from ..job import Job
+from ..plugins.gauges import QueueGauges
+from ..plugins.gossip import Gossip
+from ..plugins.lifeline import Lifeline
+from ..plugins.pruner import Pruner
+from ..plugins.scheduler import Scheduler
+from ..plugins.stager import Stager
+from ..pool.pool import WorkerPool
+from ..queries import Queries
+from ..worker import cron_entries
+from .acker import Acker
+from .executor import Executor
+from .heartbeat import Heartbeat
+from .leader import Leader
+from .notifier import Notifier
+from .periodic import Periodic
+from .producer import Producer
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    def __init__(
+        self,
+        *,
+        config: Config,
+        queries: Queries,
+        pool: AsyncConnectionPool,
+        metrics: Any,
+        crontab: Sequence[CronEntry],
+        insert_jobs: Callable[[list[Job]], Awaitable[list[Job]]],
+        on_signal: Callable[[dict[str, Any]], None],
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.node = config.node
+        self.queries = queries
+        self.metrics = metrics
+        self.producers: dict[str, Producer] = {}
+        self._pool = pool
+        self._crontab = list(crontab)
+        self._insert_jobs = insert_jobs
+        self._on_signal = on_signal
+        self._loops: list[Periodic] = []
+        self._notifier: Notifier | None = None
+        self._acker: Acker | None = None
+        self._executor: Executor | None = None
+        self._worker_pool: WorkerPool | None = None
+        self._leader: Leader | None = None
+        self._scheduler: Scheduler | None = None
+        self._last_db_error = -float("inf")  # monotonic time of this node's last db error
+
+    @property
+    def is_leader(self) -> bool:
+        return bool(self._leader and self._leader.is_leader)
+
+    @property
+    def worker_pool(self) -> WorkerPool | None:
+        """The worker processes (for inspection: size, pids, stats)."""
+        return self._worker_pool
+
+    @property
+    def acker(self) -> Acker | None:
+        return self._acker
+
+    @property
+    def notifier(self) -> Notifier | None:
+        return self._notifier
+
+    def kill_job(self, job_id: int) -> bool:
+        """Stop the child running ``job_id`` here (pkill); False if it does not run here."""
+        return self._worker_pool is not None and self._worker_pool.kill_job(job_id, "cancelled")
+
+    # -- start ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Children first (before any fetch), then notifier, acker, producers and loops."""
+        pool = self._pool
+        cfg = self.config
+        m = self.metrics
+        self._acker = Acker(
+            pool,
+            self.queries.ack_jobs,
+            max_crashes=cfg.max_crashes,
+            batch_size=cfg.ack_batch_size,
+            interval=cfg.ack_interval,
+            max_backlog=cfg.ack_max_backlog,
+            on_batch=self._on_ack_batch if m else None,
+            on_error=lambda: self._on_db_error("ack"),
+        )
+        self._executor = Executor(self._acker, default_timeout=cfg.job_timeout, metrics=m)
+        self._executor.on_slot_freed = self._on_slot_freed
+        self._worker_pool = WorkerPool(
+            cfg.processes,
+            start_method=cfg.start_method,
+            imports=cfg.imports,
+            max_jobs_per_child=cfg.max_jobs_per_child,
+            max_memory=cfg.max_memory,
+            window=cfg.window,
+            on_done=self._executor.on_done,
+            on_failed=self._executor.on_failed,
+            on_capacity=self._wake_all,
+            on_restart=m.child_restart if m else None,
+        )
+        self._executor.pool = self._worker_pool
+        await self._worker_pool.start()
+        if m is not None:
+            m.track_pool(lambda: self._worker_pool.stats)
+            m.track_producers(self._producer_gauges)
+        self._notifier = Notifier(
+            cfg.dsn or "", cfg.prefix, on_reconnect=self._on_notifier_reconnect
+        )
+        self._notifier.listen("insert", self._on_insert)
+        self._notifier.listen("signal", self._on_signal)
+        await self._notifier.start()
+        self._acker.start()
+        for queue, limit in cfg.queues.items():
+            producer = self._make_producer(queue, limit, pool)
+            await producer.register()
+            self.producers[queue] = producer
+        for producer in self.producers.values():
+            producer.start()
+        self._start_loops(pool)
+
+    def _make_producer(self, queue: str, limit: int, pool: AsyncConnectionPool) -> Producer:
+        assert self._executor is not None and self._acker is not None
+        m = self.metrics
+        acker = self._acker
+        return Producer(
+            queue=queue,
+            limit=limit,
+            name=self.name,
+            node=self.node,
+            pool=pool,
+            queries=self.queries,
+            free_slots=self._executor.free_slots,
+            reserve=self._executor.reserve,
+            dispatch=self._executor.dispatch,
+            poll_interval=self.config.poll_interval,
+            blocked=lambda: acker.backpressure,
+            on_fetch=m.jobs_fetched if m else None,
+            on_error=self._on_db_error,
+            on_spare_slots=self._offer_slots,
+        )
+
+    def _start_loops(self, pool: AsyncConnectionPool) -> None:
+        cfg, m = self.config, self.metrics
+        on_error = self._on_db_error
+        self._leader = Leader(
+            pool=pool,
+            queries=self.queries,
+            name=self.name,
+            node=self.node,
+            ttl=cfg.leader_ttl,
+            on_change=m.set_leader if m else None,
+        )
+        leader_loop = Periodic("leader", cfg.leader_ttl / 3, self._leader.elect, on_error=on_error)
+        assert self._notifier is not None
+        self._notifier.listen("leader", lambda p: self._leader.on_notice(p, leader_loop.trigger))  # type: ignore[union-attr]
+        heartbeat = Heartbeat(
+            pool,
+            self.queries,
+            lambda: list(self.producers.values()),
+            on_beat=m.heartbeat_sent if m else None,
+        )
+        stager = Stager(pool, self.queries, self._wake_queue)
+        lifeline = Lifeline(
+            pool,
+            self.queries,
+            heartbeat_ttl=cfg.heartbeat_ttl,
+            rescue_after=cfg.rescue_after,
+            on_rescued=self._on_rescued,
+            healthy_for=self.seconds_since_db_error,
+        )
+        pruner = Pruner(pool, self.queries, max_age=cfg.prune_max_age, limit=cfg.prune_limit)
+        self._scheduler = Scheduler([*cron_entries(), *self._crontab], self._insert_jobs)
+        gossip = Gossip(pool, self.queries, lambda: list(self.producers.values()))
+        self._loops = [
+            leader_loop,
+            Periodic("heartbeat", cfg.heartbeat_interval, heartbeat.step, on_error=on_error),
+            Periodic("gossip", cfg.gossip_interval, gossip.step, on_error=on_error),
+            Periodic("stage", cfg.stage_interval, self._if_leader(stager.step), on_error=on_error),
+            Periodic(
+                "rescue", cfg.lifeline_interval, self._if_leader(lifeline.step), on_error=on_error
+            ),
+            Periodic("prune", cfg.prune_interval, self._if_leader(pruner.step), on_error=on_error),
+            Periodic("cron", 1.0, self._cron_step, on_error=on_error),
+        ]
+        if m is not None:
+            gauges = QueueGauges(pool, self.queries, m.set_queue_counts)
+            self._loops.append(
+                Periodic("gauge", 5.0, self._if_leader(gauges.step), on_error=on_error)
+            )
+        for loop in self._loops:
+            loop.start()
+
+    def _if_leader(self, step: Any) -> Any:
+        async def run() -> Any:
+            if self.is_leader:
+                return await step()
+            return None
+
+        return run
+
+    async def _cron_step(self) -> None:
+        # Sleep to the next minute boundary, then insert that minute's jobs if leading.
+        assert self._scheduler is not None
+        await asyncio.sleep(self._scheduler.seconds_to_next_minute())
+        if self.is_leader and self._scheduler.entries:
+            await self._scheduler.step()
+
+    # -- stop -------------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        """Graceful stop: stop fetching, let running jobs finish up to ``shutdown_timeout``,
+        then kill the children, ack what finished, release the rest to ``available`` at once,
+        delete producer rows and resign leadership."""
+        for producer in self.producers.values():
+            await producer.stop()
+        if self._worker_pool is not None:
+            unfinished = await self._worker_pool.stop(self.config.shutdown_timeout)
+            assert self._executor is not None
+            self._executor.release(list(unfinished) + self._executor.running_job_ids())
+        for loop in self._loops:
+            await loop.stop()
+        if self._acker is not None:
+            await self._acker.stop(timeout=max(5.0, self.config.shutdown_timeout))
+        await self._cleanup_rows()
+        if self._notifier is not None:
+            await self._notifier.stop()
+
+    def stop_now(self) -> None:
+        """Cut a graceful stop short: running jobs are killed and released at once."""
+        self.config.shutdown_timeout = 0
+        if self._worker_pool is not None:
+            self._worker_pool.hurry()
+
+    async def _cleanup_rows(self) -> None:
+        if self._pool is None:
+            return
+        try:
+            if self.producers:
+                async with self._pool.connection() as conn:
+                    await conn.execute(
+                        self.queries.delete_producers,
+                        {"uuids": [p.uuid for p in self.producers.values()]},
+                    )
+            if self._leader is not None:
+                await self._leader.resign()
+        except Exception as exc:  # the database may be gone; the lifeline cleans up later
+            log.warning("could not delete producer rows / resign at shutdown: %s", exc)
+
+    # -- runtime callbacks ----------------------------------------------------------------
+    # -- callbacks ----------------------------------------------------------------------------
+
+    def _on_slot_freed(self, producer: Producer) -> None:
+        # Children are shared by all queues. Waking is FIFO, so the other queues get the freed
+        # slot first (round robin) and the queue that just finished a job goes last.
+        if len(self.producers) == 1:
+            producer.wake()
+            return
+        self._offer_slots(producer)
+        producer.wake()
+
+    def _offer_slots(self, after: Producer) -> None:
+        """Wake the queues after ``after`` (in order) that may have jobs waiting."""
+        producers = list(self.producers.values())
+        start = producers.index(after) + 1 if after in producers else 0
+        for producer in producers[start:] + producers[:start]:
+            if producer is not after and not producer.exhausted:
+                producer.wake()
+
+    def _on_db_error(self, operation: str) -> None:
+        self._last_db_error = time.monotonic()
+        if self.metrics is not None:
+            self.metrics.db_error(operation)
+
+    def seconds_since_db_error(self) -> float:
+        """How long this node has talked to the database without an error."""
+        return time.monotonic() - self._last_db_error
+
+    def _on_ack_batch(self, size: int, seconds: float, stale: int) -> None:
+        assert self.metrics is not None and self._acker is not None
+        self.metrics.ack_batch(size, seconds)
+        self.metrics.acks_stale(stale)
+        self.metrics.set_ack_backlog(self._acker.backlog - size)
+
+    def _wake_all(self) -> None:
+        for producer in self.producers.values():
+            producer.wake()
+
+    def _wake_queue(self, queue: str) -> None:
+        producer = self.producers.get(queue)
+        if producer is not None:
+            producer.notice()
+
+    def _on_insert(self, payload: dict[str, Any]) -> None:
+        queue = payload.get("queue")
+        if isinstance(queue, str):
+            self._wake_queue(queue)
+
+    def _on_notifier_reconnect(self) -> None:
+        if self.metrics is not None:
+            self.metrics.notifier_reconnect()
+        for producer in self.producers.values():
+            producer.notice()  # notices may have been missed while disconnected
+
+    def _on_rescued(self, count: int, queues: set[str]) -> None:
+        if self.metrics is not None:
+            self.metrics.jobs_rescued(count)
+        for queue in queues:
+            self._wake_queue(queue)
+
+    def _producer_gauges(self) -> list[tuple[str, int, int, bool]]:
+        return [(p.queue, p.limit, len(p.running), p.paused) for p in self.producers.values()]
