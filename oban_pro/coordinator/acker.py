@@ -13,9 +13,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import psycopg
 
 from .._aio import wait_event
@@ -23,17 +23,22 @@ from .._aio import wait_event
 log = logging.getLogger(__name__)
 
 
-@dataclass(slots=True)
-class Ack:
-    """One outcome to write. ``kind``: completed, record, error, crash, cancel, snooze, release."""
+class Ack(msgspec.Struct, array_like=True, gc=False):
+    """One outcome to write. ``kind``: completed, record, error, crash, cancel, snooze, release.
+
+    Encoded as a JSON array, in field order, for the ack statement.
+    """
 
     job_id: int
     attempt: int
     producer_uuid: str
     kind: str
     delay: float = 0.0
-    error: str | None = None  # a JSON error entry
-    meta: str | None = None  # a JSON object merged into meta
+    error: msgspec.Raw | None = None  # a JSON error entry
+    meta: msgspec.Raw | None = None  # a JSON object merged into meta
+
+
+_encode = msgspec.json.Encoder().encode
 
 
 class Acker:
@@ -130,16 +135,7 @@ class Acker:
             self._drained.set()
 
     async def _write(self, batch: list[Ack]) -> None:
-        params = {
-            "ids": [a.job_id for a in batch],
-            "attempts": [a.attempt for a in batch],
-            "uuids": [a.producer_uuid for a in batch],
-            "kinds": [a.kind for a in batch],
-            "delays": [a.delay for a in batch],
-            "errors": [a.error for a in batch],
-            "metas": [a.meta for a in batch],
-            "max_crashes": self._max_crashes,
-        }
+        params = {"acks": _encode(batch).decode(), "max_crashes": self._max_crashes}
         started = time.perf_counter()
         async with self._pool.connection() as conn:
             cur = await conn.execute(self._sql, params)
