@@ -84,8 +84,9 @@ class Config:
     gossip_interval: float = 5.0
     #: Acks written per statement at most.
     ack_batch_size: int = 1000
-    #: Seconds an ack may wait for its batch to fill.
-    ack_interval: float = 0.005
+    #: Extra seconds the acker waits for a batch to fill (0: write at once; acks arriving during
+    #: a write form the next batch).
+    ack_interval: float = 0.0
     #: Buffered acks above which fetching pauses (back-pressure).
     ack_max_backlog: int = 50000
     #: Database connections in the coordinator's pool.

@@ -1,6 +1,8 @@
 """The acker: buffers job outcomes and writes them in one fenced, set-based UPDATE per batch.
 
-Flushes when ``batch_size`` acks wait or ``interval`` seconds after the first one arrived.
+Writes as soon as an ack arrives (after ``interval`` seconds, 0 by default): batches form by
+themselves from the acks that arrive while the previous write is in flight, so a busy node
+writes large batches and an idle one adds no latency.
 Database errors are retried with backoff; nothing is dropped. Past ``max_backlog`` buffered acks,
 :attr:`backpressure` tells producers to stop fetching until the backlog drains. Acks that
 were not written when a node dies come back through the lifeline (their jobs are still
@@ -49,7 +51,7 @@ class Acker:
         *,
         max_crashes: int,
         batch_size: int = 1000,
-        interval: float = 0.005,
+        interval: float = 0.0,
         max_backlog: int = 50000,
         on_batch: Callable[[int, float, int], None] | None = None,
         on_error: Callable[[], None] | None = None,
@@ -114,7 +116,9 @@ class Acker:
         while True:
             await self._wake.wait()
             if len(self._buffer) < self._batch_size and not self._closing:
-                await asyncio.sleep(self._interval)  # let the batch fill
+                # Yield at least once so outcomes that arrived in the same pipe read join this
+                # batch; acks that arrive while a write is in flight form the next one.
+                await asyncio.sleep(self._interval)
             self._wake.clear()
             while self._buffer:
                 batch = self._buffer[: self._batch_size]
