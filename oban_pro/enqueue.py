@@ -11,13 +11,18 @@ from collections.abc import Generator, Sequence
 from datetime import UTC
 from typing import Any
 
-from .job import Job, encode_json
+import msgspec
+
+from .job import Job
 from .naming import channel
 from .payloads import encode_payload
 from .queries import Queries
 from .unique import UniqueOptions, lock_key
 
 Step = tuple[str, dict[str, Any]]
+
+# Job fields were validated (and NaN refused) when each Job was built; msgspec encodes fast.
+_encode = msgspec.json.Encoder().encode
 Steps = Generator[Step, list[tuple[Any, ...]], list[Job]]
 
 
@@ -66,19 +71,22 @@ def _insert_unique(queries: Queries, job: Job) -> Generator[Step, list[tuple[Any
 
 
 def _bulk_params(jobs: Sequence[Job]) -> dict[str, Any]:
-    return {
-        "queues": [j.queue for j in jobs],
-        "workers": [j.worker for j in jobs],
-        "args": [encode_json(j.args) for j in jobs],
-        "metas": [encode_json(j.meta) for j in jobs],
-        "tags": [encode_json(j.tags) for j in jobs],
-        "max_attempts": [j.max_attempts for j in jobs],
-        "priorities": [j.priority for j in jobs],
-        "scheduled_at": [
-            j.scheduled_at.astimezone(UTC).replace(tzinfo=None) if j.scheduled_at else None
-            for j in jobs
-        ],
-    }
+    rows = [
+        (
+            j.queue,
+            j.worker,
+            msgspec.Raw(_encode(j.args)),
+            msgspec.Raw(_encode(j.meta)),
+            j.tags,
+            j.max_attempts,
+            j.priority,
+            j.scheduled_at.astimezone(UTC).replace(tzinfo=None).isoformat()
+            if j.scheduled_at
+            else None,
+        )
+        for j in jobs
+    ]
+    return {"jobs": _encode(rows).decode()}
 
 
 def _apply_row(job: Job, row: tuple[Any, ...]) -> None:

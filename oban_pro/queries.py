@@ -21,20 +21,18 @@ FRAGMENTS = ("NOW", "SERVER_START", "JOB_COLUMNS", "FRAGMENTS")
 
 # -- enqueue ----------------------------------------------------------------------------------
 
+# The batch travels as one JSON array of [queue, worker, args, meta, tags, max_attempts,
+# priority, scheduled_at or null] (one msgspec-encoded parameter instead of eight typed arrays).
 INSERT_JOBS = """
 INSERT INTO {p}.oban_jobs
   (state, queue, worker, args, meta, tags, max_attempts, priority, scheduled_at)
 SELECT
-  (CASE WHEN r.scheduled_at IS NULL THEN 'available' ELSE 'scheduled' END)::{p}.oban_job_state,
-  r.queue, r.worker, r.args, r.meta,
-  ARRAY(SELECT jsonb_array_elements_text(r.tags)),
-  r.max_attempts, r.priority,
-  coalesce(r.scheduled_at, timezone('UTC', now()))
-FROM unnest(
-  %(queues)s::text[], %(workers)s::text[], %(args)s::jsonb[], %(metas)s::jsonb[],
-  %(tags)s::jsonb[], %(max_attempts)s::int[], %(priorities)s::int[],
-  %(scheduled_at)s::timestamp[]
-) WITH ORDINALITY AS r(queue, worker, args, meta, tags, max_attempts, priority, scheduled_at, ord)
+  (CASE WHEN r.v->>7 IS NULL THEN 'available' ELSE 'scheduled' END)::{p}.oban_job_state,
+  r.v->>0, r.v->>1, r.v->2, r.v->3,
+  ARRAY(SELECT jsonb_array_elements_text(r.v->4)),
+  (r.v->>5)::int, (r.v->>6)::int,
+  coalesce((r.v->>7)::timestamp, timezone('UTC', now()))
+FROM jsonb_array_elements(%(jobs)s::jsonb) WITH ORDINALITY AS r(v, ord)
 ORDER BY r.ord
 RETURNING id, state::text, inserted_at, scheduled_at
 """
