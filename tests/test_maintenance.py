@@ -143,11 +143,16 @@ async def test_lifeline_rescues_only_jobs_of_dead_producers(oban_dsn, oban_prefi
         (foreign.id,),
     )
     set_executing(oban_dsn, oban_prefix, spent.id, "dead-node", dead_uuid)
+    # Heartbeats are judged from the later of the last beat and the server's start, so the ttl
+    # here must be shorter than the (test) server's uptime.
+    uptime = await wait_until(lambda: (u := server_uptime(oban_dsn)) >= 2 and u, timeout=10)
+    young = Lifeline(pool, Queries(oban_prefix), heartbeat_ttl=uptime + 60, rescue_after=3600)
+    assert await young.step() == 0  # a server younger than the ttl: every producer has a grace
     rescued: list[int] = []
     lifeline = Lifeline(
         pool,
         Queries(oban_prefix),
-        heartbeat_ttl=30,
+        heartbeat_ttl=min(30.0, uptime / 2),
         rescue_after=3600,
         on_rescued=lambda n, queues: rescued.append(n),
     )
@@ -175,6 +180,11 @@ async def test_lifeline_rescues_only_jobs_of_dead_producers(oban_dsn, oban_prefi
     }
     assert uuids == {live_uuid}
     assert rescued == [3]
+
+
+def server_uptime(dsn: str) -> float:
+    rows = query(dsn, "SELECT extract(epoch FROM now() - pg_postmaster_start_time())::float8")
+    return float(rows[0][0])
 
 
 # -- leadership ----------------------------------------------------------------------------
