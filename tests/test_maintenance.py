@@ -124,6 +124,10 @@ async def test_pruner_deletes_old_finished_jobs_in_batches(oban_dsn, oban_prefix
 async def test_lifeline_rescues_only_jobs_of_dead_producers(oban_dsn, oban_prefix, pool):
     import uuid as uuidlib
 
+    # Heartbeats are judged from the later of the last beat and the server's start, so the ttl
+    # here must be shorter than the (test) server's uptime.
+    uptime = await wait_until(lambda: (u := server_uptime(oban_dsn)) >= 4 and u, timeout=10)
+
     with Client(oban_dsn, prefix=oban_prefix) as client:
         dead, alive, missing, foreign, spent = client.enqueue_many(
             [Job("app.W") for _ in range(4)] + [Job("app.W", queue="elixir", max_attempts=1)]
@@ -143,9 +147,6 @@ async def test_lifeline_rescues_only_jobs_of_dead_producers(oban_dsn, oban_prefi
         (foreign.id,),
     )
     set_executing(oban_dsn, oban_prefix, spent.id, "dead-node", dead_uuid)
-    # Heartbeats are judged from the later of the last beat and the server's start, so the ttl
-    # here must be shorter than the (test) server's uptime.
-    uptime = await wait_until(lambda: (u := server_uptime(oban_dsn)) >= 2 and u, timeout=10)
     young = Lifeline(pool, Queries(oban_prefix), heartbeat_ttl=uptime + 60, rescue_after=3600)
     assert await young.step() == 0  # a server younger than the ttl: every producer has a grace
     rescued: list[int] = []
