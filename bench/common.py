@@ -9,6 +9,7 @@ import json
 import math
 import os
 import platform
+import subprocess
 import sys
 import time
 import uuid
@@ -103,8 +104,34 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def engine_revision() -> str:
+    """The commit the engine was measured at (``$OBAN_BENCH_REV`` wins), marked when dirty."""
+    if os.environ.get("OBAN_BENCH_REV"):
+        return os.environ["OBAN_BENCH_REV"]
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "oban_pro"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if not rev:
+        return "unknown"
+    return rev + (" + uncommitted changes in oban_pro/" if dirty else "")
+
+
 def machine_info(dsn: str) -> dict[str, Any]:
     info: dict[str, Any] = {
+        "engine_revision": engine_revision(),
         "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cores": os.cpu_count(),
         "cpu": _cpu_model(),
@@ -126,9 +153,12 @@ def machine_info(dsn: str) -> dict[str, Any]:
 def machine_line(info: dict[str, Any]) -> str:
     pg = info.get("postgres", "?")
     s = info.get("postgres_settings", {})
-    return (f"machine: {info['cores']} cores ({info['cpu']}), Python {info['python']}, "
-            f"PostgreSQL {pg} (fsync={s.get('fsync', '?')}, "
-            f"synchronous_commit={s.get('synchronous_commit', '?')}), {info['date']}")  # fmt: skip
+    return (
+        f"machine: {info['cores']} cores ({info['cpu']}), Python {info['python']}, "
+        f"PostgreSQL {pg} (fsync={s.get('fsync', '?')}, "
+        f"synchronous_commit={s.get('synchronous_commit', '?')}), {info['date']}, "
+        f"oban_pro {info.get('engine_revision', '?')}"
+    )
 
 
 # -- progress -------------------------------------------------------------------------------
@@ -169,8 +199,10 @@ class Progress:
         eta = ""
         if 0 < self.done < self.total:
             eta = f" eta {elapsed / self.done * (self.total - self.done):4.0f}s"
-        text = (f"{self.title} [{'#' * filled:<{width}}] {self.done}/{self.total}"
-                f" {elapsed:5.0f}s{eta}  {self._label} {detail}")  # fmt: skip
+        text = (
+            f"{self.title} [{'#' * filled:<{width}}] {self.done}/{self.total}"
+            f" {elapsed:5.0f}s{eta}  {self._label} {detail}"
+        )
         if self.tty:
             sys.stderr.write("\r\x1b[2K" + text[:160])
         elif not detail:
@@ -200,8 +232,10 @@ def spread(s: dict[str, Any], digits: int = 0, unit: str = "") -> str:
         return "-"
     if s["n"] == 1:
         return f"{fmt_num(s['median'], digits)}{unit}"
-    return (f"{fmt_num(s['median'], digits)}{unit} "
-            f"({fmt_num(s['min'], digits)}-{fmt_num(s['max'], digits)})")  # fmt: skip
+    return (
+        f"{fmt_num(s['median'], digits)}{unit} "
+        f"({fmt_num(s['min'], digits)}-{fmt_num(s['max'], digits)})"
+    )
 
 
 def ratio_text(value: float, digits: int = 2) -> str:
@@ -216,8 +250,14 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
 
     def line(r: list[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                                 for i, (c, w) in enumerate(zip(r, widths, strict=True))) + " |"  # fmt: skip
+        return (
+            "| "
+            + " | ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(r, widths, strict=True))
+            )
+            + " |"
+        )
 
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(cells[0]), sep, *(line(r) for r in cells[1:])])
@@ -238,7 +278,7 @@ def plot_path(opts: Options) -> Path:
 
 
 def pyplot() -> Any:
-    """matplotlib's pyplot on the Agg backend, or a clear error (``pip install 'oban-pro[bench]'``)."""
+    """matplotlib's pyplot (Agg backend), or a clear error: ``pip install 'oban-pro[bench]'``."""
     try:
         import matplotlib
 

@@ -51,8 +51,11 @@ async def _run(opts: common.Options) -> int:
     limit = int(opts.extra.get("limit", 10))
     rounds = calibrate_rounds(job_ms / 1000.0)
     procs = process_counts(opts)
-    common.header(opts, info, f"{n} jobs of ~{job_ms:.0f} ms ({rounds} rounds), limit {limit}, "
-                              f"median of {opts.repeat}")  # fmt: skip
+    common.header(
+        opts,
+        info,
+        f"{n} jobs of ~{job_ms:.0f} ms ({rounds} rounds), limit {limit}, median of {opts.repeat}",
+    )
     progress = common.Progress(opts.repeat * (len(procs) + 1), "cpu", opts.quiet)
     args = f'{{"rounds": {rounds}}}'
     runs: dict[Any, list[dict[str, Any]]] = {p: [] for p in procs}
@@ -69,37 +72,97 @@ async def _run(opts: common.Options) -> int:
                 async def start(p: int = p) -> Any:
                     return await engine.start_node(dsn, prefix, {QUEUE: max(limit, p)}, processes=p)
 
-                runs[p].append(await measure.drain(dsn, prefix, QUEUE, WORKER, n, args=args,
-                                                   start_node=start, stop_node=engine.stop_node,
-                                                   notify=notify))  # fmt: skip
+                runs[p].append(
+                    await measure.drain(
+                        dsn,
+                        prefix,
+                        QUEUE,
+                        WORKER,
+                        n,
+                        args=args,
+                        start_node=start,
+                        stop_node=engine.stop_node,
+                        notify=notify,
+                    )
+                )
                 progress.advance()
     progress.close()
 
     rows, results = [], []
     serial_s = measure.summary(serial)
-    rows.append(["serial (no engine)", common.spread(measure.summary([n / s for s in serial]), 1),
-                 common.spread(serial_s, 2), "-", "-", "-"])  # fmt: skip
+    rows.append(
+        [
+            "serial (no engine)",
+            common.spread(measure.summary([n / s for s in serial]), 1),
+            common.spread(serial_s, 2),
+            "-",
+            "-",
+            "-",
+        ]
+    )
     for p in procs:
         rate = measure.summary([r["rate"] for r in runs[p]])
         secs = measure.summary([r["seconds"] for r in runs[p]])
-        speedup = measure.summary([one["seconds"] / r["seconds"]
-                                   for one, r in zip(runs[1], runs[p], strict=True)])  # fmt: skip
-        vs_serial = measure.summary([s / r["seconds"] for s, r in zip(serial, runs[p], strict=True)])
+        speedup = measure.summary(
+            [one["seconds"] / r["seconds"] for one, r in zip(runs[1], runs[p], strict=True)]
+        )
+        vs_serial = measure.summary(
+            [s / r["seconds"] for s, r in zip(serial, runs[p], strict=True)]
+        )
         ideal = min(p, opts.cores)
-        results.append({"processes": p, "rate": rate, "seconds": secs, "speedup": speedup,
-                        "vs_serial": vs_serial, "ideal": ideal, "runs": runs[p]})  # fmt: skip
-        rows.append([f"{p} process{'es' if p > 1 else ''}", common.spread(rate, 1),
-                     common.spread(secs, 2), common.ratio_text(speedup["median"]) +
-                     f" ({speedup['min']:.2f}-{speedup['max']:.2f})",
-                     f"{ideal}x", common.ratio_text(vs_serial["median"])])  # fmt: skip
-    text = common.table(["run", "jobs/s median (min-max)", "seconds", "speedup vs 1 process",
-                         "ideal", "vs serial loop"], rows)  # fmt: skip
+        results.append(
+            {
+                "processes": p,
+                "rate": rate,
+                "seconds": secs,
+                "speedup": speedup,
+                "vs_serial": vs_serial,
+                "ideal": ideal,
+                "runs": runs[p],
+            }
+        )
+        rows.append(
+            [
+                f"{p} process{'es' if p > 1 else ''}",
+                common.spread(rate, 1),
+                common.spread(secs, 2),
+                common.ratio_text(speedup["median"])
+                + f" ({speedup['min']:.2f}-{speedup['max']:.2f})",
+                f"{ideal}x",
+                common.ratio_text(vs_serial["median"]),
+            ]
+        )
+    text = common.table(
+        [
+            "run",
+            "jobs/s median (min-max)",
+            "seconds",
+            "speedup vs 1 process",
+            "ideal",
+            "vs serial loop",
+        ],
+        rows,
+    )
+    job_ms_measured = serial_s["median"] / n * 1000.0
     if not opts.quiet:
         print(text)
-    payload = {"scenario": "cpu", "machine": info,
-               "params": {"jobs": n, "job_ms": job_ms, "rounds": rounds, "limit": limit,
-                          "repeat": opts.repeat, "processes": procs},
-               "serial_seconds": serial_s, "results": results, "table": text}  # fmt: skip
+        print(f"\nmeasured: {job_ms_measured:.1f} ms per job in the serial loop (median)")
+    payload = {
+        "scenario": "cpu",
+        "machine": info,
+        "params": {
+            "jobs": n,
+            "job_ms": job_ms,
+            "rounds": rounds,
+            "limit": limit,
+            "repeat": opts.repeat,
+            "processes": procs,
+        },
+        "serial_seconds": serial_s,
+        "job_ms_measured": job_ms_measured,
+        "results": results,
+        "table": text,
+    }
     path = common.write_json(opts, payload)
     if opts.plot:
         _plot(opts, payload)
@@ -121,8 +184,10 @@ def _plot(opts: common.Options, payload: dict[str, Any]) -> None:
     ax.set_xticks(ps)
     ax.set_xlabel("worker processes")
     ax.set_ylabel("speedup over 1 process")
-    ax.set_title(f"CPU-bound {payload['params']['job_ms']:.0f} ms jobs "
-                 f"({payload['machine']['cores']} cores, {payload['machine']['date'][:10]})")  # fmt: skip
+    ax.set_title(
+        f"CPU-bound {payload['params']['job_ms']:.0f} ms jobs "
+        f"({payload['machine']['cores']} cores, {payload['machine']['date'][:10]})"
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(common.plot_path(opts), dpi=110)

@@ -14,14 +14,23 @@ def quiet_logs() -> None:
     logging.getLogger("oban_pro").setLevel(logging.ERROR)
 
 
-async def start_node(dsn: str, prefix: str, queues: dict[str, int], *, processes: int,
-                     window: int = 1, **config: Any) -> Any:  # fmt: skip
+async def start_node(
+    dsn: str, prefix: str, queues: dict[str, int], *, processes: int, window: int = 1, **config: Any
+) -> Any:
     """A started oban_pro node running ``queues`` with the bench workers importable."""
     from oban_pro import Oban
 
-    oban = Oban(dsn=dsn, prefix=prefix, queues=queues, processes=processes, window=window,
-                imports=["bench.workers"], name=f"bench-{next(_names)}", node="bench-node",
-                **config)  # fmt: skip
+    oban = Oban(
+        dsn=dsn,
+        prefix=prefix,
+        queues=queues,
+        processes=processes,
+        window=window,
+        imports=["bench.workers"],
+        name=f"bench-{next(_names)}",
+        node="bench-node",
+        **config,
+    )
     await oban.start()
     return oban
 

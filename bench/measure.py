@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -32,6 +33,66 @@ import psycopg
 def qp(prefix: str) -> str:
     """A schema name as a quoted identifier."""
     return '"' + prefix.replace('"', '""') + '"'
+
+
+# -- job bodies shared by both engines --------------------------------------------------------
+
+
+def burn(rounds: int) -> str:
+    """Chained SHA-256 with a Python-level loop per round: CPU-bound and holding the GIL (the
+    same work as ``oban_pro.demo.burn``). Both engines' CPU jobs call this very function."""
+    digest = b"oban"
+    for _ in range(rounds):
+        digest = hashlib.sha256(digest).digest()
+        digest = bytes(b ^ 0x5A for b in digest)
+    return digest.hex()[:16]
+
+
+def calibrate_rounds(target_seconds: float = 0.020) -> int:
+    """Rounds of :func:`burn` that take ``target_seconds`` on an undisturbed core here.
+
+    The fastest of 15 probes of about the target is the least disturbed by other load (a shared
+    machine steals CPU in bursts; a median would be inflated by them and give too few rounds).
+    """
+    warm_until = time.perf_counter() + 0.5  # let the core's clock ramp up first
+    while time.perf_counter() < warm_until:
+        burn(1000)
+    probe = 500
+    while True:  # grow the probe until it takes at least half of the target
+        started = time.perf_counter()
+        burn(probe)
+        if time.perf_counter() - started >= target_seconds / 2 or probe > 10_000_000:
+            break
+        probe *= 2
+    fastest = min(_timed_burn(probe) for _ in range(15))
+    return max(1, round(target_seconds / (fastest / probe)))
+
+
+def _timed_burn(rounds: int) -> float:
+    started = time.perf_counter()
+    burn(rounds)
+    return time.perf_counter() - started
+
+
+_stamp_socket: socket.socket | None = None
+
+
+def send_stamp(path: str, job_id: int, started: float) -> None:
+    """Tell a :class:`StampListener` at ``path`` that ``job_id`` started at ``started``."""
+    global _stamp_socket
+    if _stamp_socket is None:
+        _stamp_socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    _stamp_socket.sendto(f"{job_id} {started!r} {os.getpid()}".encode(), path)
+
+
+def log_line(path: str, *fields: object) -> None:
+    """Append one line with a single O_APPEND write (lines of concurrent writers never mix)."""
+    line = (" ".join(str(f) for f in fields) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
 
 
 # -- statistics -----------------------------------------------------------------------------
@@ -54,8 +115,13 @@ def summary(values: Sequence[float]) -> dict[str, Any]:
     vals = [float(v) for v in values]
     if not vals:
         return {"median": math.nan, "min": math.nan, "max": math.nan, "n": 0, "samples": []}
-    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals),
-            "n": len(vals), "samples": vals}  # fmt: skip
+    return {
+        "median": statistics.median(vals),
+        "min": min(vals),
+        "max": max(vals),
+        "n": len(vals),
+        "samples": vals,
+    }
 
 
 # -- rows -----------------------------------------------------------------------------------
@@ -77,8 +143,16 @@ def job_rows(queue: str, worker: str, n: int, args: str = "{}") -> list[tuple[st
     return [("available", queue, worker, args)] * n
 
 
-async def copy_jobs(conn: Any, prefix: str, queue: str, worker: str, n: int, *,
-                    args: str = "{}", notify: tuple[str, str] | None = None) -> None:  # fmt: skip
+async def copy_jobs(
+    conn: Any,
+    prefix: str,
+    queue: str,
+    worker: str,
+    n: int,
+    *,
+    args: str = "{}",
+    notify: tuple[str, str] | None = None,
+) -> None:
     """Insert ``n`` available jobs with COPY in one transaction; ``notify`` = (channel, payload)
     is sent in the same transaction (each engine's own insert notice, so it wakes at commit)."""
     p = qp(prefix)
@@ -104,15 +178,19 @@ async def pending(conn: Any, prefix: str, queue: str) -> bool:
 
 
 async def state_counts(conn: Any, prefix: str) -> dict[str, int]:
-    cur = await conn.execute(
-        f"SELECT state::text, count(*) FROM {qp(prefix)}.oban_jobs GROUP BY 1"
-    )
+    cur = await conn.execute(f"SELECT state::text, count(*) FROM {qp(prefix)}.oban_jobs GROUP BY 1")
     return {state: int(n) for state, n in await cur.fetchall()}
 
 
-async def wait_drained(conn: Any, prefix: str, queue: str, *, timeout: float,
-                       interval: float = 0.05,
-                       on_tick: Callable[[], Awaitable[None]] | None = None) -> None:  # fmt: skip
+async def wait_drained(
+    conn: Any,
+    prefix: str,
+    queue: str,
+    *,
+    timeout: float,
+    interval: float = 0.05,
+    on_tick: Callable[[], Awaitable[None]] | None = None,
+) -> None:
     """Wait until no job of ``queue`` is available or executing."""
     deadline = time.monotonic() + timeout
     while await pending(conn, prefix, queue):
@@ -136,12 +214,20 @@ async def last_completed(conn: Any, prefix: str, queue: str) -> tuple[int, float
     return int(row[0]), float(row[1] or 0.0)
 
 
-async def drain(dsn: str, prefix: str, queue: str, worker: str, n: int, *,
-                start_node: Callable[[], Awaitable[Any]],
-                stop_node: Callable[[Any], Awaitable[None]],
-                notify: tuple[str, str] | None, args: str = "{}",
-                timeout: float | None = None,
-                on_tick: Callable[[], Awaitable[None]] | None = None) -> dict[str, Any]:  # fmt: skip
+async def drain(
+    dsn: str,
+    prefix: str,
+    queue: str,
+    worker: str,
+    n: int,
+    *,
+    start_node: Callable[[], Awaitable[Any]],
+    stop_node: Callable[[Any], Awaitable[None]],
+    notify: tuple[str, str] | None,
+    args: str = "{}",
+    timeout: float | None = None,
+    on_tick: Callable[[], Awaitable[None]] | None = None,
+) -> dict[str, Any]:
     """Start a node, COPY ``n`` jobs in one transaction, time until the node has completed all.
 
     Returns ``{"jobs", "seconds", "rate", "completed", "states"}``; ``seconds`` runs from the
@@ -152,13 +238,14 @@ async def drain(dsn: str, prefix: str, queue: str, worker: str, n: int, *,
     try:
         await truncate(conn, prefix)
         await conn.execute(f"VACUUM ANALYZE {qp(prefix)}.oban_jobs")
+        postmaster = await postmaster_pid(conn)
         node = await start_node()
         try:
-            cpu_before = cpu_snapshot()
+            cpu_before = cpu_snapshot(postmaster=postmaster)
             await copy_jobs(conn, prefix, queue, worker, n, args=args, notify=notify)
             started = time.time()
             await wait_drained(conn, prefix, queue, timeout=timeout, on_tick=on_tick)
-            cpu = cpu_delta(cpu_before, cpu_snapshot())
+            cpu = cpu_delta(cpu_before, cpu_snapshot(postmaster=postmaster))
             completed, finished = await last_completed(conn, prefix, queue)
             states = await state_counts(conn, prefix)
         finally:
@@ -166,9 +253,15 @@ async def drain(dsn: str, prefix: str, queue: str, worker: str, n: int, *,
     finally:
         await conn.close()
     seconds = max(finished - started, 1e-9)
-    return {"jobs": n, "seconds": seconds, "rate": completed / seconds, "completed": completed,
-            "states": states, "cpu_seconds": cpu,
-            "cpu_us_per_job": {k: v / max(completed, 1) * 1e6 for k, v in cpu.items()}}  # fmt: skip
+    return {
+        "jobs": n,
+        "seconds": seconds,
+        "rate": completed / seconds,
+        "completed": completed,
+        "states": states,
+        "cpu_seconds": cpu,
+        "cpu_us_per_job": {k: v / max(completed, 1) * 1e6 for k, v in cpu.items()},
+    }
 
 
 # -- the SQL ceiling ------------------------------------------------------------------------
@@ -211,8 +304,9 @@ async def ceiling_loop(conn: Any, prefix: str, queue: str, batch: int) -> None:
         await conn.execute(ack, {"ids": [r[0] for r in rows]}, prepare=True)
 
 
-async def drain_ceiling(dsn: str, prefix: str, queue: str, worker: str, n: int,
-                        batch: int) -> dict[str, Any]:  # fmt: skip
+async def drain_ceiling(
+    dsn: str, prefix: str, queue: str, worker: str, n: int, batch: int
+) -> dict[str, Any]:
     """:func:`ceiling_loop` timed exactly like :func:`drain` times an engine."""
     conn = await connect(dsn)
     loop_conn = await connect(dsn)
@@ -283,8 +377,10 @@ class StampListener:
 
 async def wait_completed(conn: Any, prefix: str, job_id: int, timeout: float = 30.0) -> float:
     """Poll one job until it is completed; return its ``completed_at`` (epoch seconds)."""
-    sql = (f"SELECT state::text, extract(epoch FROM completed_at)::float8 "
-           f"FROM {qp(prefix)}.oban_jobs WHERE id = %s")  # fmt: skip
+    sql = (
+        f"SELECT state::text, extract(epoch FROM completed_at)::float8 "
+        f"FROM {qp(prefix)}.oban_jobs WHERE id = %s"
+    )
     deadline = time.monotonic() + timeout
     while True:
         cur = await conn.execute(sql, (job_id,), prepare=True)
@@ -298,10 +394,16 @@ async def wait_completed(conn: Any, prefix: str, job_id: int, timeout: float = 3
         await asyncio.sleep(0.002)
 
 
-async def latency_series(dsn: str, prefix: str, n: int, *,
-                         enqueue: Callable[[str], Awaitable[int]],
-                         warmup: int = 5, gap: float = 0.05,
-                         on_sample: Callable[[int], None] | None = None) -> dict[str, Any]:  # fmt: skip
+async def latency_series(
+    dsn: str,
+    prefix: str,
+    n: int,
+    *,
+    enqueue: Callable[[str], Awaitable[int]],
+    warmup: int = 5,
+    gap: float = 0.05,
+    on_sample: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
     """Enqueue single jobs one at a time on an idle node; ``enqueue(sock_path)`` inserts one
     stamping job with the engine's own enqueue and returns its id.
 
@@ -331,8 +433,12 @@ async def latency_series(dsn: str, prefix: str, n: int, *,
 
 
 def latency_stats(samples: Sequence[float]) -> dict[str, float]:
-    return {"p50": percentile(samples, 50), "p95": percentile(samples, 95),
-            "p99": percentile(samples, 99), "max": max(samples) if samples else math.nan}  # fmt: skip
+    return {
+        "p50": percentile(samples, 50),
+        "p95": percentile(samples, 95),
+        "p99": percentile(samples, 99),
+        "max": max(samples) if samples else math.nan,
+    }
 
 
 def dumps(data: Any) -> str:
@@ -357,10 +463,12 @@ def _proc_stat(pid: str) -> tuple[str, int, float] | None:
     return comm, int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK
 
 
-def cpu_snapshot(root: int | None = None) -> dict[str, float]:
-    """CPU seconds used so far by this process, by its descendants (worker processes) and by
-    every PostgreSQL process on the machine. Differences of two snapshots say where the cores
-    went during a run."""
+def cpu_snapshot(
+    root: int | None = None, postmaster: int | None = None
+) -> dict[int, tuple[str, float]]:
+    """CPU seconds used so far per process, labelled ``self`` (this process), ``children`` (its
+    descendants: worker processes) or ``postgres`` (descendants of ``postmaster``, i.e. the
+    server under test; other PostgreSQL servers on the machine are left out)."""
     root = root or os.getpid()
     procs: dict[int, tuple[str, int, float]] = {}
     for name in os.listdir("/proc"):
@@ -371,18 +479,42 @@ def cpu_snapshot(root: int | None = None) -> dict[str, float]:
     children: dict[int, list[int]] = {}
     for pid, (_comm, ppid, _cpu) in procs.items():
         children.setdefault(ppid, []).append(pid)
-    descendants = 0.0
-    stack = list(children.get(root, []))
-    while stack:
-        pid = stack.pop()
-        comm, _ppid, cpu = procs[pid]
-        if not comm.startswith("postgres"):
-            descendants += cpu
-        stack.extend(children.get(pid, []))
-    postgres = sum(cpu for comm, _p, cpu in procs.values() if comm.startswith("postgres"))
-    own = procs.get(root, ("", 0, 0.0))[2]
-    return {"self": own, "children": descendants, "postgres": postgres}
+
+    def descendants(top: int) -> list[int]:
+        out, stack = [], list(children.get(top, []))
+        while stack:
+            pid = stack.pop()
+            out.append(pid)
+            stack.extend(children.get(pid, []))
+        return out
+
+    snap: dict[int, tuple[str, float]] = {}
+    if root in procs:
+        snap[root] = ("self", procs[root][2])
+    for pid in descendants(root):
+        snap[pid] = ("children", procs[pid][2])
+    if postmaster and postmaster in procs:
+        snap[postmaster] = ("postgres", procs[postmaster][2])
+        for pid in descendants(postmaster):
+            snap[pid] = ("postgres", procs[pid][2])
+    return snap
 
 
-def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    return {k: max(0.0, after[k] - before[k]) for k in before}
+def cpu_delta(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> dict[str, float]:
+    """CPU seconds per label between two snapshots (processes that exited in between are lost;
+    those started in between count from zero)."""
+    out = {"self": 0.0, "children": 0.0, "postgres": 0.0}
+    for pid, (label, cpu) in after.items():
+        prev = before.get(pid)
+        out[label] += cpu - (prev[1] if prev and prev[0] == label else 0.0)
+    return out
+
+
+async def postmaster_pid(conn: Any) -> int | None:
+    """The pid of the server's postmaster (the parent of our backend), when it runs here."""
+    cur = await conn.execute("SELECT pg_backend_pid()")
+    row = await cur.fetchone()
+    got = _proc_stat(str(row[0])) if row else None
+    return got[1] if got else None

@@ -7,7 +7,10 @@ limit) with FOR UPDATE SKIP LOCKED and acks it with one set-based UPDATE ... FRO
 job code at all. engine/ceiling is the share of this database's physical limit the engine reaches.
 
 The engine fetches at most min(limit - running, free worker slots) jobs at a time, and free
-slots are processes x window: the "batch" column shows that bound.
+slots are processes x window: the "batch" column shows that bound. Runs at window 1 drain
+``--size-window1`` jobs (default --size / 10): they are about ten times slower. The last column
+is CPU time per job of the coordinator (this process), the worker processes and PostgreSQL
+(the server under test), read from /proc: where the cores went.
 """
 
 from __future__ import annotations
@@ -19,15 +22,24 @@ from typing import Any
 
 from . import common, engine, measure
 
-DEFAULT_SIZE = 10_000
+DEFAULT_SIZE = 20_000
 QUEUE = "bench"
 WORKER = "bench.workers.Noop"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--size-window1",
+        type=int,
+        default=None,
+        help="jobs per run at window 1, which is ~10x slower (default: --size / 10)",
+    )
     parser.add_argument("--limits", default="10,50,100", help="queue limits (10,50,100)")
-    parser.add_argument("--windows", default="1,50",
-                        help="jobs in flight per child to compare (1,50; 1 is the default)")  # fmt: skip
+    parser.add_argument(
+        "--windows",
+        default="1,50",
+        help="jobs in flight per child to compare (1,50; 1 is the default)",
+    )
 
 
 def _ints(text: str) -> list[int]:
@@ -49,11 +61,12 @@ async def _run(opts: common.Options) -> int:
     dsn = common.resolve_dsn(opts.dsn)
     info = common.machine_info(dsn)
     n = opts.size_or(DEFAULT_SIZE)
+    n1 = int(opts.extra.get("size_window1") or max(n // 10, 100))
     limits = _ints(opts.extra.get("limits", "10,50,100"))
     windows = _ints(opts.extra.get("windows", "1,50"))
     procs = process_counts(opts)
     configs = [(lim, p, w) for lim in limits for p in procs for w in windows]
-    common.header(opts, info, f"{n} no-op jobs per run, median of {opts.repeat}")
+    common.header(opts, info, f"{n} no-op jobs per run ({n1} at window 1), median of {opts.repeat}")
     progress = common.Progress(opts.repeat * (len(configs) + len(limits)), "throughput", opts.quiet)
     engine_runs: dict[tuple[int, int, int], list[dict[str, Any]]] = {c: [] for c in configs}
     ceiling_runs: dict[int, list[dict[str, Any]]] = {lim: [] for lim in limits}
@@ -72,16 +85,26 @@ async def _run(opts: common.Options) -> int:
                         progress.step(f"rep {rep + 1}: limit={lim} processes={p} window={w}")
 
                         async def start(lim: int = lim, p: int = p, w: int = w) -> Any:
-                            return await engine.start_node(dsn, prefix, {QUEUE: lim},
-                                                           processes=p, window=w)  # fmt: skip
+                            return await engine.start_node(
+                                dsn, prefix, {QUEUE: lim}, processes=p, window=w
+                            )
 
                         async def tick() -> None:
                             progress.detail("draining")
 
-                        engine_runs[(lim, p, w)].append(await measure.drain(
-                            dsn, prefix, QUEUE, WORKER, n, start_node=start,
-                            stop_node=engine.stop_node, notify=notify, on_tick=tick,
-                        ))  # fmt: skip
+                        engine_runs[(lim, p, w)].append(
+                            await measure.drain(
+                                dsn,
+                                prefix,
+                                QUEUE,
+                                WORKER,
+                                n1 if w == 1 else n,
+                                start_node=start,
+                                stop_node=engine.stop_node,
+                                notify=notify,
+                                on_tick=tick,
+                            )
+                        )
                         progress.advance()
     progress.close()
 
@@ -96,20 +119,59 @@ async def _run(opts: common.Options) -> int:
         children_us = statistics.median(r["cpu_us_per_job"]["children"] for r in runs)
         pg_us = statistics.median(r["cpu_us_per_job"]["postgres"] for r in runs)
         batch = min(lim, p * w)
-        results.append({"limit": lim, "processes": p, "window": w, "max_batch": batch,
-                        "rate": rate, "ceiling": ceiling, "engine_over_ceiling": share,
-                        "cpu_us_per_job": {"coordinator": parent_us, "workers": children_us,
-                                           "postgres": pg_us},
-                        "runs": runs})  # fmt: skip
-        rows.append([lim, p, w, batch, common.spread(rate), common.fmt_num(ceiling["median"]),
-                     f"{share['median'] * 100:.0f}% ({share['min'] * 100:.0f}-"
-                     f"{share['max'] * 100:.0f}%)",
-                     f"{parent_us:.0f} / {children_us:.0f} / {pg_us:.0f}"])  # fmt: skip
-    ceiling_summary = [{"batch": lim, "rate": measure.summary([c["rate"] for c in ceiling_runs[lim]]),
-                        "runs": ceiling_runs[lim]} for lim in limits]  # fmt: skip
+        results.append(
+            {
+                "limit": lim,
+                "processes": p,
+                "window": w,
+                "max_batch": batch,
+                "rate": rate,
+                "ceiling": ceiling,
+                "engine_over_ceiling": share,
+                "cpu_us_per_job": {
+                    "coordinator": parent_us,
+                    "workers": children_us,
+                    "postgres": pg_us,
+                },
+                "runs": runs,
+            }
+        )
+        rows.append(
+            [
+                lim,
+                p,
+                w,
+                batch,
+                n1 if w == 1 else n,
+                common.spread(rate),
+                common.fmt_num(ceiling["median"]),
+                f"{share['median'] * 100:.0f}% ({share['min'] * 100:.0f}-"
+                f"{share['max'] * 100:.0f}%)",
+                f"{parent_us:.0f} / {children_us:.0f} / {pg_us:.0f}",
+            ]
+        )
+    ceiling_summary: list[dict[str, Any]] = [
+        {
+            "batch": lim,
+            "rate": measure.summary([c["rate"] for c in ceiling_runs[lim]]),
+            "runs": ceiling_runs[lim],
+        }
+        for lim in limits
+    ]
     text = common.table(
-        ["limit", "processes", "window", "batch", "jobs/s median (min-max)", "ceiling jobs/s",
-         "engine/ceiling", "CPU us/job coord/workers/pg"], rows)  # fmt: skip
+        [
+            "limit",
+            "processes",
+            "window",
+            "batch",
+            "jobs",
+            "jobs/s median (min-max)",
+            "ceiling jobs/s",
+            "engine/ceiling",
+            "CPU us/job coord/workers/pg",
+        ],
+        rows,
+    )
     ceiling_text = common.table(
         ["ceiling batch", "jobs/s median (min-max)"],
         [[c["batch"], common.spread(c["rate"])] for c in ceiling_summary],
@@ -119,11 +181,22 @@ async def _run(opts: common.Options) -> int:
         print()
         print("SQL ceiling (bare fetch SKIP LOCKED + set-based ack, one connection, no job code):")
         print(ceiling_text)
-    payload = {"scenario": "throughput", "machine": info,
-               "params": {"jobs": n, "repeat": opts.repeat, "limits": limits, "windows": windows,
-                          "processes": procs},
-               "results": results, "ceiling": ceiling_summary,
-               "table": text, "ceiling_table": ceiling_text}  # fmt: skip
+    payload = {
+        "scenario": "throughput",
+        "machine": info,
+        "params": {
+            "jobs": n,
+            "jobs_window1": n1,
+            "repeat": opts.repeat,
+            "limits": limits,
+            "windows": windows,
+            "processes": procs,
+        },
+        "results": results,
+        "ceiling": ceiling_summary,
+        "table": text,
+        "ceiling_table": ceiling_text,
+    }
     path = common.write_json(opts, payload)
     if opts.plot:
         _plot(opts, payload)
@@ -140,15 +213,34 @@ def _plot(opts: common.Options, payload: dict[str, Any]) -> None:
     fig, ax = plt.subplots(figsize=(9, 5))
     width = 0.8 / (len(series) + 1)
     for i, (p, w) in enumerate(series):
-        values = [next(r["rate"]["median"] for r in results
-                       if r["limit"] == lim and r["processes"] == p and r["window"] == w)
-                  for lim in limits]  # fmt: skip
-        errs = [[v - next(r["rate"]["min"] for r in results if r["limit"] == lim
-                          and r["processes"] == p and r["window"] == w) for v, lim in
-                 zip(values, limits, strict=True)],
-                [next(r["rate"]["max"] for r in results if r["limit"] == lim
-                      and r["processes"] == p and r["window"] == w) - v for v, lim in
-                 zip(values, limits, strict=True)]]  # fmt: skip
+        values = [
+            next(
+                r["rate"]["median"]
+                for r in results
+                if r["limit"] == lim and r["processes"] == p and r["window"] == w
+            )
+            for lim in limits
+        ]
+        errs = [
+            [
+                v
+                - next(
+                    r["rate"]["min"]
+                    for r in results
+                    if r["limit"] == lim and r["processes"] == p and r["window"] == w
+                )
+                for v, lim in zip(values, limits, strict=True)
+            ],
+            [
+                next(
+                    r["rate"]["max"]
+                    for r in results
+                    if r["limit"] == lim and r["processes"] == p and r["window"] == w
+                )
+                - v
+                for v, lim in zip(values, limits, strict=True)
+            ],
+        ]
         xs = [j + i * width for j in range(len(limits))]
         ax.bar(xs, values, width, yerr=errs, capsize=3, label=f"{p} proc, window {w}")
     ceil = [c["rate"]["median"] for c in payload["ceiling"]]
@@ -157,8 +249,10 @@ def _plot(opts: common.Options, payload: dict[str, Any]) -> None:
     ax.set_xticks([j + width * len(series) / 2 for j in range(len(limits))])
     ax.set_xticklabels([f"limit {lim}" for lim in limits])
     ax.set_ylabel("no-op jobs/s (median, min-max)")
-    ax.set_title(f"oban_pro throughput vs SQL ceiling ({payload['machine']['cores']} cores, "
-                 f"{payload['machine']['date'][:10]})")  # fmt: skip
+    ax.set_title(
+        f"oban_pro throughput vs SQL ceiling ({payload['machine']['cores']} cores, "
+        f"{payload['machine']['date'][:10]})"
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(common.plot_path(opts), dpi=110)

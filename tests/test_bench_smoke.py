@@ -22,7 +22,15 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+_pythonpath = os.environ.get("PYTHONPATH")
 from bench import peer  # noqa: E402
+
+# Importing bench puts the repository root on PYTHONPATH for its worker processes; leave the
+# environment of the other tests as it was.
+if _pythonpath is None:
+    os.environ.pop("PYTHONPATH", None)
+else:
+    os.environ["PYTHONPATH"] = _pythonpath
 
 pytestmark = pytest.mark.bench_smoke
 
@@ -97,6 +105,13 @@ def test_latency(tmp_path, oban_dsn):
 def test_insert(tmp_path, oban_dsn):
     data = run_bench(tmp_path, oban_dsn, "insert", "--size", "200", "--single", "20")
     assert {r["method"] for r in data["results"]} >= {"Oban.enqueue_many", "bare COPY"}
+    # `bench plot` redraws the PNG from the JSON alone.
+    png = tmp_path / "insert.png"
+    png.unlink()
+    from bench.cli import main
+
+    assert main(["plot", str(tmp_path / "insert.json")]) == 0
+    assert png.stat().st_size > 0
 
 
 def test_rescue(tmp_path, oban_dsn):
