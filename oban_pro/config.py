@@ -78,7 +78,8 @@ class Config:
     prune_max_age: float = 86400.0
     #: Rows deleted per pruner statement.
     prune_limit: int = 10000
-    #: Leadership lease in seconds; the leader refreshes it every third of that.
+    #: Leadership lease in seconds; the leader refreshes it every third of that, and followers
+    #: look for an expired lease every heartbeat_interval (or third of the lease, if shorter).
     leader_ttl: float = 30.0
     #: Seconds between gossip checks sent for Oban Web.
     gossip_interval: float = 5.0

@@ -97,18 +97,18 @@ DELETE_PRODUCERS = "DELETE FROM {p}.oban_producers WHERE uuid = ANY(%(uuids)s::u
 
 # -- acking -----------------------------------------------------------------------------------
 
-# One statement per batch. The batch travels as one JSON array of [id, attempt, producer uuid,
-# kind, delay, error entry or null, meta or null]: one parameter encoded by msgspec costs the
-# coordinator far less than seven typed arrays. Each row is fenced by state, attempt and producer
-# uuid, so an ack for an attempt that was rescued (and maybe re-run elsewhere) changes nothing.
-# Kinds: completed, record, error, crash (an error that counts toward the poison guard), cancel,
-# snooze, release (shutdown: back to available, attempt given back).
+# One statement per batch (UPDATE ... FROM unnest of typed arrays: measured cheaper for the
+# database than decoding one JSON document, and the database is this loop's bottleneck). Each
+# row is fenced by state, attempt and producer uuid, so an ack for an attempt that was rescued
+# (and maybe re-run elsewhere) changes nothing. Kinds: completed, record, error, crash (an error
+# that counts toward the poison guard), cancel, snooze, release (shutdown: back to available,
+# attempt given back).
 ACK_JOBS = """
 WITH a AS (
-  SELECT (e->>0)::bigint AS id, (e->>1)::int AS attempt, e->>2 AS uuid, e->>3 AS kind,
-    (e->>4)::float8 AS delay, nullif(e->5, 'null'::jsonb) AS error,
-    nullif(e->6, 'null'::jsonb) AS meta
-  FROM jsonb_array_elements(%(acks)s::jsonb) AS e
+  SELECT * FROM unnest(
+    %(ids)s::bigint[], %(attempts)s::int[], %(uuids)s::text[], %(kinds)s::text[],
+    %(delays)s::float8[], %(errors)s::jsonb[], %(metas)s::jsonb[]
+  ) AS a(id, attempt, uuid, kind, delay, error, meta)
 ), t AS (
   SELECT j.id, a.kind, a.delay, a.error, a.meta,
     timezone('UTC', now()) AS now,

@@ -15,9 +15,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 import psycopg
 
 from .._aio import wait_event
@@ -25,22 +25,17 @@ from .._aio import wait_event
 log = logging.getLogger(__name__)
 
 
-class Ack(msgspec.Struct, array_like=True, gc=False):
-    """One outcome to write. ``kind``: completed, record, error, crash, cancel, snooze, release.
-
-    Encoded as a JSON array, in field order, for the ack statement.
-    """
+@dataclass(slots=True)
+class Ack:
+    """One outcome to write. ``kind``: completed, record, error, crash, cancel, snooze, release."""
 
     job_id: int
     attempt: int
     producer_uuid: str
     kind: str
     delay: float = 0.0
-    error: msgspec.Raw | None = None  # a JSON error entry
-    meta: msgspec.Raw | None = None  # a JSON object merged into meta
-
-
-_encode = msgspec.json.Encoder().encode
+    error: str | None = None  # a JSON error entry
+    meta: str | None = None  # a JSON object merged into meta
 
 
 class Acker:
@@ -139,7 +134,16 @@ class Acker:
             self._drained.set()
 
     async def _write(self, batch: list[Ack]) -> None:
-        params = {"acks": _encode(batch).decode(), "max_crashes": self._max_crashes}
+        params = {
+            "ids": [a.job_id for a in batch],
+            "attempts": [a.attempt for a in batch],
+            "uuids": [a.producer_uuid for a in batch],
+            "kinds": [a.kind for a in batch],
+            "delays": [a.delay for a in batch],
+            "errors": [a.error for a in batch],
+            "metas": [a.meta for a in batch],
+            "max_crashes": self._max_crashes,
+        }
         started = time.perf_counter()
         async with self._pool.connection() as conn:
             cur = await conn.execute(self._sql, params)

@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
 from ..backoff import default_backoff
 from ..pool.messages import Run
 from ..worker import worker_timeout
@@ -169,10 +167,7 @@ class Executor:
         duration: float,
     ) -> None:
         job.producer.running.discard(job_id)
-        self.acker.add(
-            Ack(job_id, job.attempt, job.producer.uuid, kind, delay,
-                msgspec.Raw(error) if error else None, msgspec.Raw(meta) if meta else None)
-        )  # fmt: skip
+        self.acker.add(Ack(job_id, job.attempt, job.producer.uuid, kind, delay, error, meta))
         if self.metrics is not None:
             self.metrics.job_finished(job.producer.queue, job.worker, state, duration, job.wait)
         if self.on_slot_freed is not None:

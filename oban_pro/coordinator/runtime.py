@@ -171,9 +171,12 @@ class Runtime:
             name=self.name,
             node=self.node,
             ttl=cfg.leader_ttl,
-            on_change=m.set_leader if m else None,
+            on_change=self._on_leader_change,
         )
-        leader_loop = Periodic("leader", cfg.leader_ttl / 3, self._leader.elect, on_error=on_error)
+        # Followers look for an expired lease at least every heartbeat, so a dead leader is
+        # replaced within leader_ttl + heartbeat_interval, and the new one rescues at once.
+        election_every = min(cfg.leader_ttl / 3, cfg.heartbeat_interval)
+        leader_loop = Periodic("leader", election_every, self._leader.elect, on_error=on_error)
         assert self._notifier is not None
         self._notifier.listen("leader", lambda p: self._leader.on_notice(p, leader_loop.trigger))  # type: ignore[union-attr]
         heartbeat = Heartbeat(
@@ -288,6 +291,14 @@ class Runtime:
         for producer in producers[start:] + producers[:start]:
             if producer is not after and not producer.exhausted:
                 producer.wake()
+
+    def _on_leader_change(self, leading: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.set_leader(leading)
+        if leading:  # a new leader stages and rescues at once rather than at its next tick
+            for loop in self._loops:
+                if loop.name in ("stage", "rescue"):
+                    loop.trigger()
 
     def _on_db_error(self, operation: str) -> None:
         self._last_db_error = time.monotonic()
