@@ -41,6 +41,7 @@ class Producer:
         on_fetch: Callable[[str, int, float], None] | None = None,
         on_error: Callable[[str], None] | None = None,
         on_spare_slots: Callable[[Producer], None] | None = None,
+        min_batch: int = 1,
     ) -> None:
         self.queue = queue
         self.limit = limit
@@ -64,6 +65,7 @@ class Producer:
         self._on_fetch = on_fetch
         self._on_error = on_error
         self._on_spare_slots = on_spare_slots
+        self._min_batch = max(1, min_batch)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -123,7 +125,12 @@ class Producer:
     def demand(self) -> int:
         if self.paused or self._blocked():
             return 0
-        return max(0, min(self.limit - len(self.running), self._free_slots()))
+        free = min(self.limit - len(self.running), self._free_slots())
+        if free < self._min_batch and self.running:
+            # Children still hold queued work (window > 1): wait for room for a real batch
+            # rather than paying a fetch round trip per finished job.
+            return 0
+        return max(0, free)
 
     async def _run(self) -> None:
         failures = 0

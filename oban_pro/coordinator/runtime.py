@@ -160,6 +160,9 @@ class Runtime:
             on_fetch=m.jobs_fetched if m else None,
             on_error=self._on_db_error,
             on_spare_slots=self._offer_slots,
+            # With window 1 every free child is worth a fetch (fairness); with larger windows a
+            # fetch waits until a quarter of the pool's slots (and of the limit) are free.
+            min_batch=min(self.config.processes * self.config.window, limit) // 4,
         )
 
     def _start_loops(self, pool: AsyncConnectionPool) -> None:
