@@ -54,11 +54,10 @@ async def main():
     for r in range(3):
         off.append(await run(dsn, False, 20000, f"off{r}"))
         on.append(await run(dsn, True, 20000, f"on{r}"))
-    ratios = [a / b for a, b in zip(on, off)]
+    ratios = [a / b for a, b in zip(on, off, strict=True)]
     print("off", [round(x) for x in off], "on", [round(x) for x in on])
-    print(
-        f"metrics on/off: median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})"
-    )
+    median, low, high = statistics.median(ratios), min(ratios), max(ratios)
+    print(f"metrics on/off: median {median:.3f} (min {low:.3f}, max {high:.3f})")
 
 
 if __name__ == "__main__":
