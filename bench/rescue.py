@@ -9,8 +9,9 @@ on the survivor, and the survivor's jobs must start exactly once. Long jobs run 
 ``heartbeat_ttl`` + ``lifeline_interval``, so a time-based rescue would run them twice.
 
 Rescue runs on the leader only. Two cases: the victim is NOT the leader (bound: heartbeat_ttl +
-lifeline_interval), and the victim IS the leader (the survivor must first take over leadership,
-after the lease expires: bound max(leader_ttl + leader_ttl/3, heartbeat_ttl) + lifeline_interval).
+lifeline_interval), and the victim IS the leader (the survivor takes the lease over once it expires,
+checking every min(leader_ttl/3, heartbeat_interval), and rescues at once: bound
+max(leader_ttl + that check interval, heartbeat_ttl + lifeline_interval)).
 Trials use shortened settings (``--heartbeat-ttl`` etc.); ``--defaults`` adds one trial per case
 with the engine defaults (heartbeat_ttl 30 s, lifeline_interval 5 s, leader_ttl 30 s; long jobs
 then run 60 s, so it takes a few minutes).
@@ -71,8 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def bound(settings: dict[str, float], victim_is_leader: bool) -> float:
     """Expected worst-case seconds from kill to rescue (before the survivor starts the jobs)."""
     if victim_is_leader:
-        takeover = settings["leader_ttl"] + settings["leader_ttl"] / 3
-        return max(takeover, settings["heartbeat_ttl"]) + settings["lifeline_interval"]
+        check = min(settings["leader_ttl"] / 3, settings.get("heartbeat_interval", 5.0))
+        takeover = settings["leader_ttl"] + check
+        return max(takeover, settings["heartbeat_ttl"] + settings["lifeline_interval"])
     return settings["heartbeat_ttl"] + settings["lifeline_interval"]
 
 
