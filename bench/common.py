@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -271,6 +271,17 @@ def write_json(opts: Options, payload: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return path
+
+
+def save(
+    opts: Options, payload: dict[str, Any], plot: Callable[[Options, dict[str, Any]], None]
+) -> None:
+    """Write the scenario's JSON (and its PNG with ``--plot``) and say where."""
+    path = write_json(opts, payload)
+    if opts.plot:
+        plot(opts, payload)
+    if not opts.quiet:
+        print(f"\nwrote {path}" + (f" and {plot_path(opts)}" if opts.plot else ""))
 
 
 def plot_path(opts: Options) -> Path:

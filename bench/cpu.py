@@ -163,11 +163,7 @@ async def _run(opts: common.Options) -> int:
         "results": results,
         "table": text,
     }
-    path = common.write_json(opts, payload)
-    if opts.plot:
-        _plot(opts, payload)
-    if not opts.quiet:
-        print(f"\nwrote {path}" + (f" and {common.plot_path(opts)}" if opts.plot else ""))
+    common.save(opts, payload, _plot)
     return 0
 
 

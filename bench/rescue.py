@@ -500,11 +500,7 @@ def run(opts: common.Options) -> int:
         "trials": trials,
         "table": text,
     }
-    path = common.write_json(opts, payload)
-    if opts.plot:
-        _plot(opts, payload)
-    if not opts.quiet:
-        print(f"\nwrote {path}" + (f" and {common.plot_path(opts)}" if opts.plot else ""))
+    common.save(opts, payload, _plot)
     with contextlib.suppress(OSError):
         os.rmdir(workdir)
     return 1 if failures else 0
