@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from oban_pro.metrics import METRICS, Metrics, PoolSnapshot
+from oban_pro.metrics import METRICS, Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAFANA = ROOT / "grafana"
@@ -82,21 +82,10 @@ def panel_exprs(dashboard: dict[str, Any]) -> Iterator[tuple[str, str]]:
 
 def exported_samples() -> dict[str, str]:
     """Sample name -> metric type, from a registry where every method has been called."""
+    from test_metrics import _exercise
+
     m = Metrics("n1")
-    m.job_finished("default", "w.A", "completed", 0.1, 0.1)
-    m.jobs_fetched("default", 1, 0.001)
-    m.ack_batch(1, 0.001)
-    m.acks_stale(1)
-    m.set_ack_backlog(1)
-    m.child_restart("crash")
-    m.jobs_rescued(1)
-    m.set_leader(True)
-    m.notifier_reconnect()
-    m.db_error("fetch")
-    m.heartbeat_sent()
-    m.set_queue_counts({("default", "available"): 1})
-    m.track_producers(lambda: [("default", 1, 1, False)])
-    m.track_pool(lambda: PoolSnapshot(busy=1, idle=0, rss={1: 1}))
+    _exercise(m)
     samples = {}
     for family in m.registry.collect():
         for sample in family.samples:
