@@ -284,6 +284,16 @@ def save(
         print(f"\nwrote {path}" + (f" and {plot_path(opts)}" if opts.plot else ""))
 
 
+def median_and_spread(
+    summaries: Sequence[dict[str, float]],
+) -> tuple[list[float], tuple[list[float], list[float]]]:
+    """Medians, and the distances down to min and up to max: matplotlib's ``yerr``/``xerr``."""
+    med = [s["median"] for s in summaries]
+    low = [m - s["min"] for m, s in zip(med, summaries, strict=True)]
+    high = [s["max"] - m for m, s in zip(med, summaries, strict=True)]
+    return med, (low, high)
+
+
 def plot_path(opts: Options) -> Path:
     return opts.results_path().with_suffix(".png")
 

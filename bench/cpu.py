@@ -172,9 +172,7 @@ def _plot(opts: common.Options, payload: dict[str, Any]) -> None:
     results = payload["results"]
     fig, ax = plt.subplots(figsize=(6, 4))
     ps = [r["processes"] for r in results]
-    med = [r["speedup"]["median"] for r in results]
-    lo = [m - r["speedup"]["min"] for m, r in zip(med, results, strict=True)]
-    hi = [r["speedup"]["max"] - m for m, r in zip(med, results, strict=True)]
+    med, (lo, hi) = common.median_and_spread([r["speedup"] for r in results])
     ax.errorbar(ps, med, yerr=[lo, hi], marker="o", capsize=4, label="oban_pro (median, min-max)")
     ax.plot(ps, [r["ideal"] for r in results], "--", color="gray", label="ideal min(p, cores)")
     ax.set_xticks(ps)

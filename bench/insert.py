@@ -207,9 +207,7 @@ def _plot(opts: common.Options, payload: dict[str, Any]) -> None:
     results = payload["results"]
     fig, ax = plt.subplots(figsize=(8, 4))
     names = [r["method"] for r in results]
-    med = [r["rate"]["median"] for r in results]
-    lo = [m - r["rate"]["min"] for m, r in zip(med, results, strict=True)]
-    hi = [r["rate"]["max"] - m for m, r in zip(med, results, strict=True)]
+    med, (lo, hi) = common.median_and_spread([r["rate"] for r in results])
     ax.barh(
         names,
         med,

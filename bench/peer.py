@@ -708,9 +708,7 @@ def _plot(opts: common.Options, payload: dict[str, Any]) -> None:
     ]
     fig, ax = plt.subplots(figsize=(9, 0.5 * len(res) + 1.5))
     names = [r["workload"] for r in res]
-    med = [r["ratio"]["median"] for r in res]
-    lo = [m - r["ratio"]["min"] for m, r in zip(med, res, strict=True)]
-    hi = [r["ratio"]["max"] - m for m, r in zip(med, res, strict=True)]
+    med, (lo, hi) = common.median_and_spread([r["ratio"] for r in res])
     ax.barh(
         names,
         med,

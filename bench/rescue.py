@@ -514,9 +514,7 @@ def _plot(opts: common.Options, payload: dict[str, Any]) -> None:
         f"{g['settings']}\nvictim={'leader' if g['victim_is_leader'] else 'follower'}"
         for g in groups
     ]
-    med = [g["all_back_seconds"]["median"] for g in groups]
-    lo = [m - g["all_back_seconds"]["min"] for m, g in zip(med, groups, strict=True)]
-    hi = [g["all_back_seconds"]["max"] - m for m, g in zip(med, groups, strict=True)]
+    med, (lo, hi) = common.median_and_spread([r["all_back_seconds"] for r in groups])
     xs = list(range(len(groups)))
     ax.bar(xs, med, yerr=[lo, hi], capsize=4, label="all jobs running again (median, min-max)")
     ax.hlines(
