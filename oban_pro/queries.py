@@ -17,7 +17,7 @@ NOW = "coalesce(%(now)s::timestamp, timezone('UTC', now()))"
 # emptied by crash recovery, and no node could heartbeat while the server was down.
 SERVER_START = "(pg_postmaster_start_time() AT TIME ZONE 'UTC')"
 
-FRAGMENTS = ("NOW", "SERVER_START", "JOB_COLUMNS", "FRAGMENTS")
+FRAGMENTS = ("NOW", "SERVER_START", "JOB_COLUMNS", "ROW_TTL", "FRAGMENTS")
 
 # -- enqueue ----------------------------------------------------------------------------------
 
@@ -85,12 +85,27 @@ VALUES (%(uuid)s::uuid, %(name)s, %(node)s, %(queue)s, %(meta)s::jsonb,
 ON CONFLICT (uuid) DO UPDATE SET meta = excluded.meta, updated_at = excluded.updated_at
 """
 
-HEARTBEAT_PRODUCERS = """
-UPDATE {p}.oban_producers AS p
-SET updated_at = timezone('UTC', now()), meta = m.meta
-FROM unnest(%(uuids)s::uuid[], %(metas)s::jsonb[]) AS m(uuid, meta)
-WHERE p.uuid = m.uuid
-RETURNING p.uuid::text
+# One round trip per beat: refresh this node's producer rows, registering again any that
+# vanished ("registered" rows), and list the jobs the node runs whose row no longer belongs to
+# that attempt here ("lost" rows: rescued, cancelled, deleted), so it stops its local copy.
+HEARTBEAT = """
+WITH beat AS (
+  INSERT INTO {p}.oban_producers AS p (uuid, name, node, queue, meta, started_at, updated_at)
+  SELECT b.uuid, %(name)s, %(node)s, b.queue, b.meta,
+    timezone('UTC', now()), timezone('UTC', now())
+  FROM unnest(%(uuids)s::uuid[], %(queues)s::text[], %(metas)s::jsonb[]) AS b(uuid, queue, meta)
+  ON CONFLICT (uuid) DO UPDATE SET updated_at = excluded.updated_at, meta = excluded.meta
+  RETURNING p.uuid::text AS uuid, (p.xmax = 0) AS registered
+)
+SELECT 'registered', uuid, NULL::text, NULL::text FROM beat WHERE registered
+UNION ALL
+SELECT 'lost', r.id::text, coalesce(j.state::text, 'deleted'),
+  CASE WHEN j.state = 'executing' THEN j.attempted_by[1] END
+FROM unnest(%(job_ids)s::bigint[], %(job_attempts)s::int[], %(job_uuids)s::text[])
+  AS r(id, attempt, uuid)
+LEFT JOIN {p}.oban_jobs AS j ON j.id = r.id
+WHERE j.id IS NULL OR j.state <> 'executing' OR j.attempt <> r.attempt
+  OR j.attempted_by[2] IS DISTINCT FROM r.uuid
 """
 
 DELETE_PRODUCERS = "DELETE FROM {p}.oban_producers WHERE uuid = ANY(%(uuids)s::uuid[])"
@@ -173,34 +188,51 @@ WITH staged AS (
 SELECT queue, n, pg_notify(%(channel)s, json_build_object('queue', queue)::text) FROM queues
 """
 
-# Orphans: executing jobs whose producer is known to heartbeat but has stopped (its row is
-# stale, or missing while the queue is served by heartbeating producers), plus the time-only
-# fallback for jobs of engines that never heartbeat (compat.md §4 hazard).
+# The ttl a producer row asks to be judged by: oban_pro producers write their own
+# heartbeat_ttl in meta; rows of other engines (Oban.py refreshes every 15 s and deletes rows
+# silent for 60 s) get the larger of ours and %(foreign_ttl)s. Clamped so a hostile value cannot
+# break the statement.
+ROW_TTL = """(CASE WHEN jsonb_typeof(p.meta->'heartbeat_ttl') = 'number'
+  THEN least(greatest((p.meta->>'heartbeat_ttl')::float8, 0.1), 1e7)
+  ELSE greatest(%(ttl)s::float8, %(foreign_ttl)s::float8) END)"""
+
+# Producers as the lifeline sees them: uuid, last heartbeat, ttl.
+PRODUCER_BEATS = "SELECT p.uuid::text, p.updated_at, {row_ttl} FROM {p}.oban_producers AS p"
+
+# Orphans (compat.md §4): an executing job is judged by liveness only when its producer uuid is
+# known to heartbeat, from its row or from the lifeline's memory of rows it has seen (passed as
+# known_*; a row may be gone: deleted by another engine's cleanup, or emptied with the unlogged
+# table by crash recovery). It is an orphan when that producer has been silent for its ttl,
+# counted from no earlier than the server's start plus the slowest reconnect of a live node
+# (%(grace)s). Jobs of producers never seen heartbeating (Elixir's open-source engine, older
+# Oban.py) are left to the time-only rescue_after fallback, whatever queue they are on.
 RESCUE_JOBS = """
-WITH orphans AS (
+WITH known AS (
+  SELECT k.uuid, max(k.updated_at) AS updated_at, max(k.ttl) AS ttl FROM (
+    SELECT p.uuid::text, p.updated_at, {row_ttl} FROM {p}.oban_producers AS p
+    UNION ALL
+    SELECT * FROM unnest(%(known_uuids)s::text[], %(known_beats)s::timestamp[],
+      %(known_ttls)s::float8[])
+  ) AS k(uuid, updated_at, ttl)
+  GROUP BY k.uuid
+), orphans AS (
   SELECT j.id,
     CASE
-      WHEN p.uuid IS NOT NULL THEN format(
-        'rescued: node %%s (producer %%s) stopped heartbeating; last heartbeat at %%sZ',
-        j.attempted_by[1], j.attempted_by[2], p.updated_at)
-      WHEN EXISTS (SELECT 1 FROM {p}.oban_producers AS q WHERE q.queue = j.queue) THEN format(
-        'rescued: node %%s (producer %%s) is gone (no producer row)',
-        j.attempted_by[1], j.attempted_by[2])
-      ELSE format('rescued: executing since %%sZ, longer than rescue_after (%%s s)',
-        j.attempted_at, %(rescue_after)s::float8)
+      WHEN k.uuid IS NOT NULL THEN format(
+        'rescued: node %%s (producer %%s) stopped heartbeating; last heartbeat at %%sZ, ttl %%s s',
+        j.attempted_by[1], j.attempted_by[2], k.updated_at, k.ttl)
+      ELSE format('rescued: executing since %%sZ, longer than rescue_after (%%s s), by a '
+        || 'producer never seen heartbeating', j.attempted_at, %(rescue_after)s::float8)
     END AS reason
   FROM {p}.oban_jobs AS j
-  LEFT JOIN {p}.oban_producers AS p ON p.uuid::text = j.attempted_by[2]
+  LEFT JOIN known AS k ON k.uuid = j.attempted_by[2]
   WHERE j.state = 'executing'
-    AND (
-      (p.uuid IS NOT NULL
-        AND greatest(p.updated_at, {server_start}) < {now} - make_interval(secs => %(ttl)s))
-      OR (p.uuid IS NULL
-        AND {server_start} < {now} - make_interval(secs => %(ttl)s)
-        AND EXISTS (SELECT 1 FROM {p}.oban_producers AS q WHERE q.queue = j.queue))
-      OR (p.uuid IS NULL
-          AND j.attempted_at < {now} - make_interval(secs => %(rescue_after)s))
-    )
+    AND CASE
+      WHEN k.uuid IS NOT NULL THEN
+        greatest(k.updated_at, {server_start} + make_interval(secs => %(grace)s))
+          < {now} - make_interval(secs => k.ttl)
+      ELSE j.attempted_at < {now} - make_interval(secs => %(rescue_after)s)
+    END
   LIMIT %(limit)s
   FOR UPDATE OF j SKIP LOCKED
 )
@@ -221,7 +253,8 @@ RETURNING j.id, j.queue, j.state::text
 
 DELETE_DEAD_PRODUCERS = """
 DELETE FROM {p}.oban_producers AS p
-WHERE greatest(p.updated_at, {server_start}) < {now} - make_interval(secs => %(ttl)s)
+WHERE greatest(p.updated_at, {server_start} + make_interval(secs => %(grace)s))
+    < {now} - make_interval(secs => {row_ttl})
   AND NOT EXISTS (
     SELECT 1 FROM {p}.oban_jobs AS j
     WHERE j.state = 'executing' AND j.attempted_by[2] = p.uuid::text)
@@ -342,6 +375,7 @@ class Queries:
             "{now}": NOW,
             "{server_start}": SERVER_START,
             "{job_columns}": JOB_COLUMNS,
+            "{row_ttl}": ROW_TTL,
         }
         for name, text in globals().items():
             if name.isupper() and isinstance(text, str) and name not in FRAGMENTS:
@@ -357,7 +391,8 @@ class Queries:
     unique_find: str
     fetch_jobs: str
     register_producer: str
-    heartbeat_producers: str
+    heartbeat: str
+    producer_beats: str
     delete_producers: str
     ack_jobs: str
     stage_jobs: str
