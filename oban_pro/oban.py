@@ -580,9 +580,14 @@ def import_cron_modules(modules: Sequence[str], paths: Sequence[str]) -> list[st
     """
     from .discovery import find_cron_modules
 
+    from .errors import ConfigError
+
     imported = []
     for module in modules:
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError("cron_modules", module, f"an importable module ({exc})") from exc
         imported.append(module)
     for module in find_cron_modules(paths) if paths else []:
         if module in imported:

@@ -324,7 +324,8 @@ SELECT {job_columns} FROM {p}.oban_jobs WHERE id = ANY(%(ids)s::bigint[]) ORDER 
 
 # Writes the updatable fields of each job (one JSON array of [id, args, meta, tags, max_attempts,
 # priority, queue, worker, scheduled_at]); as in Oban.py, an available job moved to the future
-# becomes scheduled and a scheduled one moved to the past (or now) becomes available.
+# becomes scheduled and a scheduled one moved to the past (or now) becomes available. The clock,
+# not the transaction's start: the rows were locked before the new times were computed.
 UPDATE_JOBS = """
 WITH u AS (
   SELECT (r.v->>0)::bigint AS uid, r.v->1 AS uargs, r.v->2 AS umeta,
@@ -338,8 +339,10 @@ UPDATE {p}.oban_jobs AS j SET
   priority = u.upriority, queue = u.uqueue, worker = u.uworker,
   scheduled_at = coalesce(u.uscheduled_at, j.scheduled_at),
   state = (CASE
-    WHEN j.state = 'available' AND u.uscheduled_at > timezone('UTC', now()) THEN 'scheduled'
-    WHEN j.state = 'scheduled' AND u.uscheduled_at <= timezone('UTC', now()) THEN 'available'
+    WHEN j.state = 'available' AND u.uscheduled_at > timezone('UTC', clock_timestamp())
+      THEN 'scheduled'
+    WHEN j.state = 'scheduled' AND u.uscheduled_at <= timezone('UTC', clock_timestamp())
+      THEN 'available'
     ELSE j.state::text END)::{p}.oban_job_state
 FROM u WHERE j.id = u.uid
 RETURNING j.id
