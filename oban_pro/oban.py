@@ -456,7 +456,7 @@ class Oban:
         queue, limit = payload.get("queue"), payload.get("limit", 10)
         paused = payload.get("paused", False)
         try:
-            validate_name("queue", queue)
+            queue = validate_name("queue", queue)
             if payload["action"] == "start" and (
                 isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
             ):
@@ -515,6 +515,7 @@ class Oban:
         await self._retire(queue, producer)
 
     async def _retire(self, queue: str, producer: Any) -> None:
+        uuid = producer.uuid
         try:
             while producer.running:
                 await asyncio.sleep(0.1)
@@ -523,7 +524,7 @@ class Oban:
                 del runtime.producers[queue]
                 pool = await self._ensure_pool()
                 async with pool.connection() as conn:
-                    await conn.execute(self.queries.delete_producers, {"uuids": [producer.uuid]})
+                    await conn.execute(self.queries.delete_producers, {"uuids": [uuid]})
                 log.info("stopped queue %s", queue)
         finally:
             self._stopping.discard(producer)
@@ -579,7 +580,6 @@ def import_cron_modules(modules: Sequence[str], paths: Sequence[str]) -> list[st
     Oban.py.
     """
     from .discovery import find_cron_modules
-
     from .errors import ConfigError
 
     imported = []

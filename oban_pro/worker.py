@@ -154,7 +154,7 @@ def job(
                 return await func(**job.args)
 
             attrs["process"] = aprocess
-        cls = type(func.__name__, (), attrs)
+        cls: Any = type(func.__name__, (), attrs)
         cls.__qualname__ = func.__qualname__
         cls = worker(oban=oban, name=name, cron=cron, **options)(cls)
         signature = inspect.signature(func)
