@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
+import sys
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -582,6 +584,10 @@ def import_cron_modules(modules: Sequence[str], paths: Sequence[str]) -> list[st
     from .discovery import find_cron_modules
     from .errors import ConfigError
 
+    if (modules or paths) and os.getcwd() not in sys.path:
+        # Module names are relative to the current directory, which a console script (unlike
+        # ``python -m``) does not put on sys.path; appended, so it never shadows a package.
+        sys.path.append(os.getcwd())
     imported = []
     for module in modules:
         try:

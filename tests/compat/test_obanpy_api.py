@@ -492,3 +492,51 @@ def test_oban_accepts_obanpy_none_defaults():
     assert Oban(shutdown_grace_period=None, name="compat-none").config.shutdown_timeout == float(
         "inf"
     )
+
+
+def test_sync_client_enqueues_inside_a_sqlalchemy_session(oban_dsn, oban_prefix):
+    sqlalchemy = pytest.importorskip("sqlalchemy")
+    import psycopg
+    from sqlalchemy.orm import Session
+
+    from oban_pro import Client
+    from oban_pro.client import enqueue_sync
+
+    engine = sqlalchemy.create_engine(
+        "postgresql+psycopg://", creator=lambda: psycopg.connect(oban_dsn)
+    )
+    try:
+        with Client(oban_dsn, prefix=oban_prefix) as client:
+            with Session(engine) as session, session.begin():
+                client.enqueue(Job("app.W", args={"kept": 1}), conn=session)
+                enqueue_sync(Job("app.W", args={"kept": 2}), conn=session, prefix=oban_prefix)
+            with Session(engine) as session:
+                session.begin()
+                client.enqueue_many(Job("app.W", args={"gone": 1}), conn=session)
+                session.rollback()
+            assert [j.args for j in client.list_jobs()] == [{"kept": 2}, {"kept": 1}]
+            updated = client.update_jobs([j.id for j in client.list_jobs()], {"priority": 4})
+            assert [j.priority for j in updated] == [4, 4]
+    finally:
+        engine.dispose()
+
+
+def test_scheduler_timezone_applies_to_entries_that_name_none():
+    from oban_pro.cron import CronEntry, cron_meta
+    from oban_pro.plugins.scheduler import Scheduler
+
+    async def insert(jobs):
+        return jobs
+
+    entries = [
+        CronEntry("0 9 * * *", "w.Plain"),
+        CronEntry("0 9 * * *", "w.Paris", timezone="Europe/Paris"),
+        CronEntry("0 9 * * *", "w.Utc", timezone="Etc/UTC"),
+    ]
+    zones = [str(e.zone) for e in Scheduler(entries, insert, "America/Chicago").entries]
+    assert zones == ["America/Chicago", "Europe/Paris", "Etc/UTC"]
+    assert [str(e.zone) for e in Scheduler(entries, insert).entries][0] == "Etc/UTC"
+    assert cron_meta(entries[0])["cron_tz"] == "Etc/UTC"
+    chicago = Scheduler(entries, insert, "America/Chicago").entries[0]
+    assert chicago.matches(datetime(2026, 1, 5, 15, 0, tzinfo=UTC))  # 09:00 in Chicago
+    assert Config(scheduler={"timezone": "America/Chicago"}).cron_timezone == "America/Chicago"
