@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg.rows import tuple_row
 
 from .._aio import wait_event
 from .producer import Producer
@@ -86,7 +87,9 @@ class Heartbeat:
         on_error: Callable[[str], None] | None = None,
     ) -> None:
         self._conninfo = conninfo
-        self._connect_kwargs = {k: v for k, v in connect_kwargs.items() if k != "autocommit"}
+        self._connect_kwargs = {
+            k: v for k, v in connect_kwargs.items() if k not in ("autocommit", "row_factory")
+        }
         self._queries = queries
         self._name = name
         self._node = node
@@ -191,6 +194,7 @@ class Heartbeat:
             self._conn = await psycopg.AsyncConnection.connect(
                 self._conninfo,
                 autocommit=True,
+                row_factory=tuple_row,
                 connect_timeout=int(CONNECT_TIMEOUT),
                 **self._connect_kwargs,
             )
