@@ -45,12 +45,29 @@ NOTIFY = "SELECT pg_notify(%(channel)s, %(payload)s)"
 
 UNIQUE_LOCK = "SELECT pg_advisory_xact_lock(%(key)s)"
 
+# A duplicate is either a row with this key in meta.uniq_key (oban_pro inserters), or a row that
+# matches the way Elixir's open-source engine looks for one, which writes no uniq_key: same
+# worker and queue, args (and meta, without our uniq_key) equal by containment both ways, or
+# containing only the listed keys' values (compat.md §2, "Unique jobs"). A NULL parameter leaves
+# that field out. Both branches check the states and the period.
 UNIQUE_FIND = """
-SELECT id, state::text, inserted_at, scheduled_at FROM {p}.oban_jobs
-WHERE meta @> jsonb_build_object('uniq_key', %(uniq_key)s::text)
-  AND state::text = ANY(%(states)s::text[])
-  AND (%(period)s::float8 IS NULL
-       OR inserted_at >= timezone('UTC', now()) - make_interval(secs => %(period)s::float8))
+SELECT id, state::text, inserted_at, scheduled_at FROM (
+  SELECT id, state, inserted_at, scheduled_at FROM {p}.oban_jobs
+  WHERE meta @> jsonb_build_object('uniq_key', %(uniq_key)s::text)
+    AND state::text = ANY(%(states)s::text[])
+  UNION ALL
+  SELECT id, state, inserted_at, scheduled_at FROM {p}.oban_jobs
+  WHERE state::text = ANY(%(states)s::text[])
+    AND (%(worker)s::text IS NULL OR worker = %(worker)s::text)
+    AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+    AND (%(args)s::jsonb IS NULL OR (args @> %(args)s::jsonb
+         AND (NOT %(exact)s::bool OR args <@ %(args)s::jsonb)))
+    AND (%(meta)s::jsonb IS NULL OR ((coalesce(meta, '{}'::jsonb) - 'uniq_key') @> %(meta)s::jsonb
+         AND (NOT %(exact)s::bool
+              OR (coalesce(meta, '{}'::jsonb) - 'uniq_key') <@ %(meta)s::jsonb)))
+) AS j
+WHERE %(period)s::float8 IS NULL
+   OR inserted_at >= timezone('UTC', now()) - make_interval(secs => %(period)s::float8)
 ORDER BY id
 LIMIT 1
 """
