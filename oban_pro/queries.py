@@ -72,6 +72,13 @@ ORDER BY id
 LIMIT 1
 """
 
+# The tables a running node needs, of those that are missing (a schema made only by Elixir's
+# migrations lacks oban_producers and oban_leaders).
+MISSING_TABLES = """
+SELECT name FROM unnest(ARRAY['oban_jobs', 'oban_producers', 'oban_leaders']) AS name
+WHERE to_regclass(format('%%I.%%I', %(prefix)s::text, name)) IS NULL
+"""
+
 # -- producers and fetching -------------------------------------------------------------------
 
 FETCH_JOBS = """
@@ -406,6 +413,7 @@ class Queries:
     notify: str
     unique_lock: str
     unique_find: str
+    missing_tables: str
     fetch_jobs: str
     register_producer: str
     heartbeat: str
