@@ -17,7 +17,15 @@ NOW = "coalesce(%(now)s::timestamp, timezone('UTC', now()))"
 # emptied by crash recovery, and no node could heartbeat while the server was down.
 SERVER_START = "(pg_postmaster_start_time() AT TIME ZONE 'UTC')"
 
-FRAGMENTS = ("NOW", "SERVER_START", "JOB_COLUMNS", "ROW_TTL", "FRAGMENTS")
+FRAGMENTS = (
+    "NOW",
+    "SERVER_START",
+    "JOB_COLUMNS",
+    "ROW_TTL",
+    "TAKE_NEXT",
+    "PARTITION_KEY",
+    "FRAGMENTS",
+)
 
 # -- enqueue ----------------------------------------------------------------------------------
 
@@ -81,15 +89,8 @@ WHERE to_regclass(format('%%I.%%I', %(prefix)s::text, name)) IS NULL
 
 # -- producers and fetching -------------------------------------------------------------------
 
-FETCH_JOBS = """
-WITH next AS (
-  SELECT id FROM {p}.oban_jobs
-  WHERE state = 'available' AND queue = %(queue)s
-  ORDER BY priority, scheduled_at, id
-  LIMIT %(demand)s
-  FOR UPDATE SKIP LOCKED
-)
-UPDATE {p}.oban_jobs AS j
+# Every fetch ends the same way: the rows chosen in ``next`` become this producer's attempt.
+TAKE_NEXT = """UPDATE {p}.oban_jobs AS j
 SET state = 'executing',
     attempt = j.attempt + 1,
     attempted_at = timezone('UTC', now()),
@@ -99,7 +100,74 @@ WHERE j.id = next.id AND j.attempt < j.max_attempts
 RETURNING j.id, j.worker, j.args::text, coalesce(j.meta, '{}'::jsonb)::text, j.attempt,
   j.max_attempts, j.priority, j.tags, to_jsonb(j.errors)::text,
   extract(epoch FROM j.inserted_at)::float8, extract(epoch FROM j.scheduled_at)::float8,
-  extract(epoch FROM j.attempted_at)::float8
+  extract(epoch FROM j.attempted_at)::float8"""
+
+FETCH_JOBS = """
+WITH next AS (
+  SELECT id FROM {p}.oban_jobs
+  WHERE state = 'available' AND queue = %(queue)s
+  ORDER BY priority, scheduled_at, id
+  LIMIT %(demand)s
+  FOR UPDATE SKIP LOCKED
+)
+{take_next}
+"""
+
+# -- globally limited queues (oban_pro/limits.py: why the lock is a statement of its own) -----
+
+LOCK_LIMITED_QUEUE = "SELECT pg_advisory_xact_lock(%(lock_class)s::int, hashtext(%(lock_name)s))"
+
+# At most global_limit of the queue's jobs executing, whichever node or engine runs them.
+FETCH_GLOBAL_JOBS = """
+WITH next AS (
+  SELECT id FROM {p}.oban_jobs
+  WHERE state = 'available' AND queue = %(queue)s
+  ORDER BY priority, scheduled_at, id
+  LIMIT greatest(0, least(%(demand)s::int, %(global_limit)s::int - (
+    SELECT count(*) FROM {p}.oban_jobs WHERE state = 'executing' AND queue = %(queue)s)::int))
+  FOR UPDATE SKIP LOCKED
+)
+{take_next}
+"""
+
+# A job's partition: a JSON array of its worker, its args and its meta (each only if chosen;
+# args and meta restricted to the chosen keys when there are any).
+PARTITION_KEY = """jsonb_build_array(
+    CASE WHEN %(by_worker)s::bool THEN to_jsonb(j.worker) END,
+    CASE WHEN %(by_args)s::bool THEN CASE WHEN cardinality(%(keys)s::text[]) = 0 THEN j.args
+      ELSE (SELECT jsonb_object_agg(k, j.args -> k) FROM unnest(%(keys)s::text[]) AS k) END END,
+    CASE WHEN %(by_meta)s::bool THEN CASE WHEN cardinality(%(keys)s::text[]) = 0
+      THEN coalesce(j.meta, '{}'::jsonb) - 'uniq_key'
+      ELSE (SELECT jsonb_object_agg(k, j.meta -> k) FROM unnest(%(keys)s::text[]) AS k) END END
+  )"""
+
+# At most global_limit executing per partition. Every partition's n-th job comes before any
+# partition's (n+1)-th, so a tenant with most of the backlog cannot starve the others. This
+# ranks the queue's whole available backlog on each fetch: the price of fairness, paid only by
+# partitioned queues.
+FETCH_PARTITIONED_JOBS = """
+WITH running AS (
+  SELECT {partition_key} AS key, count(*) AS n FROM {p}.oban_jobs AS j
+  WHERE j.state = 'executing' AND j.queue = %(queue)s
+  GROUP BY 1
+), keyed AS (
+  SELECT j.id, j.priority, j.scheduled_at, {partition_key} AS key FROM {p}.oban_jobs AS j
+  WHERE j.state = 'available' AND j.queue = %(queue)s
+), ranked AS (
+  SELECT k.*, row_number() OVER (PARTITION BY k.key ORDER BY k.priority, k.scheduled_at, k.id)
+    AS rn
+  FROM keyed AS k
+), chosen AS (
+  SELECT r.id FROM ranked AS r LEFT JOIN running AS x ON x.key = r.key
+  WHERE r.rn <= %(global_limit)s::int - coalesce(x.n, 0)
+  ORDER BY r.rn, r.priority, r.scheduled_at, r.id
+  LIMIT %(demand)s
+), next AS (
+  SELECT j.id FROM {p}.oban_jobs AS j JOIN chosen AS c ON c.id = j.id
+  WHERE j.state = 'available'
+  FOR UPDATE OF j SKIP LOCKED
+)
+{take_next}
 """
 
 REGISTER_PRODUCER = """
@@ -395,6 +463,9 @@ class Queries:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         tokens = {
+            # Fragments that hold tokens themselves come first.
+            "{take_next}": TAKE_NEXT,
+            "{partition_key}": PARTITION_KEY,
             "{p}": quoted_prefix(prefix),
             "{now}": NOW,
             "{server_start}": SERVER_START,
@@ -415,6 +486,9 @@ class Queries:
     unique_find: str
     missing_tables: str
     fetch_jobs: str
+    lock_limited_queue: str
+    fetch_global_jobs: str
+    fetch_partitioned_jobs: str
     register_producer: str
     heartbeat: str
     producer_beats: str

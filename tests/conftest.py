@@ -7,6 +7,9 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
 TESTS_DIR = Path(__file__).resolve().parent
 
 # Worker modules used by tests live in tests/; child processes and node subprocesses must be
@@ -16,3 +19,12 @@ if str(TESTS_DIR) not in sys.path:
 os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (str(TESTS_DIR), os.environ.get("PYTHONPATH", "")) if p
 )
+
+
+@pytest.fixture
+async def pool(oban_dsn):
+    """A small autocommit connection pool on the test database."""
+    async with AsyncConnectionPool(
+        oban_dsn, min_size=1, max_size=2, open=False, kwargs={"autocommit": True}
+    ) as pool:
+        yield pool
