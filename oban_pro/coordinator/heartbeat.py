@@ -28,6 +28,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import tuple_row
 
+from .. import telemetry
 from .._aio import wait_event
 from .producer import Producer
 
@@ -152,8 +153,10 @@ class Heartbeat:
             return
         # Bounded: a server that accepts the connection but never answers must not silence
         # the node for longer than a failed connect would.
-        async with asyncio.timeout(max(self._interval, CONNECT_TIMEOUT)):
-            rows = await self._execute(producers, running)
+        with telemetry.span("oban.heartbeat.beat", {"node": self._node}) as context:
+            async with asyncio.timeout(max(self._interval, CONNECT_TIMEOUT)):
+                rows = await self._execute(producers, running)
+            context.add({"producer_count": len(producers), "running_count": len(running)})
         if self._on_beat:
             self._on_beat()
         attempts = {r.job_id: r.attempt for r in running}
