@@ -68,8 +68,12 @@ async def test_maintenance_emits_oban_py_events(oban_dsn, oban_prefix, pool, eve
     queries = Queries(oban_prefix)
     with Client(oban_dsn, prefix=oban_prefix) as client:
         job = client.enqueue(Job("app.W", schedule_in=60))
-    query(oban_dsn, f"UPDATE \"{oban_prefix}\".oban_jobs SET scheduled_at = "
-                    f"timezone('UTC', now()) - interval '1 second' WHERE id = %s", (job.id,))  # fmt: skip
+    query(
+        oban_dsn,
+        f"UPDATE \"{oban_prefix}\".oban_jobs SET scheduled_at = "
+        f"timezone('UTC', now()) - interval '1 second' WHERE id = %s",
+        (job.id,),
+    )
     assert await Stager(pool, queries, lambda q: None).step() == 1
     await Pruner(pool, queries, max_age=60, limit=10).step()
     await Leader(pool=pool, queries=queries, name="t", node="n", ttl=5).elect()
