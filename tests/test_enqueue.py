@@ -14,6 +14,12 @@ from oban_pro import Cancel, Client, Job, Oban, Record, Snooze, ValidationError,
 from oban_pro.client import enqueue_sync
 
 
+# Conformance: every test here runs on the embedded PostgreSQL 18 and on Debian's 15.
+@pytest.fixture
+def oban_dsn(any_server_dsn):
+    return any_server_dsn
+
+
 @worker(queue="mail", max_attempts=5, priority=2, tags=["mail"])
 class Mailer:
     def process(self, job):

@@ -21,6 +21,13 @@ from oban_pro import ValidationError
 from oban_pro.limits import GlobalLimit, Partition, fetch_limited, fetch_params
 from oban_pro.queries import Queries
 
+
+# Conformance: every test here runs on the embedded PostgreSQL 18 and on Debian's 15.
+@pytest.fixture
+def oban_dsn(any_server_dsn):
+    return any_server_dsn
+
+
 # -- options ------------------------------------------------------------------------------------
 
 

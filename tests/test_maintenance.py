@@ -53,6 +53,12 @@ def add_producer(dsn, prefix, uuid, node, queue="default", age=0.0, meta="{}"):
     )
 
 
+# Conformance: every test here runs on the embedded PostgreSQL 18 and on Debian's 15.
+@pytest.fixture
+def oban_dsn(any_server_dsn):
+    return any_server_dsn
+
+
 # -- stager --------------------------------------------------------------------------------
 
 

@@ -70,7 +70,7 @@ async def test_maintenance_emits_oban_py_events(oban_dsn, oban_prefix, pool, eve
         job = client.enqueue(Job("app.W", schedule_in=60))
     query(
         oban_dsn,
-        f"UPDATE \"{oban_prefix}\".oban_jobs SET scheduled_at = "
+        f'UPDATE "{oban_prefix}".oban_jobs SET scheduled_at = '
         f"timezone('UTC', now()) - interval '1 second' WHERE id = %s",
         (job.id,),
     )
