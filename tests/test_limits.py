@@ -147,6 +147,22 @@ async def test_partitioned_limit_holds_per_tenant_and_serves_every_tenant(
 RACE_LIMIT = 4
 
 
+def _race(target, args, processes: int = 3) -> None:
+    """Run ``target(*args)`` in ``processes`` fresh processes at once; each must exit 0."""
+    ctx = get_context("spawn")
+    procs = [ctx.Process(target=target, args=args) for _ in range(processes)]
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+            assert p.exitcode == 0
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+
+
 def _race_worker(dsn: str, prefix: str, log: str, seconds: float) -> None:
     """Fetch with the lock, hold each job a little, complete it; log start/end per job."""
     queries, limits = Queries(prefix), QueueLimits(global_limit=GlobalLimit(RACE_LIMIT))
@@ -198,21 +214,11 @@ def test_three_racing_processes_never_exceed_the_global_limit(oban_dsn, oban_pre
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    ctx = get_context("spawn")
-    procs = [ctx.Process(target=_race_worker, args=(oban_dsn, oban_prefix, str(log), 4.0))
-             for _ in range(3)]  # fmt: skip
     try:
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(60)
-            assert p.exitcode == 0
+        _race(_race_worker, (oban_dsn, oban_prefix, str(log), 4.0))
     finally:
         stop.set()
         sampler.join(10)
-        for p in procs:
-            if p.is_alive():
-                p.kill()
     assert max(samples) <= RACE_LIMIT, f"over-admitted: {max(samples)} executing"
     # and from the jobs' own log: never more than the limit held at once
     events = []
@@ -331,19 +337,7 @@ def test_three_racing_processes_never_exceed_the_rate(oban_dsn, oban_prefix, tmp
     its rate window was judged at."""
     _insert(oban_dsn, oban_prefix, 2000)
     log = tmp_path / "starts"
-    ctx = get_context("spawn")
-    procs = [ctx.Process(target=_rate_worker, args=(oban_dsn, oban_prefix, str(log), 3.5))
-             for _ in range(3)]  # fmt: skip
-    try:
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(60)
-            assert p.exitcode == 0
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
+    _race(_rate_worker, (oban_dsn, oban_prefix, str(log), 3.5))
     starts = sorted(
         r[0] for r in query(
             oban_dsn,
