@@ -23,6 +23,7 @@ from .errors import (
     InvalidPrefixError,
     MigrationError,
     ObanError,
+    SchemaNotReadyError,
     UnknownWorkerError,
     ValidationError,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "Oban",
     "ObanError",
     "QueueInfo",
+    "SchemaNotReadyError",
     "Record",
     "Snooze",
     "UnknownWorkerError",

@@ -17,7 +17,15 @@ NOW = "coalesce(%(now)s::timestamp, timezone('UTC', now()))"
 # emptied by crash recovery, and no node could heartbeat while the server was down.
 SERVER_START = "(pg_postmaster_start_time() AT TIME ZONE 'UTC')"
 
-FRAGMENTS = ("NOW", "SERVER_START", "JOB_COLUMNS", "ROW_TTL", "FRAGMENTS")
+FRAGMENTS = (
+    "NOW",
+    "SERVER_START",
+    "JOB_COLUMNS",
+    "ROW_TTL",
+    "TAKE_NEXT",
+    "PARTITION_KEY",
+    "FRAGMENTS",
+)
 
 # -- enqueue ----------------------------------------------------------------------------------
 
@@ -49,27 +57,44 @@ NOTIFY = "SELECT pg_notify(%(channel)s, %(payload)s)"
 
 UNIQUE_LOCK = "SELECT pg_advisory_xact_lock(%(key)s)"
 
+# A duplicate is either a row with this key in meta.uniq_key (oban_pro inserters), or a row that
+# matches the way Elixir's open-source engine looks for one, which writes no uniq_key: same
+# worker and queue, args (and meta, without our uniq_key) equal by containment both ways, or
+# containing only the listed keys' values (compat.md §2, "Unique jobs"). A NULL parameter leaves
+# that field out. Both branches check the states and the period.
 UNIQUE_FIND = """
-SELECT id, state::text, inserted_at, scheduled_at FROM {p}.oban_jobs
-WHERE meta @> jsonb_build_object('uniq_key', %(uniq_key)s::text)
-  AND state::text = ANY(%(states)s::text[])
-  AND (%(period)s::float8 IS NULL
-       OR inserted_at >= timezone('UTC', now()) - make_interval(secs => %(period)s::float8))
+SELECT id, state::text, inserted_at, scheduled_at FROM (
+  SELECT id, state, inserted_at, scheduled_at FROM {p}.oban_jobs
+  WHERE meta @> jsonb_build_object('uniq_key', %(uniq_key)s::text)
+    AND state::text = ANY(%(states)s::text[])
+  UNION ALL
+  SELECT id, state, inserted_at, scheduled_at FROM {p}.oban_jobs
+  WHERE state::text = ANY(%(states)s::text[])
+    AND (%(worker)s::text IS NULL OR worker = %(worker)s::text)
+    AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+    AND (%(args)s::jsonb IS NULL OR (args @> %(args)s::jsonb
+         AND (NOT %(exact)s::bool OR args <@ %(args)s::jsonb)))
+    AND (%(meta)s::jsonb IS NULL OR ((coalesce(meta, '{}'::jsonb) - 'uniq_key') @> %(meta)s::jsonb
+         AND (NOT %(exact)s::bool
+              OR (coalesce(meta, '{}'::jsonb) - 'uniq_key') <@ %(meta)s::jsonb)))
+) AS j
+WHERE %(period)s::float8 IS NULL
+   OR inserted_at >= timezone('UTC', now()) - make_interval(secs => %(period)s::float8)
 ORDER BY id
 LIMIT 1
 """
 
+# The tables a running node needs, of those that are missing (a schema made only by Elixir's
+# migrations lacks oban_producers and oban_leaders).
+MISSING_TABLES = """
+SELECT name FROM unnest(ARRAY['oban_jobs', 'oban_producers', 'oban_leaders']) AS name
+WHERE to_regclass(format('%%I.%%I', %(prefix)s::text, name)) IS NULL
+"""
+
 # -- producers and fetching -------------------------------------------------------------------
 
-FETCH_JOBS = """
-WITH next AS (
-  SELECT id FROM {p}.oban_jobs
-  WHERE state = 'available' AND queue = %(queue)s
-  ORDER BY priority, scheduled_at, id
-  LIMIT %(demand)s
-  FOR UPDATE SKIP LOCKED
-)
-UPDATE {p}.oban_jobs AS j
+# Every fetch ends the same way: the rows chosen in ``next`` become this producer's attempt.
+TAKE_NEXT = """UPDATE {p}.oban_jobs AS j
 SET state = 'executing',
     attempt = j.attempt + 1,
     attempted_at = timezone('UTC', now()),
@@ -79,7 +104,132 @@ WHERE j.id = next.id AND j.attempt < j.max_attempts
 RETURNING j.id, j.worker, j.args::text, coalesce(j.meta, '{}'::jsonb)::text, j.attempt,
   j.max_attempts, j.priority, j.tags, to_jsonb(j.errors)::text,
   extract(epoch FROM j.inserted_at)::float8, extract(epoch FROM j.scheduled_at)::float8,
-  extract(epoch FROM j.attempted_at)::float8
+  extract(epoch FROM j.attempted_at)::float8"""
+
+# Limited fetches stamp attempted_at with the clock time their rate window used.
+TAKE_NEXT_CLOCK = TAKE_NEXT.replace(
+    "attempted_at = timezone('UTC', now())", "attempted_at = (SELECT t FROM clock)"
+)
+
+FETCH_JOBS = """
+WITH next AS (
+  SELECT id FROM {p}.oban_jobs
+  WHERE state = 'available' AND queue = %(queue)s
+  ORDER BY priority, scheduled_at, id
+  LIMIT %(demand)s
+  FOR UPDATE SKIP LOCKED
+)
+{take_next}
+"""
+
+# -- globally limited queues (oban_pro/limits.py: why the lock is a statement of its own) -----
+
+LOCK_LIMITED_QUEUE = "SELECT pg_advisory_xact_lock(%(lock_class)s::int, hashtext(%(lock_name)s))"
+
+# Rate windows are exact sliding logs: a row keeps the start times of the queue's (or
+# partition's) most recent jobs within the period, at most `allowed` of them, and a fetch takes
+# no more than allowed minus those. Any period-long window then holds at most `allowed` starts.
+# Times come from clock_timestamp(), not now(): a transaction that waited for the queue's lock
+# must not stamp its starts earlier than those of the holder it waited for.
+RATE_NOW = "coalesce(%(now)s::timestamp, timezone('UTC', clock_timestamp()))"
+
+RATE_LEFT = """CASE WHEN %(rate_allowed)s::int IS NULL THEN 2147483647
+    ELSE %(rate_allowed)s::int - (SELECT count(*) FROM unnest(w.starts) AS t
+      WHERE t > clock.t - make_interval(secs => %(rate_period)s::float8))::int END"""
+
+# The log after `n` more starts at clock.t: the ones still within the period, oldest first.
+RATE_LOG = """ARRAY(SELECT t FROM unnest(w.starts || array_fill(clock.t, ARRAY[n])) AS t
+    WHERE t > clock.t - make_interval(secs => %(rate_period)s::float8) ORDER BY t)"""
+
+# A queue with a global limit and/or a rate limit, not partitioned: take no more than what
+# either leaves (global: minus the queue's executing jobs, whichever node or engine runs them;
+# rate: what the sliding window leaves), then count what was taken into the window.
+FETCH_LIMITED_JOBS = """
+WITH clock AS (
+  SELECT {rate_now} AS t
+), w AS (
+  SELECT coalesce((SELECT starts FROM {p}.oban_rate_limits
+    WHERE queue = %(queue)s AND key = ''), '{}') AS starts
+), next AS (
+  SELECT id FROM {p}.oban_jobs
+  WHERE state = 'available' AND queue = %(queue)s
+  ORDER BY priority, scheduled_at, id
+  LIMIT greatest(0, least(
+    %(demand)s::int,
+    coalesce(%(global_limit)s::int - (SELECT count(*) FROM {p}.oban_jobs
+      WHERE state = 'executing' AND queue = %(queue)s)::int, 2147483647),
+    (SELECT {rate_left} FROM w, clock)))
+  FOR UPDATE SKIP LOCKED
+), taken AS (
+  {take_next_clock}
+), counted AS (
+  INSERT INTO {p}.oban_rate_limits AS r (queue, key, starts)
+  SELECT %(queue)s, '', {rate_log}
+  FROM w, clock, (SELECT count(*)::int AS n FROM taken) AS c
+  WHERE %(rate_allowed)s::int IS NOT NULL
+  ON CONFLICT (queue, key) DO UPDATE SET starts = excluded.starts
+)
+SELECT * FROM taken
+"""
+
+# A job's partition: a JSON array of its worker, its args and its meta (each only if chosen;
+# args and meta restricted to the chosen keys when there are any).
+PARTITION_KEY = """jsonb_build_array(
+    CASE WHEN %(by_worker)s::bool THEN to_jsonb(j.worker) END,
+    CASE WHEN %(by_args)s::bool THEN CASE WHEN cardinality(%(keys)s::text[]) = 0 THEN j.args
+      ELSE (SELECT jsonb_object_agg(k, j.args -> k) FROM unnest(%(keys)s::text[]) AS k) END END,
+    CASE WHEN %(by_meta)s::bool THEN CASE WHEN cardinality(%(keys)s::text[]) = 0
+      THEN coalesce(j.meta, '{}'::jsonb) - 'uniq_key'
+      ELSE (SELECT jsonb_object_agg(k, j.meta -> k) FROM unnest(%(keys)s::text[]) AS k) END END
+  )::text"""
+
+# The same per partition: each partition has its own global limit and its own rate window.
+# Every partition's n-th job comes before any partition's (n+1)-th, so a tenant with most of
+# the backlog cannot starve the others. This ranks the queue's whole available backlog on each
+# fetch: the price of fairness, paid only by partitioned queues.
+FETCH_PARTITIONED_JOBS = """
+WITH clock AS (
+  SELECT {rate_now} AS t
+), running AS (
+  SELECT {partition_key} AS key, count(*) AS n FROM {p}.oban_jobs AS j
+  WHERE j.state = 'executing' AND j.queue = %(queue)s
+  GROUP BY 1
+), keyed AS (
+  SELECT j.id, j.priority, j.scheduled_at, {partition_key} AS key FROM {p}.oban_jobs AS j
+  WHERE j.state = 'available' AND j.queue = %(queue)s
+), w AS (
+  SELECT k.key, coalesce(r.starts, '{}') AS starts
+  FROM (SELECT DISTINCT key FROM keyed) AS k
+  LEFT JOIN {p}.oban_rate_limits AS r ON r.queue = %(queue)s AND r.key = k.key
+), allowance AS (
+  SELECT w.key, w.starts, least(
+    coalesce(%(global_limit)s::int - coalesce(x.n, 0)::int, 2147483647), {rate_left}) AS n
+  FROM w CROSS JOIN clock LEFT JOIN running AS x ON x.key = w.key
+), ranked AS (
+  SELECT k.*, row_number() OVER (PARTITION BY k.key ORDER BY k.priority, k.scheduled_at, k.id)
+    AS rn
+  FROM keyed AS k
+), chosen AS (
+  SELECT r.id, r.key FROM ranked AS r JOIN allowance AS a ON a.key = r.key
+  WHERE r.rn <= a.n
+  ORDER BY r.rn, r.priority, r.scheduled_at, r.id
+  LIMIT %(demand)s
+), next AS (
+  SELECT j.id FROM {p}.oban_jobs AS j JOIN chosen AS c ON c.id = j.id
+  WHERE j.state = 'available'
+  FOR UPDATE OF j SKIP LOCKED
+), taken AS (
+  {take_next_clock}
+), counted AS (
+  INSERT INTO {p}.oban_rate_limits AS r (queue, key, starts)
+  SELECT %(queue)s, w.key, {rate_log}
+  FROM (SELECT c.key, count(*)::int AS n FROM taken AS t JOIN chosen AS c ON c.id = t.id
+        GROUP BY c.key) AS per
+  JOIN (SELECT key, starts FROM allowance) AS w ON w.key = per.key CROSS JOIN clock
+  WHERE %(rate_allowed)s::int IS NOT NULL
+  ON CONFLICT (queue, key) DO UPDATE SET starts = excluded.starts
+)
+SELECT * FROM taken
 """
 
 REGISTER_PRODUCER = """
@@ -406,6 +556,13 @@ class Queries:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         tokens = {
+            # Fragments that hold tokens themselves come first.
+            "{take_next_clock}": TAKE_NEXT_CLOCK,
+            "{take_next}": TAKE_NEXT,
+            "{partition_key}": PARTITION_KEY,
+            "{rate_now}": RATE_NOW,
+            "{rate_left}": RATE_LEFT,
+            "{rate_log}": RATE_LOG,
             "{p}": quoted_prefix(prefix),
             "{now}": NOW,
             "{server_start}": SERVER_START,
@@ -424,7 +581,11 @@ class Queries:
     notify: str
     unique_lock: str
     unique_find: str
+    missing_tables: str
     fetch_jobs: str
+    lock_limited_queue: str
+    fetch_limited_jobs: str
+    fetch_partitioned_jobs: str
     register_producer: str
     heartbeat: str
     producer_beats: str

@@ -13,6 +13,12 @@ from oban_pro.migrations import migrate_up, migration_status
 from oban_pro.term import decode_recorded
 
 
+# Conformance: every test here runs on the embedded PostgreSQL 18 and on Debian's 15.
+@pytest.fixture
+def oban_dsn(any_server_dsn):
+    return any_server_dsn
+
+
 @pytest.mark.parametrize("layout", ["oban_pro", "elixir", "obanpy"])
 async def test_every_outcome_on_each_layout(oban_dsn, oban_empty_prefix, layout):
     prefix = oban_empty_prefix

@@ -13,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 from helpers import job_row, query, wait_until
-from psycopg_pool import AsyncConnectionPool
 
 from oban_pro import Job
 from oban_pro.client import Client
@@ -28,14 +27,6 @@ from oban_pro.plugins.stager import Stager
 from oban_pro.queries import Queries
 
 pytestmark = pytest.mark.asyncio
-
-
-@pytest.fixture
-async def pool(oban_dsn):
-    async with AsyncConnectionPool(
-        oban_dsn, min_size=1, max_size=2, open=False, kwargs={"autocommit": True}
-    ) as pool:
-        yield pool
 
 
 def naive(dt: datetime) -> datetime:
@@ -60,6 +51,12 @@ def add_producer(dsn, prefix, uuid, node, queue="default", age=0.0, meta="{}"):
         f"timezone('UTC', now()), timezone('UTC', now()) - make_interval(secs => %s))",
         (uuid, node, queue, meta, age),
     )
+
+
+# Conformance: every test here runs on the embedded PostgreSQL 18 and on Debian's 15.
+@pytest.fixture
+def oban_dsn(any_server_dsn):
+    return any_server_dsn
 
 
 # -- stager --------------------------------------------------------------------------------

@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg.rows import tuple_row
 
+from .. import telemetry
 from .._aio import wait_event
 from .producer import Producer
 
@@ -86,7 +88,9 @@ class Heartbeat:
         on_error: Callable[[str], None] | None = None,
     ) -> None:
         self._conninfo = conninfo
-        self._connect_kwargs = {k: v for k, v in connect_kwargs.items() if k != "autocommit"}
+        self._connect_kwargs = {
+            k: v for k, v in connect_kwargs.items() if k not in ("autocommit", "row_factory")
+        }
         self._queries = queries
         self._name = name
         self._node = node
@@ -149,8 +153,10 @@ class Heartbeat:
             return
         # Bounded: a server that accepts the connection but never answers must not silence
         # the node for longer than a failed connect would.
-        async with asyncio.timeout(max(self._interval, CONNECT_TIMEOUT)):
-            rows = await self._execute(producers, running)
+        with telemetry.span("oban.heartbeat.beat", {"node": self._node}) as context:
+            async with asyncio.timeout(max(self._interval, CONNECT_TIMEOUT)):
+                rows = await self._execute(producers, running)
+            context.add({"producer_count": len(producers), "running_count": len(running)})
         if self._on_beat:
             self._on_beat()
         attempts = {r.job_id: r.attempt for r in running}
@@ -191,6 +197,7 @@ class Heartbeat:
             self._conn = await psycopg.AsyncConnection.connect(
                 self._conninfo,
                 autocommit=True,
+                row_factory=tuple_row,
                 connect_timeout=int(CONNECT_TIMEOUT),
                 **self._connect_kwargs,
             )

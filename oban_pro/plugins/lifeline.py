@@ -27,6 +27,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from .. import telemetry
+
 log = logging.getLogger(__name__)
 
 RESCUE_LIMIT = 1000
@@ -78,7 +80,9 @@ class Lifeline:
             log.info("lifeline waits: the database connection recovered less than %ss ago",
                      self._ttl + self._grace)  # fmt: skip
             return 0
-        total = await self._rescue(now)
+        with telemetry.span("oban.lifeline.rescue", {}) as context:
+            total = await self._rescue(now)
+            context.add({"rescued_count": total})
         await self._delete_dead(now)
         return total
 

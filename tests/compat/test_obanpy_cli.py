@@ -49,7 +49,7 @@ def test_install_and_uninstall(oban_dsn, oban_empty_prefix):
     assert installed.returncode == 0, installed.stderr
     assert f"create table {prefix}.oban_jobs" in installed.stdout
     assert [t for (t,) in query(oban_dsn, tables)] == [
-        "oban_jobs", "oban_leaders", "oban_peers", "oban_producers",
+        "oban_jobs", "oban_leaders", "oban_peers", "oban_producers", "oban_rate_limits",
     ]  # fmt: skip
     again = run_cli("install", env={"OBAN_DSN": oban_dsn, "OBAN_PREFIX": prefix})
     assert again.returncode == 0 and "up to date" in again.stdout

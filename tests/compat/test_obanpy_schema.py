@@ -15,7 +15,7 @@ from oban_pro.migrations import detect_layout, migration_status
 schema = importlib.import_module("oban_pro.schema")
 
 TABLES = "SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY 1"
-ALL = ["oban_jobs", "oban_leaders", "oban_peers", "oban_producers"]
+ALL = ["oban_jobs", "oban_leaders", "oban_peers", "oban_producers", "oban_rate_limits"]
 
 
 def tables(dsn: str, prefix: str) -> list[str]:
