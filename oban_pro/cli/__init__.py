@@ -50,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .version import package_version
 
     parser.add_argument(
-        "--version", action="version", version=f"%(prog)s {package_version()}", help="print it"
+        "--version",
+        action="version",
+        version=f"%(prog)s {package_version()}",
+        help="print the version and exit",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
