@@ -3,7 +3,8 @@
 ``sys.path`` (see :mod:`bench`).
 
 - :class:`Noop` does nothing: the throughput scenario measures the engine, not job code.
-- :class:`Cpu` burns CPU in pure Python for ``args["rounds"]`` rounds (calibrated to ~20 ms).
+- :class:`Cpu` burns CPU in pure Python for ``args["rounds"]`` rounds (calibrated to ~20 ms);
+  it is ``isolated=True``, as a CPU-heavy worker should be.
 - :class:`Stamp` reports the moment it started (``time.time()``) on a Unix datagram socket, so
   the latency scenario learns enqueue-to-start without polling the database.
 - :class:`AsyncSleep` / :class:`SyncSleep` wait ``args["seconds"]`` (50 ms): I/O-bound jobs,
@@ -33,7 +34,10 @@ class Noop:
         return None
 
 
-@worker(queue="bench_cpu", name="bench.workers.Cpu")
+# CPU-heavy, so isolated (as the README advises): one job per process at a time. On a thread
+# beside other CPU-bound jobs it would share its process's GIL with them and with the child's
+# event loop, which then reports results late.
+@worker(queue="bench_cpu", name="bench.workers.Cpu", isolated=True)
 class Cpu:
     def process(self, job):  # type: ignore[no-untyped-def]
         burn(int(job.args.get("rounds", 1000)))

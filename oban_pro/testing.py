@@ -133,7 +133,7 @@ async def drain_queue(
             limit=100,
             name="drain",
             node="drain",
-            pool=pool,
+            db=pool,
             queries=queries,
             dispatcher=dispatcher,
             poll_interval=1,

@@ -486,6 +486,52 @@ async def test_a_child_left_above_max_memory_is_recycled_after_its_job() -> None
 
 @pytest.mark.reliability
 @async_test
+async def test_a_child_past_max_memory_drains_its_jobs_and_is_replaced(tmp_path: Path) -> None:
+    log, release = tmp_path / "log", tmp_path / "release"
+    mib = 1024 * 1024
+    options = dict(max_memory=150 * mib, memory_ceiling=1024 * mib, memory_check_interval=0.05)
+    async with Harness(processes=1, **options) as h:
+        pid = h.pool.pids()[0]
+        hog = h.submit("Hog", {"mb": 200, "seconds": 30, "marker": str(tmp_path / "hog")})
+        args = {"log": str(log), "release": str(release)}
+        others = [h.submit("Hold", args) for _ in range(3)]
+        await wait_for_file(tmp_path / "hog")
+        while h.pool.stats.restarts["memory"] == 0:  # the watch saw it: draining now
+            await asyncio.sleep(0.01)
+        await h.full_strength()  # the replacement is up beside the draining child
+        newcomer = h.submit("Pid")
+        assert decode_recorded((await h.done(newcomer)).recorded) != pid
+        assert h.pool.running_jobs()[others[0]] == pid  # the drainer keeps its jobs
+        release.touch()
+        for job_id in others:
+            assert (await h.done(job_id)).kind == "completed"
+        assert h.pool.stop_job(hog) is True  # let the hog go; the drained child then exits
+        assert (await h.failed(hog))[0] == "cancelled"
+        while pid in h.pool.pids():
+            await asyncio.sleep(0.01)
+        assert h.pool.stats.restarts["memory"] == 1 and h.pool.stats.kills["memory"] == 0
+
+
+@pytest.mark.reliability
+@async_test
+async def test_a_draining_child_past_the_ceiling_is_killed_and_nobody_is_charged(
+    tmp_path: Path,
+) -> None:
+    mib = 1024 * 1024
+    options = dict(max_memory=100 * mib, memory_ceiling=150 * mib, memory_check_interval=0.05)
+    async with Harness(processes=1, **options) as h:
+        args = {"log": str(tmp_path / "log"), "release": str(tmp_path / "never")}
+        others = [h.submit("Hold", args) for _ in range(2)]
+        await wait_until_events(tmp_path / "log", lambda e: len(e) == 2)
+        hog = h.submit("Hog", {"mb": 300, "seconds": 30})
+        for job_id in [*others, hog]:
+            text, isolate = await h.released(job_id)
+            assert isolate is True and "grew past the ceiling of 150.0 MiB" in text, text
+        await h.full_strength()
+
+
+@pytest.mark.reliability
+@async_test
 async def test_many_restarts_leak_no_descriptors_and_no_zombies() -> None:
     before = len(os.listdir("/proc/self/fd"))
     async with Harness(start_method="fork") as h:

@@ -38,7 +38,7 @@ class Producer:
         limit: int,
         name: str,
         node: str,
-        pool: Any,
+        db: Any,
         queries: Any,
         dispatcher: Dispatcher,
         poll_interval: float,
@@ -53,7 +53,8 @@ class Producer:
         self.name = name
         self.node = node
         self.started_at = time.time()
-        self._pool = pool
+        # The database connection pool ("pool" alone means the worker processes).
+        self._db = db
         self._queries = queries
         self._dispatcher = dispatcher
         self._poll_interval = poll_interval
@@ -98,7 +99,7 @@ class Producer:
         self.notice()
 
     async def register(self) -> None:
-        async with self._pool.connection() as conn:
+        async with self._db.connection() as conn:
             await conn.execute(
                 self._queries.register_producer,
                 {
@@ -161,7 +162,7 @@ class Producer:
 
     async def _fetch(self, demand: int) -> int:
         started = time.perf_counter()
-        async with self._pool.connection() as conn:
+        async with self._db.connection() as conn:
             cur = await conn.execute(
                 self._queries.fetch_jobs,
                 {"queue": self.queue, "demand": demand, "node": self.node, "uuid": self.uuid},

@@ -173,7 +173,7 @@ class Runtime:
             limit=limit,
             name=self.name,
             node=self.node,
-            pool=pool,
+            db=pool,
             queries=self.queries,
             dispatcher=self._dispatcher,
             poll_interval=self.config.poll_interval,

@@ -1,13 +1,15 @@
 """The worker process: import worker modules once, then run many jobs at once.
 
 The child runs an event loop in its main thread. Jobs whose ``process`` is a coroutine function
-run as tasks on that loop; sync ones run on a thread pool (created lazily, up to ``threads``
-threads). For every job the child reports :class:`~.messages.Started` when its code begins and
-:class:`~.messages.Done` when it ends, so the parent knows exactly what runs where.
+run as tasks on that loop; sync ones run on :class:`~.job_threads.JobThreads` (started as
+needed, up to ``threads``). For every job the child reports :class:`~.messages.Started` as it
+hands the job to its task or thread, written *before* the job's code can run (a job that kills
+the process at once is then charged to itself), and :class:`~.messages.Done` when it ends, so
+the parent knows exactly what runs where.
 
 The parent's pipe is read by the loop (``add_reader``, non-blocking); messages to the parent go
-through :class:`_Outbox`, which gathers everything produced in one loop iteration (by the loop
-or by job threads) into one frame.
+through :class:`_Outbox`, which gathers everything produced in one loop iteration into one frame.
+Jobs that end on threads are handed back to the loop in batches (one wake-up per batch).
 
 Stopping a job (:class:`~.messages.Interrupt`) is cooperative: a task is cancelled, a thread
 gets :class:`~oban_pro.runner.JobInterrupted` raised in it (``PyThreadState_SetAsyncExc``, which
@@ -31,11 +33,11 @@ import sys
 import threading
 import time
 import traceback
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from ..runner import JobInterrupted, JobRunner, Prepared
 from .framing import FrameProtocol, write_frame
+from .job_threads import JobThreads
 from .messages import (
     Done,
     Interrupt,
@@ -129,56 +131,36 @@ def child_main(
 
 
 class _Outbox:
-    """Messages for the parent, written as one frame per loop iteration.
-
-    Job threads add through :meth:`put_threadsafe`; only the first message of a batch wakes
-    the loop, so a burst of finished jobs costs one wake-up and one write. :meth:`flush` may
-    also be called from a job's thread: a job's Started must reach the parent before its code
-    runs (code that kills the process at once must still be charged to it, not to others).
-    """
+    """Messages for the parent, written as one frame per loop iteration (or sooner: a frame of
+    jobs' Started messages is flushed before those jobs start)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, write_fd: int) -> None:
         self._loop = loop
         self._fd = write_fd
-        self._lock = threading.Lock()  # guards the list
-        self._write_lock = threading.Lock()  # one writer at a time: frames never interleave
         self._messages: list[Any] = []
         self._scheduled = False
 
     def put(self, message: Any) -> None:
-        with self._lock:
-            self._messages.append(message)
-            if self._scheduled:
-                return
+        self._messages.append(message)
+        if not self._scheduled:
             self._scheduled = True
-        self._loop.call_soon(self.flush)
-
-    def put_threadsafe(self, message: Any) -> None:
-        with self._lock:
-            self._messages.append(message)
-            if self._scheduled:
-                return
-            self._scheduled = True
-        self._loop.call_soon_threadsafe(self.flush)
+            self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        with self._write_lock:
-            with self._lock:
-                messages, self._messages = self._messages, []
-                self._scheduled = False
-            if messages:
-                write_frame(self._fd, encode_to_parent(messages))
+        messages, self._messages = self._messages, []
+        self._scheduled = False
+        if messages:
+            write_frame(self._fd, encode_to_parent(messages))
 
 
 class _Job:
     """One job in this child: how it runs and how to stop it."""
 
-    __slots__ = ("run", "task", "future", "thread_id", "lock", "interrupted", "finished")
+    __slots__ = ("run", "task", "thread_id", "lock", "interrupted", "finished")
 
     def __init__(self, run: Run) -> None:
         self.run = run
         self.task: asyncio.Task[None] | None = None
-        self.future: Future[None] | None = None
         self.thread_id: int | None = None
         # Guards thread_id/finished against an Interrupt raising into a thread whose job ended.
         self.lock = threading.Lock()
@@ -201,7 +183,10 @@ class _Server:
         self._loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self._loop)
         self._outbox = _Outbox(self._loop, write_fd)
-        self._executor: ThreadPoolExecutor | None = None
+        self._job_threads = JobThreads(threads)
+        # Jobs that ended on a thread, handed back to the loop in batches (one wake-up each).
+        self._ended: list[tuple[_Job, Done, float]] = []
+        self._ended_lock = threading.Lock()
         self._finished = self._loop.create_future()
         self._protocol = FrameProtocol(self._on_frame, self._on_eof)
 
@@ -219,8 +204,7 @@ class _Server:
             self._outbox.flush()
         finally:
             self._loop.remove_reader(self._read_fd)
-            if self._executor is not None:
-                self._executor.shutdown(wait=False, cancel_futures=True)
+            self._job_threads.shutdown()
             self._loop.close()
 
     def _on_readable(self) -> None:
@@ -247,14 +231,18 @@ class _Server:
             os._exit(0)
 
     def _on_frame(self, payload: bytes) -> None:
+        starting: list[tuple[_Job, Prepared]] = []
         for message in decode_to_child(payload):
             if isinstance(message, Run):
-                self._start(message)
+                self._prepare(message, starting)
             elif isinstance(message, Interrupt):
+                self._start(starting)
+                starting = []
                 self._interrupt(message.job_id)
             elif isinstance(message, Stop):
                 self._stopping = True
                 self._maybe_finish()
+        self._start(starting)
 
     def _maybe_finish(self) -> None:
         if self._stopping and not self._jobs and not self._finished.done():
@@ -262,19 +250,27 @@ class _Server:
 
     # -- starting ---------------------------------------------------------------------------
 
-    def _start(self, run: Run) -> None:
+    def _prepare(self, run: Run, starting: list[tuple[_Job, Prepared]]) -> None:
         prepared = self._runner.prepare(run)
         if isinstance(prepared, Done):
             self._outbox.put(Started(run.job_id))
             self._report(prepared, 0.0)
             return
         job = self._jobs[run.job_id] = _Job(run)
-        if prepared.is_async:
-            job.task = self._loop.create_task(self._run_task(job, prepared))
-        else:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="oban-job")
-            job.future = self._executor.submit(self._run_thread, job, prepared)
+        self._outbox.put(Started(run.job_id, thread=not prepared.is_async))
+        starting.append((job, prepared))
+
+    def _start(self, starting: list[tuple[_Job, Prepared]]) -> None:
+        """Start jobs whose Started is in the outbox: it is written first, in one frame, so a
+        job that kills the process at once is charged to itself, never to the others."""
+        if not starting:
+            return
+        self._outbox.flush()
+        for job, prepared in starting:
+            if prepared.is_async:
+                job.task = self._loop.create_task(self._run_task(job, prepared))
+            else:
+                self._job_threads.submit(self._run_thread, job, prepared)
 
     def _report(self, done: Done, started: float) -> None:
         done.duration = time.perf_counter() - started if started else 0.0
@@ -288,8 +284,6 @@ class _Server:
         self._maybe_finish()
 
     async def _run_task(self, job: _Job, prepared: Prepared) -> None:
-        self._outbox.put(Started(job.run.job_id))
-        self._outbox.flush()
         started = time.perf_counter()
         try:
             result = await prepared.instance.process(prepared.job)
@@ -312,8 +306,6 @@ class _Server:
                     job.thread_id = threading.get_ident()
                     if job.interrupted:
                         raise JobInterrupted
-                self._outbox.put_threadsafe(Started(job.run.job_id, thread=True))
-                self._outbox.flush()
                 result = prepared.instance.process(prepared.job)
                 if asyncio.iscoroutine(result) or asyncio.isfuture(result):
                     result = asyncio.run_coroutine_threadsafe(_await(result), self._loop).result()
@@ -329,7 +321,17 @@ class _Server:
             if done is None:
                 done = Done(job.run.job_id, "interrupted")
         self._leave_if_forked()
-        self._loop.call_soon_threadsafe(self._finish, job, done, started)
+        with self._ended_lock:
+            first = not self._ended
+            self._ended.append((job, done, started))
+        if first:
+            self._loop.call_soon_threadsafe(self._finish_ended)
+
+    def _finish_ended(self) -> None:
+        with self._ended_lock:
+            ended, self._ended = self._ended, []
+        for job, done, started in ended:
+            self._finish(job, done, started)
 
     def _end_thread_job(self, job: _Job) -> None:
         with job.lock:
@@ -355,12 +357,7 @@ class _Server:
         if job.task is not None:
             job.task.cancel()
             return
-        if job.future is not None and job.future.cancel():
-            # Still waiting for a thread: it never started.
-            self._outbox.put(Started(job_id, thread=True))
-            self._finish(job, Done(job_id, "interrupted"), 0.0)
-            return
-        with job.lock:
+        with job.lock:  # a job still waiting for a thread sees the flag when it gets one
             if job.thread_id is not None and not job.finished:
                 _raise_in_thread(job.thread_id, JobInterrupted)
 

@@ -705,7 +705,7 @@ class WorkerPool:
         started = [j for j in jobs if j.started]
         rss = f"last RSS {child.rss / _MIB:.1f} MiB"
         for job in jobs:
-            if not job.started:
+            if not job.started and job.stop_reason is None:
                 self._place_again(job)
             elif job.stop_reason is not None:
                 self._fail(job, job.stop_reason, f"{job.stop_text}; its child process "
@@ -719,7 +719,10 @@ class WorkerPool:
                     )
                 self._fail(job, reason, text)
             else:
-                others = ", ".join(str(j.job_id) for j in started if j is not job)
+                ids = [str(j.job_id) for j in started if j is not job]
+                others = ", ".join(ids[:10]) + (
+                    f" and {len(ids) - 10} more" if len(ids) > 10 else ""
+                )
                 self._release(
                     job,
                     f"child process (pid {child.pid}) {how} while running {len(started)} jobs "
