@@ -25,10 +25,6 @@ log = logging.getLogger(__name__)
 
 FetchedRow = tuple[Any, ...]
 
-#: When only a few of a busy queue's slots are free, wait this long for more to free up, so
-#: that fast jobs are fetched in batches rather than one round trip per finished job.
-COALESCE_SECONDS = 0.002
-
 
 class Producer:
     def __init__(
@@ -131,10 +127,9 @@ class Producer:
     async def _run(self) -> None:
         failures = 0
         while True:
+            # No waiting for more room: jobs that finish while a fetch is in flight make the next
+            # fetch's batch (measured: waiting 2 ms for a bigger batch lowered no-op throughput).
             demand = self.demand()
-            if 0 < demand < self.limit // 4 and self._dispatcher.running_count(self.queue):
-                await asyncio.sleep(COALESCE_SECONDS)
-                demand = self.demand()
             if demand > 0:
                 try:
                     got = await self._fetch(demand)
