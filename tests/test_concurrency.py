@@ -154,3 +154,36 @@ async def test_graceful_shutdown_releases_every_job_of_every_child(oban_dsn, oba
     for job in jobs:
         row = job_row(oban_dsn, oban_prefix, job.id)
         assert row["state"] == "available" and row["attempt"] == 0
+
+
+async def test_stop_job_for_a_rescued_job_stops_it_and_acks_nothing(
+    oban_dsn, oban_prefix, tmp_path
+):
+    """What rescue needs: the running jobs with their attempt and producer, and a way to stop
+    the local copy of one the database gave to someone else (nothing is acked for it)."""
+    log = tmp_path / "log"
+    async with node(oban_dsn, oban_prefix) as oban:
+        args = {"log": str(log), "release": str(tmp_path / "never"), "max_seconds": 30}
+        jobs = await oban.enqueue_many([HoldIo.new(args) for _ in range(3)])
+        await wait_until(lambda: len(read_events(log)) == 3, message="3 running")
+        runtime = oban.runtime
+        uuid = oban.producers["io"].uuid
+        assert sorted(runtime.running()) == sorted((j.id, 1, uuid) for j in jobs)
+        rescued, others = jobs[0], jobs[1:]
+        assert runtime.stop_job(rescued.id, "rescued") is True
+        await wait_until(
+            lambda: ("stop", rescued.id) in {(w, j) for w, j, _ in read_events(log)},
+            message="the rescued job's local copy to stop",
+        )
+        await wait_until(lambda: len(runtime.running()) == 2, message="it left the ledger")
+        assert runtime.stop_job(rescued.id, "rescued") is False
+        await runtime.acker.flush(5)
+        row = job_row(oban_dsn, oban_prefix, rescued.id)
+        assert row["state"] == "executing" and not row["errors"]  # not ours to ack
+        assert oban.kill_job(others[0].id) is True  # pkill: acked as cancelled
+        await wait_until(
+            lambda: job_row(oban_dsn, oban_prefix, others[0].id)["state"] == "cancelled",
+            message="the pkilled job cancelled",
+        )
+        # The pool never killed a child for these: the cooperative stop worked.
+        assert sum(oban.runtime.worker_pool.stats.restarts.values()) == 0
