@@ -157,10 +157,13 @@ def test_peer(tmp_path, oban_dsn):
         "5",
         "--rescue-job-seconds",
         "3",
+        "--io-jobs",
+        "20",
         timeout=85,
     )
     names = [r["workload"] for r in data["results"]]
     assert any("no-op" in n for n in names) and any("enqueue_many" in n for n in names)
+    assert any("async I/O" in n for n in names) and any("sync blocking I/O" in n for n in names)
     assert data["machine"]["peer"]["oban_py_version"]
 
 
