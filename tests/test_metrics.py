@@ -507,3 +507,11 @@ def test_serve_refuses_a_taken_port(m: Metrics) -> None:
     finally:
         other.close()
         m.close()
+
+
+def test_the_metrics_label_sets_are_the_pools_reasons() -> None:
+    # metrics.py keeps its own copies (it must not import the pool); they may not drift.
+    from oban_pro import metrics, pool
+
+    assert metrics.RESTART_REASONS == pool.RESTART_REASONS
+    assert metrics.KILL_REASONS == pool.KILL_REASONS
