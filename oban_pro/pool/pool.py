@@ -224,7 +224,11 @@ class WorkerPool:
             sup.kill(child)
             for job in jobs:
                 if job.stop_reason is not None:
-                    self._fail(job, job.stop_reason, self._killed_text(job, child))
+                    text = (
+                        f"{job.stop_text}; the node stopped before it did, so its child "
+                        f"process (pid {child.pid}) was killed"
+                    )
+                    self._fail(job, job.stop_reason, text)
                 else:
                     self.ledger.remove(job.job_id)
                     unfinished.append(job.run)
