@@ -15,9 +15,10 @@ def quiet_logs() -> None:
 
 
 async def start_node(
-    dsn: str, prefix: str, queues: dict[str, int], *, processes: int, window: int = 1, **config: Any
+    dsn: str, prefix: str, queues: dict[str, int], *, processes: int, **config: Any
 ) -> Any:
-    """A started oban_pro node running ``queues`` with the bench workers importable."""
+    """A started oban_pro node running ``queues`` with the bench workers importable (every
+    other setting at its default unless given)."""
     from oban_pro import Oban
 
     oban = Oban(
@@ -25,7 +26,6 @@ async def start_node(
         prefix=prefix,
         queues=queues,
         processes=processes,
-        window=window,
         imports=["bench.workers"],
         name=f"bench-{next(_names)}",
         node="bench-node",

@@ -1,5 +1,5 @@
 """Metrics overhead: no-op throughput with metrics on vs off, A B A B in one run (limit 100,
-2 processes, window 50, 20,000 jobs per run). Usage: python bench/metrics_overhead.py [DSN]
+2 processes, defaults, 20,000 jobs per run). Usage: python bench/metrics_overhead.py [DSN]
 (default: the embedded server in ./.oban-pro). Prints both series and the on/off ratio."""
 
 import asyncio
@@ -26,7 +26,7 @@ async def run(dsn, metrics: bool, n: int, tag: str) -> float:
         prefix=prefix,
         queues={"demo": 100},
         processes=2,
-        window=50,
+        # every setting at its default: each child runs many jobs at once
         imports=["oban_pro.demo"],
         name=f"m{tag}",
         poll_interval=0.05,

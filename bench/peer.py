@@ -8,8 +8,10 @@ oban`` there; later runs reuse it. Oban.py runs in that interpreter (bench/peer_
 installs its schema with its own installer (``oban.schema.install``). Exit code 2 when no such
 Python is found (it says how to get one).
 
-Workloads (``--workloads``): throughput (no-op jobs, queue limits 10/50/100; oban_pro with its
-default window 1 and with window 50), cpu (CPU-bound ~20 ms jobs; oban_pro on N processes, Oban.py
+Workloads (``--workloads``), every one with oban_pro at its defaults: throughput (no-op jobs, queue
+limits 10/50/100), async_io (``--io-jobs`` jobs that ``await asyncio.sleep(0.05)``, limit 50),
+sync_io (the same with a blocking ``time.sleep(0.05)``: oban_pro runs sync jobs on threads in its
+children, Oban.py on its event loop), cpu (CPU-bound ~20 ms jobs; oban_pro on N processes, Oban.py
 runs them on its one event loop), latency (enqueue-to-start of single jobs on an idle node),
 enqueue_many (one call with N jobs), rescue (kill -9 of a node holding long jobs: oban_pro's
 heartbeat rescue with shortened settings vs Oban.py's time-based rescue with a shortened
@@ -40,7 +42,14 @@ from . import common, engine, measure, rescue
 DEFAULT_SIZE = 10_000
 RUNNER = Path(__file__).resolve().parent / "peer_obanpy.py"
 MIN_VERSION = (3, 12)
-WORKLOADS = ("throughput", "cpu", "latency", "enqueue_many", "rescue")
+WORKLOADS = ("throughput", "async_io", "sync_io", "cpu", "latency", "enqueue_many", "rescue")
+#: I/O workloads: (worker of oban_pro, worker of Oban.py), 50 ms jobs at limit 50.
+IO_WORKLOADS = {
+    "async_io": ("bench.workers.AsyncSleep", "async_sleep"),
+    "sync_io": ("bench.workers.SyncSleep", "sync_sleep"),
+}
+IO_LIMIT = 50
+IO_SECONDS = 0.05
 
 HOW_TO_GET_PYTHON = """\
 bench peer: no Python >= 3.12 found (Oban.py needs one). Looked for $OBAN_BENCH_PYTHON, python3.12
@@ -59,10 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--limits", default="10,50,100", help="queue limits for throughput")
     parser.add_argument(
-        "--window",
-        type=int,
-        default=50,
-        help="the larger oban_pro window compared besides the default 1 (50)",
+        "--io-jobs", type=int, default=1000, help="jobs per run of async_io/sync_io (1000)"
     )
     parser.add_argument("--cpu-jobs", type=int, default=100, help="CPU-bound jobs per run (100)")
     parser.add_argument("--samples", type=int, default=100, help="latency samples per run (100)")
@@ -279,15 +285,12 @@ async def pro_throughput(
     n: int,
     limit: int,
     processes: int,
-    window: int,
     queue: str = "bench",
     worker: str = "bench.workers.Noop",
     args: str = "{}",
 ) -> dict[str, Any]:
     async def start() -> Any:
-        return await engine.start_node(
-            dsn, prefix, {queue: limit}, processes=processes, window=window
-        )
+        return await engine.start_node(dsn, prefix, {queue: limit}, processes=processes)
 
     return await measure.drain(
         dsn,
@@ -378,7 +381,7 @@ async def _run(opts: common.Options, py: Path, py_version: str, oban_version: st
         print(f"bench peer: unknown workloads {sorted(unknown)}", file=sys.stderr)
         return 2
     limits = [int(x) for x in str(ex.get("limits", "10,50,100")).split(",") if x]
-    window = int(ex.get("window", 50))
+    io_jobs = int(ex.get("io_jobs", 1000))
     cpu_jobs = int(ex.get("cpu_jobs", 100))
     samples = int(ex.get("samples", 100))
     processes = opts.processes or opts.cores
@@ -390,7 +393,8 @@ async def _run(opts: common.Options, py: Path, py_version: str, oban_version: st
         f"A B A B, median of {opts.repeat}",
     )
     steps = 0
-    steps += len(limits) * 3 if "throughput" in workloads else 0
+    steps += len(limits) * 2 if "throughput" in workloads else 0
+    steps += 2 * sum(w in workloads for w in IO_WORKLOADS)
     steps += 2 * sum(w in workloads for w in ("cpu", "latency", "enqueue_many", "rescue"))
     progress = common.Progress(steps * opts.repeat, "peer", opts.quiet)
     raw: dict[str, list[dict[str, Any]]] = {}
@@ -407,8 +411,8 @@ async def _run(opts: common.Options, py: Path, py_version: str, oban_version: st
                 r = f"rep {rep + 1}"
                 if "throughput" in workloads:
                     for lim in limits:
-                        progress.step(f"{r}: throughput limit {lim}: oban_pro window 1")
-                        add(f"tp{lim}_pro", await pro_throughput(dsn, prefix, n, lim, processes, 1))
+                        progress.step(f"{r}: throughput limit {lim}: oban_pro")
+                        add(f"tp{lim}_pro", await pro_throughput(dsn, prefix, n, lim, processes))
                         progress.advance()
                         progress.step(f"{r}: throughput limit {lim}: Oban.py")
                         add(
@@ -416,12 +420,28 @@ async def _run(opts: common.Options, py: Path, py_version: str, oban_version: st
                             obanpy(py, "throughput", dsn, py_prefix, size=n, limit=lim),
                         )
                         progress.advance()
-                        progress.step(f"{r}: throughput limit {lim}: oban_pro window {window}")
-                        add(
-                            f"tp{lim}_prow",
-                            await pro_throughput(dsn, prefix, n, lim, processes, window),
-                        )
-                        progress.advance()
+                for name, (pro_worker, py_worker) in IO_WORKLOADS.items():
+                    if name not in workloads:
+                        continue
+                    job_args = json.dumps({"seconds": IO_SECONDS})
+                    progress.step(f"{r}: {name}: oban_pro")
+                    add(
+                        f"{name}_pro",
+                        await pro_throughput(
+                            dsn, prefix, io_jobs, IO_LIMIT, processes,
+                            queue="bench_io", worker=pro_worker, args=job_args,
+                        ),
+                    )  # fmt: skip
+                    progress.advance()
+                    progress.step(f"{r}: {name}: Oban.py")
+                    add(
+                        f"{name}_py",
+                        obanpy(
+                            py, "throughput", dsn, py_prefix, size=io_jobs, limit=IO_LIMIT,
+                            queue="bench_io", worker=py_worker, job_args=job_args,
+                        ),
+                    )  # fmt: skip
+                    progress.advance()
                 if "cpu" in workloads:
                     job_args = json.dumps({"rounds": rounds})
                     progress.step(f"{r}: cpu: oban_pro")
@@ -433,7 +453,6 @@ async def _run(opts: common.Options, py: Path, py_version: str, oban_version: st
                             cpu_jobs,
                             10,
                             processes,
-                            1,
                             queue="bench_cpu",
                             worker="bench.workers.Cpu",
                             args=job_args,
@@ -517,7 +536,7 @@ async def _run(opts: common.Options, py: Path, py_version: str, oban_version: st
                 common.drop_schema(dsn, py_prefix)
             shutil.rmtree(workdir, ignore_errors=True)
     progress.close()
-    return _report(opts, info, raw, limits, window, processes, n, cpu_jobs, samples, rounds)
+    return _report(opts, info, raw, limits, io_jobs, processes, n, cpu_jobs, samples, rounds)
 
 
 def _report(
@@ -525,7 +544,7 @@ def _report(
     info: dict[str, Any],
     raw: dict[str, list[dict[str, Any]]],
     limits: list[int],
-    window: int,
+    io_jobs: int,
     processes: int,
     n: int,
     cpu_jobs: int,
@@ -570,20 +589,31 @@ def _report(
         if f"tp{lim}_py" not in raw:
             continue
         pys = [x["rate"] for x in raw[f"tp{lim}_py"]]
-        for key, label in (
-            (f"tp{lim}_pro", "window 1 (default)"),
-            (f"tp{lim}_prow", f"window {window}"),
-        ):
-            pros = [x["rate"] for x in raw[key]]
-            goal = ">= 8x" if lim == 100 else ""
-            row(
-                f"no-op jobs/s, limit {lim}, oban_pro {label}",
-                pros,
-                pys,
-                [_ratio(a, b) for a, b in zip(pros, pys, strict=True)],
-                "",
-                goal,
-            )
+        pros = [x["rate"] for x in raw[f"tp{lim}_pro"]]
+        row(
+            f"no-op jobs/s, limit {lim}",
+            pros,
+            pys,
+            [_ratio(a, b) for a, b in zip(pros, pys, strict=True)],
+            "",
+            ">= 4x" if lim == 100 else "",
+        )
+    for name, what, goal in (
+        ("async_io", "async I/O jobs/s (await asyncio.sleep(0.05))", ">= 1.3x"),
+        ("sync_io", "sync blocking I/O jobs/s (time.sleep(0.05))", ">= 20x"),
+    ):
+        if f"{name}_py" not in raw:
+            continue
+        pros = [x["rate"] for x in raw[f"{name}_pro"]]
+        pys = [x["rate"] for x in raw[f"{name}_py"]]
+        row(
+            f"{what}, {io_jobs} jobs, limit {IO_LIMIT}",
+            pros,
+            pys,
+            [_ratio(a, b) for a, b in zip(pros, pys, strict=True)],
+            "",
+            goal,
+        )
     if "cpu_py" in raw:
         pros = [x["rate"] for x in raw["cpu_pro"]]
         pys = [x["rate"] for x in raw["cpu_py"]]
@@ -684,7 +714,9 @@ def _report(
         "params": {
             "jobs": n,
             "limits": limits,
-            "window": window,
+            "io_jobs": io_jobs,
+            "io_limit": IO_LIMIT,
+            "io_seconds": IO_SECONDS,
             "processes": processes,
             "cpu_jobs": cpu_jobs,
             "cpu_rounds": rounds,

@@ -69,7 +69,26 @@ class Long:
         return None
 
 
-WORKERS = {"noop": Noop, "cpu": Cpu, "stamp": Stamp, "long": Long}
+@worker(queue="bench_io")
+class AsyncSleep:
+    async def process(self, job):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(float(job.args.get("seconds", 0.05)))
+        return None
+
+
+@worker(queue="bench_io")
+class SyncSleep:
+    # Blocking I/O as a sync library does it (time.sleep stands for a blocking socket call):
+    # Oban.py runs job code on its one event loop, so this holds the loop for its duration.
+    async def process(self, job):  # type: ignore[no-untyped-def]
+        time.sleep(float(job.args.get("seconds", 0.05)))
+        return None
+
+
+WORKERS = {
+    "noop": Noop, "cpu": Cpu, "stamp": Stamp, "long": Long,
+    "async_sleep": AsyncSleep, "sync_sleep": SyncSleep,
+}  # fmt: skip
 
 
 def worker_name(cls: type) -> str:

@@ -1,14 +1,13 @@
 """throughput: N no-op jobs enqueued in one transaction, then drained by one node.
 
-End-to-end jobs/s (fetch, dispatch to the worker processes, run, ack) at queue limits 10/50/100,
-processes 1/2/N and window 1 (the fairness default) and a larger window; beside each, the
-CEILING: a bare SQL loop on the same database that fetches a batch of the same size (the queue
-limit) with FOR UPDATE SKIP LOCKED and acks it with one set-based UPDATE ... FROM unnest, with no
+End-to-end jobs/s (fetch, dispatch to the worker processes, run, ack) at queue limits 10/50/100
+and processes 1/2/N, every other setting at its default; beside each, the CEILING: a bare SQL
+loop on the same database that fetches a batch of the same size (the queue limit) with FOR
+UPDATE SKIP LOCKED and acks it with one set-based UPDATE ... FROM unnest, with no
 job code at all. engine/ceiling is the share of this database's physical limit the engine reaches.
 
-The engine fetches at most min(limit - running, free worker slots) jobs at a time, and free
-slots are processes x window: the "batch" column shows that bound. Runs at window 1 drain
-``--size-window1`` jobs (default --size / 10): they are about ten times slower. The last column
+A queue's limit is the number of its jobs running at once on the node (each child runs many
+jobs at once), so the engine fetches up to ``limit - running`` jobs at a time. The last column
 is CPU time per job of the coordinator (this process), the worker processes and PostgreSQL
 (the server under test), read from /proc: where the cores went.
 """
@@ -28,18 +27,7 @@ WORKER = "bench.workers.Noop"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--size-window1",
-        type=int,
-        default=None,
-        help="jobs per run at window 1, which is ~10x slower (default: --size / 10)",
-    )
     parser.add_argument("--limits", default="10,50,100", help="queue limits (10,50,100)")
-    parser.add_argument(
-        "--windows",
-        default="1,50",
-        help="jobs in flight per child to compare (1,50; 1 is the default)",
-    )
 
 
 def _ints(text: str) -> list[int]:
@@ -61,14 +49,12 @@ async def _run(opts: common.Options) -> int:
     dsn = common.resolve_dsn(opts.dsn)
     info = common.machine_info(dsn)
     n = opts.size_or(DEFAULT_SIZE)
-    n1 = int(opts.extra.get("size_window1") or max(n // 10, 100))
     limits = _ints(opts.extra.get("limits", "10,50,100"))
-    windows = _ints(opts.extra.get("windows", "1,50"))
     procs = process_counts(opts)
-    configs = [(lim, p, w) for lim in limits for p in procs for w in windows]
-    common.header(opts, info, f"{n} no-op jobs per run ({n1} at window 1), median of {opts.repeat}")
+    configs = [(lim, p) for lim in limits for p in procs]
+    common.header(opts, info, f"{n} no-op jobs per run, median of {opts.repeat}")
     progress = common.Progress(opts.repeat * (len(configs) + len(limits)), "throughput", opts.quiet)
-    engine_runs: dict[tuple[int, int, int], list[dict[str, Any]]] = {c: [] for c in configs}
+    engine_runs: dict[tuple[int, int], list[dict[str, Any]]] = {c: [] for c in configs}
     ceiling_runs: dict[int, list[dict[str, Any]]] = {lim: [] for lim in limits}
     with common.oban_pro_schema(dsn, "tp") as prefix:
         notify = common.insert_notice(prefix, QUEUE)
@@ -81,36 +67,33 @@ async def _run(opts: common.Options) -> int:
                 )
                 progress.advance()
                 for p in procs:
-                    for w in windows:
-                        progress.step(f"rep {rep + 1}: limit={lim} processes={p} window={w}")
+                    progress.step(f"rep {rep + 1}: limit={lim} processes={p}")
 
-                        async def start(lim: int = lim, p: int = p, w: int = w) -> Any:
-                            return await engine.start_node(
-                                dsn, prefix, {QUEUE: lim}, processes=p, window=w
-                            )
+                    async def start(lim: int = lim, p: int = p) -> Any:
+                        return await engine.start_node(dsn, prefix, {QUEUE: lim}, processes=p)
 
-                        async def tick() -> None:
-                            progress.detail("draining")
+                    async def tick() -> None:
+                        progress.detail("draining")
 
-                        engine_runs[(lim, p, w)].append(
-                            await measure.drain(
-                                dsn,
-                                prefix,
-                                QUEUE,
-                                WORKER,
-                                n1 if w == 1 else n,
-                                start_node=start,
-                                stop_node=engine.stop_node,
-                                notify=notify,
-                                on_tick=tick,
-                            )
+                    engine_runs[(lim, p)].append(
+                        await measure.drain(
+                            dsn,
+                            prefix,
+                            QUEUE,
+                            WORKER,
+                            n,
+                            start_node=start,
+                            stop_node=engine.stop_node,
+                            notify=notify,
+                            on_tick=tick,
                         )
-                        progress.advance()
+                    )
+                    progress.advance()
     progress.close()
 
     rows, results = [], []
-    for lim, p, w in configs:
-        runs = engine_runs[(lim, p, w)]
+    for lim, p in configs:
+        runs = engine_runs[(lim, p)]
         ceil = ceiling_runs[lim]
         rate = measure.summary([r["rate"] for r in runs])
         ceiling = measure.summary([c["rate"] for c in ceil])
@@ -118,13 +101,11 @@ async def _run(opts: common.Options) -> int:
         parent_us = statistics.median(r["cpu_us_per_job"]["self"] for r in runs)
         children_us = statistics.median(r["cpu_us_per_job"]["children"] for r in runs)
         pg_us = statistics.median(r["cpu_us_per_job"]["postgres"] for r in runs)
-        batch = min(lim, p * w)
         results.append(
             {
                 "limit": lim,
                 "processes": p,
-                "window": w,
-                "max_batch": batch,
+                "max_batch": lim,
                 "rate": rate,
                 "ceiling": ceiling,
                 "engine_over_ceiling": share,
@@ -140,9 +121,7 @@ async def _run(opts: common.Options) -> int:
             [
                 lim,
                 p,
-                w,
-                batch,
-                n1 if w == 1 else n,
+                n,
                 common.spread(rate),
                 common.fmt_num(ceiling["median"]),
                 f"{share['median'] * 100:.0f}% ({share['min'] * 100:.0f}-"
@@ -162,8 +141,6 @@ async def _run(opts: common.Options) -> int:
         [
             "limit",
             "processes",
-            "window",
-            "batch",
             "jobs",
             "jobs/s median (min-max)",
             "ceiling jobs/s",
@@ -186,10 +163,8 @@ async def _run(opts: common.Options) -> int:
         "machine": info,
         "params": {
             "jobs": n,
-            "jobs_window1": n1,
             "repeat": opts.repeat,
             "limits": limits,
-            "windows": windows,
             "processes": procs,
         },
         "results": results,
@@ -205,40 +180,30 @@ def _plot(opts: common.Options, payload: dict[str, Any]) -> None:
     plt = common.pyplot()
     results = payload["results"]
     limits = payload["params"]["limits"]
-    series = sorted({(r["processes"], r["window"]) for r in results})
+    series = sorted({r["processes"] for r in results})
     fig, ax = plt.subplots(figsize=(9, 5))
     width = 0.8 / (len(series) + 1)
-    for i, (p, w) in enumerate(series):
+    for i, p in enumerate(series):
         values = [
-            next(
-                r["rate"]["median"]
-                for r in results
-                if r["limit"] == lim and r["processes"] == p and r["window"] == w
-            )
+            next(r["rate"]["median"] for r in results if r["limit"] == lim and r["processes"] == p)
             for lim in limits
         ]
         errs = [
             [
                 v
                 - next(
-                    r["rate"]["min"]
-                    for r in results
-                    if r["limit"] == lim and r["processes"] == p and r["window"] == w
+                    r["rate"]["min"] for r in results if r["limit"] == lim and r["processes"] == p
                 )
                 for v, lim in zip(values, limits, strict=True)
             ],
             [
-                next(
-                    r["rate"]["max"]
-                    for r in results
-                    if r["limit"] == lim and r["processes"] == p and r["window"] == w
-                )
+                next(r["rate"]["max"] for r in results if r["limit"] == lim and r["processes"] == p)
                 - v
                 for v, lim in zip(values, limits, strict=True)
             ],
         ]
         xs = [j + i * width for j in range(len(limits))]
-        ax.bar(xs, values, width, yerr=errs, capsize=3, label=f"{p} proc, window {w}")
+        ax.bar(xs, values, width, yerr=errs, capsize=3, label=f"{p} processes")
     ceil = [c["rate"]["median"] for c in payload["ceiling"]]
     xs = [j + len(series) * width for j in range(len(limits))]
     ax.bar(xs, ceil, width, color="lightgray", edgecolor="black", label="SQL ceiling")

@@ -66,14 +66,23 @@ class Config:
     shutdown_timeout: float = 15.0
     #: Recycle a child after this many jobs (0 = never).
     max_jobs_per_child: int = 0
-    #: Recycle a child whose RSS passes this many bytes, checked while jobs run (0 = no limit).
+    #: A child whose RSS passes this many bytes takes no new jobs, finishes its running ones and
+    #: is replaced (checked while jobs run; 0 = no limit).
     max_memory: int = 0
+    #: A draining child that grows past this many bytes is killed (0 = 1.5 x max_memory).
+    memory_ceiling: int = 0
     #: Discard a job after it has killed its child this many times (poison-job guard).
     max_crashes: int = 3
     #: Default per-job timeout in seconds for workers that set none (0 = no timeout).
     job_timeout: float = 0.0
-    #: Jobs in flight per child; 1 keeps short jobs from waiting behind long ones.
-    window: int = 1
+    #: Threads per child for sync jobs, started only as needed (0 = the sum of the queues'
+    #: limits, so every queue can reach its limit whatever the placement).
+    threads: int = 0
+    #: Seconds a job asked to stop (timeout, cancel) gets before its child is killed; other jobs
+    #: in that child are then given back (available, attempt returned).
+    kill_grace: float = 3.0
+    #: Queues whose jobs each run alone in a child (as workers marked ``isolated=True``).
+    isolated_queues: list[str] = field(default_factory=list)
     #: Seconds between fetch polls when no notification arrives (jittered +-10%).
     poll_interval: float = 1.0
     #: Seconds between producer heartbeats.
@@ -190,11 +199,17 @@ class Config:
             self.start_method,
             "forkserver, spawn or fork",
         )
-        _check(_positive_int(self.window), "window", self.window, "an integer >= 1")
         _check(_positive_int(self.max_crashes), "max_crashes", self.max_crashes, "an integer >= 1")
         _check(_positive_int(self.ack_batch_size), "ack_batch_size", self.ack_batch_size, ">= 1")
         _check(_positive_int(self.pool_size), "pool_size", self.pool_size, "an integer >= 1")
-        for name in ("max_jobs_per_child", "max_memory", "prune_limit", "ack_max_backlog"):
+        for name in (
+            "max_jobs_per_child",
+            "max_memory",
+            "memory_ceiling",
+            "threads",
+            "prune_limit",
+            "ack_max_backlog",
+        ):
             value = getattr(self, name)
             _check(isinstance(value, int) and value >= 0, name, value, "an integer >= 0")
         for name in (
@@ -211,9 +226,12 @@ class Config:
             "leader_ttl",
             "gossip_interval",
             "ack_interval",
+            "kill_grace",
         ):
             value = getattr(self, name)
             _check(isinstance(value, (int, float)) and value >= 0, name, value, "seconds >= 0")
+        for queue in self.isolated_queues:
+            validate_name("queue", queue)
         _check(
             self.heartbeat_ttl > self.heartbeat_interval,
             "heartbeat_ttl",
@@ -299,13 +317,13 @@ _SIZE_UNITS = {
 }
 
 
-def parse_size(value: str | int) -> int:
+def parse_size(value: str | int, name: str = "max_memory") -> int:
     """``"512MB"`` -> bytes. Plain integers are bytes."""
     if isinstance(value, int):
         return value
     match = _SIZE_RE.fullmatch(str(value))
     if not match:
-        raise ConfigError("max_memory", value, "a size such as 536870912, 512MiB or 2GB")
+        raise ConfigError(name, value, "a size such as 536870912, 512MiB or 2GB")
     number, unit = match.groups()
     return int(float(number) * _SIZE_UNITS[unit.lower() if unit else None])
 
@@ -415,7 +433,9 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "cron_modules": parse_list,
     "cron_paths": parse_list,
     "imports": parse_list,
+    "isolated_queues": parse_list,
     "max_memory": parse_size,
+    "memory_ceiling": lambda value: parse_size(value, "memory_ceiling"),
     "metrics_port": _parse_bool_or_none_int,
 }
 

@@ -4,8 +4,11 @@
 the count is read from ``oban_jobs`` itself, so Elixir's and Oban.py's executing jobs count
 too). ``rate_limit`` caps the jobs *started* per ``period`` seconds across every node, over a
 sliding window: the window's counts live in ``oban_rate_limits`` (a logged table), so neither a
-node nor a database restart lets a queue burst past it. The estimate is the usual sliding
-window, ``prev * (1 - elapsed / period) + curr``. With a ``partition`` each limit applies to each
+node nor a database restart lets a queue burst past it. The window is an exact sliding log (the
+start times of the most recent jobs within the period, at most ``allowed`` of them), so no
+``period``-long stretch of time ever holds more than ``allowed`` starts; an estimate from two
+fixed windows would let twice that through at a window edge. With a ``partition`` each limit
+applies to each
 partition (by worker, by named ``args`` keys or by named ``meta`` keys), so one tenant's backlog
 cannot take another's share: within a fetch every partition's first job comes before any
 partition's second. When both limits are set they must partition alike (or only one of them

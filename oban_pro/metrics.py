@@ -60,7 +60,9 @@ __all__ = [
     "OVERFLOW",
     "QUEUE_STATES",
     "RESTART_REASONS",
+    "KILL_REASONS",
     "Metrics",
+    "ChildSnapshot",
     "PoolSnapshot",
     "metrics_table_markdown",
 ]
@@ -68,7 +70,12 @@ __all__ = [
 #: Outcomes a finished attempt can have (``state`` label of ``oban_pro_jobs_total``).
 JOB_STATES = ("completed", "retryable", "discarded", "cancelled", "snoozed")
 #: Why a child was replaced (``reason`` label of ``oban_pro_child_restarts_total``).
-RESTART_REASONS = ("timeout", "crash", "memory", "recycle", "cancelled", "start_failure")
+RESTART_REASONS = (
+    "timeout", "crash", "memory", "recycle", "cancelled", "rescued", "start_failure",
+)  # fmt: skip
+#: Why the pool stopped a job (``reason`` label of ``oban_pro_job_kills_total``); "collateral"
+#: counts jobs given back because their child was killed or died for another job.
+KILL_REASONS = ("timeout", "cancel", "rescued", "memory", "collateral")
 #: Database operations whose errors are counted (``operation`` label).
 DB_OPERATIONS = (
     "fetch",
@@ -125,7 +132,11 @@ METRICS: list[tuple[str, str, tuple[str, ...], str]] = [
      "Job outcomes buffered in the coordinator, not yet written to the database."),
     ("oban_pro_child_restarts_total", "counter", ("node", "reason"),
      "Worker processes replaced, by reason (timeout, crash, memory, recycle, cancelled, "
-     "start_failure)."),
+     "rescued, start_failure)."),
+    ("oban_pro_job_kills_total", "counter", ("node", "reason"),
+     "Jobs the pool stopped, by reason: timeout, cancel (pkill), rescued, memory, and "
+     "collateral (given back, uncharged, because their child was killed or died for another "
+     "job)."),
     ("oban_pro_jobs_rescued_total", "counter", ("node",),
      "Executing jobs of dead producers rescued by this node's lifeline (leader only)."),
     ("oban_pro_leader", "gauge", ("node",),
@@ -148,6 +159,13 @@ METRICS: list[tuple[str, str, tuple[str, ...], str]] = [
      "1 if the local queue is paused, else 0."),
     ("oban_pro_pool_children", "gauge", ("node", "state"),
      "Worker processes by state (busy, idle)."),
+    ("oban_pro_child_jobs", "gauge", ("node", "child"),
+     "Jobs in flight in each worker process (child: a slot number 0..2N that a replacement "
+     "reuses, not a pid)."),
+    ("oban_pro_child_threads_busy", "gauge", ("node", "child"),
+     "Threads of each worker process running a sync job."),
+    ("oban_pro_child_rss_bytes", "gauge", ("node", "child"),
+     "Resident memory of each worker process."),
     ("oban_pro_child_rss_max_bytes", "gauge", ("node",),
      "Resident memory of the largest worker process."),
     ("oban_pro_pool_rss_bytes", "gauge", ("node",),
@@ -174,18 +192,33 @@ def _help(name: str) -> str:
 
 
 @dataclass(slots=True)
+class ChildSnapshot:
+    """One worker process in a :class:`PoolSnapshot`."""
+
+    slot: int
+    jobs: int
+    threads_busy: int
+    rss: int
+
+
+@dataclass(slots=True)
 class PoolSnapshot:
-    """What :meth:`Metrics.track_pool`'s provider returns: children by state and RSS per pid."""
+    """What :meth:`Metrics.track_pool`'s provider returns (``oban_pro.pool.PoolStats`` has the
+    same fields): children by state, RSS per pid, each child, and jobs stopped by reason."""
 
     busy: int
     idle: int
     rss: dict[int, int] = field(default_factory=dict)
+    children: list[Any] = field(default_factory=list)
+    kills: dict[str, int] = field(default_factory=dict)
 
 
 class _PoolLike(Protocol):
     busy: int
     idle: int
     rss: Mapping[int, int]
+    children: list[Any]
+    kills: Mapping[str, int]
 
 
 ProducersProvider = Callable[[], Iterable[tuple[str, int, int, bool]]]
@@ -274,7 +307,8 @@ _SCRAPE_TIME = frozenset({
     "oban_pro_ack_duration_seconds",
     "oban_pro_heartbeat_age_seconds", "oban_pro_queue_jobs", "oban_pro_queue_executing",
     "oban_pro_queue_limit", "oban_pro_queue_paused", "oban_pro_pool_children",
-    "oban_pro_child_rss_max_bytes", "oban_pro_pool_rss_bytes",
+    "oban_pro_child_rss_max_bytes", "oban_pro_pool_rss_bytes", "oban_pro_job_kills_total",
+    "oban_pro_child_jobs", "oban_pro_child_threads_busy", "oban_pro_child_rss_bytes",
     "oban_pro_coordinator_cpu_seconds_total",
 })  # fmt: skip
 
@@ -406,15 +440,18 @@ class _ScrapeCollector(Collector):
             snap = provider()
             rss = list(snap.rss.values())
             busy, idle = snap.busy, snap.idle
+            children = list(snap.children)
+            kills = dict(snap.kills)
         except Exception:
             log.exception("metrics: pool provider failed")
             return
-        children = GaugeMetricFamily(
+        yield from self._children(node, children, kills)
+        by_state = GaugeMetricFamily(
             "oban_pro_pool_children", _help("oban_pro_pool_children"), labels=["node", "state"]
         )
-        children.add_metric([node, "busy"], busy)
-        children.add_metric([node, "idle"], idle)
-        yield children
+        by_state.add_metric([node, "busy"], busy)
+        by_state.add_metric([node, "idle"], idle)
+        yield by_state
         rss_max = GaugeMetricFamily(
             "oban_pro_child_rss_max_bytes", _help("oban_pro_child_rss_max_bytes"), labels=["node"]
         )
@@ -425,6 +462,30 @@ class _ScrapeCollector(Collector):
         )
         rss_sum.add_metric([node], sum(rss))
         yield rss_sum
+
+    def _children(self, node: str, children: list[Any], kills: dict[str, int]) -> Iterable[Metric]:
+        labels = ["node", "child"]
+        jobs = GaugeMetricFamily("oban_pro_child_jobs", _help("oban_pro_child_jobs"), labels=labels)
+        threads = GaugeMetricFamily(
+            "oban_pro_child_threads_busy", _help("oban_pro_child_threads_busy"), labels=labels
+        )
+        rss = GaugeMetricFamily(
+            "oban_pro_child_rss_bytes", _help("oban_pro_child_rss_bytes"), labels=labels
+        )
+        for child in children:
+            key = [node, str(child.slot)]
+            jobs.add_metric(key, child.jobs)
+            threads.add_metric(key, child.threads_busy)
+            rss.add_metric(key, child.rss)
+        yield jobs
+        yield threads
+        yield rss
+        family = CounterMetricFamily(
+            "oban_pro_job_kills", _help("oban_pro_job_kills_total"), labels=["node", "reason"]
+        )
+        for reason in KILL_REASONS:
+            family.add_metric([node, reason], kills.get(reason, 0))
+        yield family
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):

@@ -271,12 +271,13 @@ DELETE_PRODUCERS = "DELETE FROM {p}.oban_producers WHERE uuid = ANY(%(uuids)s::u
 # row is fenced by state, attempt and producer uuid, so an ack for an attempt that was rescued
 # (and maybe re-run elsewhere) changes nothing. Kinds: completed, record, error, crash (an error
 # that counts toward the poison guard), cancel, snooze, release (shutdown: back to available,
-# attempt given back).
+# attempt given back). The arrays travel in binary (``%(x)b``): half the client CPU of the text
+# form, whose array dumper escapes every element (measured 6.3 vs 12.0 us per acked job).
 ACK_JOBS = """
 WITH a AS (
   SELECT * FROM unnest(
-    %(ids)s::bigint[], %(attempts)s::int[], %(uuids)s::text[], %(kinds)s::text[],
-    %(delays)s::float8[], %(errors)s::jsonb[], %(metas)s::jsonb[]
+    %(ids)b::bigint[], %(attempts)b::int[], %(uuids)b::text[], %(kinds)b::text[],
+    %(delays)b::float8[], %(errors)b::jsonb[], %(metas)b::jsonb[]
   ) AS a(id, attempt, uuid, kind, delay, error, meta)
 ), t AS (
   SELECT j.id, a.kind, a.delay, a.error, a.meta,

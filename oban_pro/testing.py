@@ -10,21 +10,25 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from .coordinator.acker import Acker
-from .coordinator.executor import Executor
+from .coordinator.dispatcher import Dispatcher
+from .coordinator.outcomes import JobOutcomes
 from .coordinator.producer import Producer
 from .job import Job
-from .pool.child import _Runner
+from .pool.ledger import Ledger, PoolJob
 from .pool.messages import Done, Run
 from .queries import Queries
+from .runner import JobRunner
 
 __all__ = ["all_enqueued", "assert_enqueued", "drain_queue", "perform_job", "refute_enqueued"]
 
@@ -38,7 +42,7 @@ def perform_job(
     meta: Mapping[str, Any] | None = None,
     imports: list[str] | None = None,
 ) -> Done:
-    """Run one job in-process the way a child runs it; returns the ``Done`` outcome.
+    """Run one job in-process with the runner every child uses; returns the ``Done`` outcome.
 
     ``done.kind`` is completed, error, cancel, snooze or record; ``done.error`` holds the
     traceback of a failure.
@@ -52,11 +56,7 @@ def perform_job(
         attempt=attempt,
         max_attempts=max_attempts,
     )
-    runner = _Runner(list(imports or []))
-    try:
-        return runner.run(run)
-    finally:
-        runner.close()
+    return JobRunner(list(imports or [])).run(run)
 
 
 class _Outcomes:
@@ -74,25 +74,35 @@ class _Outcomes:
 class _InlinePool:
     """Runs dispatched jobs one at a time in a thread of this process (for draining)."""
 
-    free_slots = 1000
-
-    def __init__(self, executor: Executor, imports: list[str]) -> None:
-        self._executor = executor
-        self._runner = _Runner(imports)
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        on_done: Callable[[Run, Done], None],
+        imports: list[str],
+        **_unused: Any,
+    ) -> None:
+        self._ledger = ledger
+        self._on_done = on_done
+        self._runner = JobRunner(imports)
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def submit_many(self, runs: list[Run]) -> None:
+    def submit_many(self, runs: list[Run], *, isolated: Collection[int] = ()) -> None:
+        for run in runs:
+            self._ledger.add(PoolJob(run, False, time.monotonic()))
         task = asyncio.get_running_loop().create_task(self._run(runs))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def stop_job(self, job_id: int, reason: str = "cancelled") -> bool:
+        return False  # jobs run inline, one at a time, to their end
+
     async def _run(self, runs: list[Run]) -> None:
         loop = asyncio.get_running_loop()
         for run in runs:
-            self._executor.on_done(await loop.run_in_executor(None, self._runner.run, run))
-
-    def close(self) -> None:
-        self._runner.close()
+            done = await loop.run_in_executor(None, self._runner.run, run)
+            self._ledger.remove(run.job_id)
+            self._on_done(run, done)
 
 
 async def drain_queue(
@@ -110,30 +120,32 @@ async def drain_queue(
         dsn, min_size=1, max_size=2, open=False, kwargs={"autocommit": True}
     ) as pool:
         outcomes = _Outcomes()
-        acker = Acker(pool, queries.ack_jobs, max_crashes=max_crashes, interval=0)
-        executor = Executor(acker, default_timeout=0, metrics=outcomes)  # type: ignore[arg-type]
-        inline = _InlinePool(executor, list(imports or []))
-        executor.pool = inline
+        acker = Acker(
+            pool,
+            queries.ack_jobs,
+            max_crashes=max_crashes,
+            interval=0,
+            on_written=JobOutcomes(outcomes).written,  # type: ignore[arg-type]
+        )
+        dispatcher = Dispatcher(acker, functools.partial(_InlinePool, imports=list(imports or [])))
         producer = Producer(
             queue=queue,
             limit=100,
             name="drain",
             node="drain",
-            pool=pool,
+            db=pool,
             queries=queries,
-            free_slots=lambda: 100,
-            reserve=lambda n: None,
-            dispatch=executor.dispatch,
+            dispatcher=dispatcher,
             poll_interval=1,
         )
+        dispatcher.register(producer)
         acker.start()
         try:
             while await producer._fetch(100):
-                while executor.inflight:
+                while len(dispatcher.ledger):
                     await asyncio.sleep(0.001)
         finally:
             await acker.stop()
-            inline.close()
         return outcomes.counts
 
 

@@ -8,7 +8,6 @@ class with :func:`resolve_worker`, which is how child processes find the code to
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 import logging
 from collections.abc import Callable, Mapping
@@ -16,6 +15,15 @@ from typing import Any, Protocol, TypeVar
 
 from .errors import JobTimeoutError, UnknownWorkerError, ValidationError
 from .job import Job, running_job
+from .registry import (  # noqa: F401 - re-exported: the public names used to live here
+    cron_entries,
+    register,
+    register_cron,
+    resolve_worker,
+    worker_isolated,
+    worker_name,
+    worker_timeout,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +39,7 @@ JOB_OPTIONS = frozenset(
 #: The job options a cron entry carries from its worker's defaults.
 CRON_JOB_OPTIONS = frozenset({"queue", "priority", "max_attempts", "tags", "meta", "unique"})
 #: Options that describe how the worker runs rather than its jobs.
-RUN_OPTIONS = frozenset({"timeout"})
+RUN_OPTIONS = frozenset({"timeout", "isolated"})
 
 #: Oban.py's name for the error raised when a job's worker cannot be found.
 WorkerResolutionError = UnknownWorkerError
@@ -50,9 +58,6 @@ __all__ = [
     "worker",
     "worker_name",
 ]
-
-_registry: dict[str, type] = {}
-_cron_entries: list[Any] = []
 
 
 class Worker(Protocol):
@@ -74,11 +79,6 @@ class Worker(Protocol):
     # Optional: ``backoff(self, job) -> seconds`` replaces the default backoff.
 
 
-def worker_name(cls: type) -> str:
-    """The default worker name of a class: ``module.QualName``."""
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
 def _check_options(opts: Mapping[str, Any]) -> None:
     # Options that are neither job fields nor run options go to each job's ``extra`` (as in
     # Oban.py, where extensions read them); the job fields are checked by ``Job`` itself.
@@ -87,6 +87,9 @@ def _check_options(opts: Mapping[str, Any]) -> None:
     timeout = opts.get("timeout")
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
         raise ValidationError("timeout", f"must be seconds > 0, got {timeout!r}")
+    isolated = opts.get("isolated")
+    if isolated is not None and not isinstance(isolated, bool):
+        raise ValidationError("isolated", f"must be True or False, got {isolated!r}")
 
 
 def worker(
@@ -99,9 +102,11 @@ def worker(
     """Make a class with ``process(self, job)`` a worker.
 
     Options: ``queue``, ``priority``, ``max_attempts``, ``tags``, ``meta``, ``unique`` (job
-    defaults; any :class:`~oban_pro.job.Job` field may be given) and ``timeout`` (seconds; the
-    child running a job is killed past it). Any other option is kept, as in Oban.py, in the
-    ``extra`` dict of every job the worker builds (not stored in the row). ``cron``
+    defaults; any :class:`~oban_pro.job.Job` field may be given), ``timeout`` (seconds; past it
+    the job is interrupted, and its child killed if it does not stop within the kill grace) and
+    ``isolated`` (run each job alone in a child: for CPU-heavy, memory-hungry or crash-prone
+    jobs). Any other option is kept, as in Oban.py, in the ``extra`` dict of every job the
+    worker builds (not stored in the row). ``cron``
     schedules the worker (an expression, or ``{"expr": ..., "args": ..., "timezone": ...}``).
     The class gains ``new(args, **overrides) -> Job`` and ``await enqueue(args, **overrides)``.
     A class may define ``backoff(self, job) -> seconds`` to replace the default backoff.
@@ -277,11 +282,6 @@ async def _enqueue(
     return await Oban.get_instance(cls._oban_name).enqueue(cls.new(args, **overrides), conn=conn)
 
 
-def register(cls: type, name: str | None = None) -> None:
-    """Make ``cls`` resolvable by its worker name in this process."""
-    _registry[name or getattr(cls, "_worker_name", None) or worker_name(cls)] = cls
-
-
 def register_worker(cls: type) -> None:
     """Make ``cls`` resolvable by its worker name in this process (Oban.py's name)."""
     register(cls)
@@ -308,62 +308,4 @@ def _register_cron(cls: Any, spec: str | Mapping[str, Any]) -> None:
     )
     if spec:
         raise ValidationError("cron", f"unknown cron keys: {', '.join(sorted(spec))}")
-    _cron_entries.append(entry)
-
-
-def cron_entries() -> list[Any]:
-    """Cron entries declared by ``@worker(cron=...)`` / ``@job(cron=...)`` in this process."""
-    return list(_cron_entries)
-
-
-def resolve_worker(name: str) -> type:
-    """The worker class called ``name``: registered here, or importable as ``module.QualName``."""
-    found = _registry.get(name)
-    if found is not None:
-        return found
-    if name.startswith("__main__."):
-        raise UnknownWorkerError(
-            f"unknown worker {name!r}: it was defined in a script run as __main__, which worker "
-            f"processes cannot import; move it to a module and list that module in --import"
-        )
-    cls = _import_by_path(name)
-    if cls is None or not callable(getattr(cls, "process", None)):
-        raise UnknownWorkerError(
-            f"unknown worker {name!r}: no worker of that name is registered in this process and "
-            f"it is not an importable module.QualName with a process() method; check --import "
-            f"lists the module that defines it"
-        )
-    _registry[name] = cls
-    return cls
-
-
-def _import_by_path(name: str) -> Any:
-    parts = name.split(".")
-    for split in range(len(parts) - 1, 0, -1):
-        module_name = ".".join(parts[:split])
-        try:
-            obj: Any = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        try:
-            for attr in parts[split:]:
-                obj = getattr(obj, attr)
-        except AttributeError:
-            return None
-        if hasattr(obj, "_worker_class"):  # an @job function
-            obj = obj._worker_class
-        return obj
-    return None
-
-
-def worker_timeout(name: str, default: float = 0.0) -> float:
-    """The timeout a registered worker declares, or ``default``.
-
-    Only this process's registry is consulted: the coordinator must never import a module
-    because a job row names it (that would run arbitrary import-time code in the parent).
-    Workers from the node's ``imports`` are registered when those modules are imported.
-    """
-    cls = _registry.get(name)
-    if cls is None:
-        return default
-    return float(getattr(cls, "_opts", {}).get("timeout") or default)
+    register_cron(entry)

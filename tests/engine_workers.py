@@ -153,3 +153,55 @@ class Pid:
     def process(self, job):
         log_execution(job)
         return Record(os.getpid())
+
+
+# -- many jobs at once (see tests/test_concurrency.py) ------------------------------------------
+#
+# These log "start <id> <pid>" / "stop <id> <pid>" lines through pool_workers.event: the order of
+# the lines is the order of the events, so the tests count how many jobs ran at once from the
+# jobs' own log, never from a clock.
+
+from pool_workers import _holding, event  # noqa: E402
+
+
+@worker(queue="io")
+class HoldIo:
+    """Sync, blocking: holds in short sleeps until the barrier/release (see pool_workers)."""
+
+    def process(self, job):
+        event(job, "start")
+        deadline = time.monotonic() + float(job.args.get("max_seconds", 30))
+        try:
+            while _holding(job) and time.monotonic() < deadline:
+                time.sleep(0.005)
+        finally:
+            event(job, "stop")
+
+
+@worker(queue="io")
+class AsyncHoldIo:
+    async def process(self, job):
+        event(job, "start")
+        deadline = time.monotonic() + float(job.args.get("max_seconds", 30))
+        try:
+            while _holding(job) and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+        finally:
+            event(job, "stop")
+
+
+@worker(queue="io", isolated=True)
+class IsolatedHoldIo(HoldIo):
+    """HoldIo, isolated: never shares its child."""
+
+
+@worker(queue="io")
+class PoisonAmongOthers:
+    """Segfaults its child once ``args["until"]`` jobs have started (when not alone)."""
+
+    def process(self, job):
+        event(job, "start")
+        deadline = time.monotonic() + 20
+        while _holding(job) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        ctypes.string_at(0)

@@ -194,3 +194,102 @@ class Pid:
 
 def not_a_worker() -> Any:
     return None
+
+
+# -- many jobs at once ------------------------------------------------------------------------
+#
+# ``args["log"]`` is a file every job appends "start <id> <pid>" and "stop <id> <pid>" lines to
+# (one O_APPEND write each, so lines from many threads and processes never interleave, and the
+# file's order is the order of the events). ``args["until"]`` makes a job hold until that many
+# jobs have started (a barrier: the log proves how many ran at once without reading a clock) or
+# until the file ``args["release"]`` exists, at most ``args["max_seconds"]``.
+
+
+def event(job: Job, what: str) -> None:
+    path = job.args.get("log")
+    if path:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{what} {job.id} {os.getpid()}\n".encode())
+        finally:
+            os.close(fd)
+
+
+def read_events(path: Path) -> list[tuple[str, int, int]]:
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return []
+    return [(w, int(j), int(p)) for w, j, p in (line.split() for line in text.splitlines())]
+
+
+def most_at_once(events: list[tuple[str, int, int]]) -> int:
+    running, most = 0, 0
+    for what, _job, _pid in events:
+        running += 1 if what == "start" else -1
+        most = max(most, running)
+    return most
+
+
+def _holding(job: Job) -> bool:
+    release = job.args.get("release")
+    if release and Path(release).exists():
+        return False
+    until = job.args.get("until")
+    if until and sum(1 for e in read_events(job.args["log"]) if e[0] == "start") >= until:
+        return False
+    return bool(release or until)
+
+
+@worker()
+class Hold:
+    """Sync: logs its start, holds (in short Python-level sleeps: interruptible), logs its stop."""
+
+    def process(self, job: Job) -> None:
+        event(job, "start")
+        deadline = time.monotonic() + job.args.get("max_seconds", 30)
+        try:
+            while _holding(job) and time.monotonic() < deadline:
+                time.sleep(0.005)
+        finally:
+            event(job, "stop")
+
+
+@worker()
+class AsyncHold:
+    """Async twin of :class:`Hold`."""
+
+    async def process(self, job: Job) -> None:
+        event(job, "start")
+        deadline = time.monotonic() + job.args.get("max_seconds", 30)
+        try:
+            while _holding(job) and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+        finally:
+            event(job, "stop")
+
+
+@worker(isolated=True)
+class IsolatedHold(Hold):
+    """:class:`Hold` marked ``isolated=True``."""
+
+
+@worker()
+class StuckInC:
+    """Logs its start, then blocks in one C call (``time.sleep``) that no exception interrupts."""
+
+    def process(self, job: Job) -> None:
+        event(job, "start")
+        time.sleep(job.args.get("seconds", 30))
+
+
+@worker()
+class SegfaultAfterOthers:
+    """Waits until ``args["until"]`` jobs started (so it dies among them), then segfaults."""
+
+    def process(self, job: Job) -> None:
+        event(job, "start")
+        deadline = time.monotonic() + 20
+        while _holding(job) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        ctypes.string_at(0)

@@ -70,23 +70,14 @@ def test_throughput(tmp_path, oban_dsn):
         "throughput",
         "--size",
         "150",
-        "--size-window1",
-        "100",
         "--limits",
         "10",
-        "--windows",
-        "1,20",
         "--processes",
         "1",
     )
-    assert {(r["processes"], r["window"]) for r in data["results"]} == {
-        (1, 1),
-        (1, 20),
-        (2, 1),
-        (2, 20),
-    }
+    assert {r["processes"] for r in data["results"]} == {1, 2}
     for r in data["results"]:
-        assert all(run["completed"] == (100 if r["window"] == 1 else 150) for run in r["runs"])
+        assert all(run["completed"] == 150 for run in r["runs"])
     assert data["ceiling"][0]["runs"][0]["completed"] == 150
 
 
@@ -166,10 +157,13 @@ def test_peer(tmp_path, oban_dsn):
         "5",
         "--rescue-job-seconds",
         "3",
+        "--io-jobs",
+        "20",
         timeout=85,
     )
     names = [r["workload"] for r in data["results"]]
     assert any("no-op" in n for n in names) and any("enqueue_many" in n for n in names)
+    assert any("async I/O" in n for n in names) and any("sync blocking I/O" in n for n in names)
     assert data["machine"]["peer"]["oban_py_version"]
 
 

@@ -10,7 +10,8 @@ from oban_pro.config import load_config, parse_queues, parse_size
 
 def test_defaults_are_valid_and_documented():
     config = Config()
-    assert config.prefix == "public" and config.processes >= 1 and config.window == 1
+    assert config.prefix == "public" and config.processes >= 1 and config.kill_grace == 3.0
+    assert config.threads == 0 and config.isolated_queues == []
     assert config.heartbeat_ttl + config.lifeline_interval == 35.0
 
 

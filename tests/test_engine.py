@@ -175,7 +175,8 @@ async def test_memory_limit_is_checked_while_running(oban_dsn, oban_prefix):
 
 
 @pytest.mark.reliability
-async def test_poison_job_is_discarded_after_max_crashes(oban_dsn, oban_prefix):
+async def test_poison_job_is_discarded_after_max_crashes(oban_dsn, oban_prefix, caplog):
+    caplog.set_level("WARNING", logger="oban_pro.coordinator.outcomes")
     async with node(oban_dsn, oban_prefix, max_crashes=2) as oban:
         job = await oban.enqueue(Exit3.new({}, max_attempts=10))
         await finished(oban_dsn, oban_prefix, job.id, "retryable")
@@ -183,6 +184,13 @@ async def test_poison_job_is_discarded_after_max_crashes(oban_dsn, oban_prefix):
         row = await finished(oban_dsn, oban_prefix, job.id, "discarded")
         assert row["attempt"] == 2 and row["meta"]["crashes"] == 2
         assert "poison-job guard" in row["errors"][-1]["error"]
+
+        # Logged with the state the database decided: discarded, not "retryable".
+        def lines() -> list[str]:
+            return [r.getMessage() for r in caplog.records if f"job {job.id} " in r.getMessage()]
+
+        await wait_until(lambda: len(lines()) == 2, message="two failure log lines")
+        assert "now retryable" in lines()[0] and "now discarded" in lines()[1], lines()
 
 
 async def test_recycling_after_max_jobs_per_child(oban_dsn, oban_prefix):

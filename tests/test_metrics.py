@@ -18,13 +18,15 @@ from oban_pro.metrics import (
     METRICS,
     OVERFLOW,
     RESTART_REASONS,
+    ChildSnapshot,
     Metrics,
     PoolSnapshot,
     metrics_table_markdown,
 )
 
 NODE = "n1"
-ALLOWED_LABELS = {"queue", "worker", "state", "node", "reason", "operation"}
+# child: a slot number (0..2 x processes), never a pid
+ALLOWED_LABELS = {"queue", "worker", "state", "node", "reason", "operation", "child"}
 
 
 @pytest.fixture
@@ -231,6 +233,24 @@ def test_pool_provider_exports_max_and_sum_not_pids(m: Metrics) -> None:
         assert "pid" not in labels and "4101" not in labels.values()
 
 
+def test_pool_provider_exports_each_child_and_kills_by_reason(m: Metrics) -> None:
+    snap = PoolSnapshot(
+        busy=2,
+        idle=0,
+        rss={4101: 50, 4102: 80},
+        children=[ChildSnapshot(0, jobs=25, threads_busy=20, rss=50),
+                  ChildSnapshot(1, jobs=3, threads_busy=0, rss=80)],
+        kills={"timeout": 2, "collateral": 9},
+    )  # fmt: skip
+    m.track_pool(lambda: snap)
+    assert value(m, "oban_pro_child_jobs", child="0") == 25
+    assert value(m, "oban_pro_child_threads_busy", child="0") == 20
+    assert value(m, "oban_pro_child_rss_bytes", child="1") == 80
+    assert value(m, "oban_pro_job_kills_total", reason="timeout") == 2
+    assert value(m, "oban_pro_job_kills_total", reason="collateral") == 9
+    assert value(m, "oban_pro_job_kills_total", reason="memory") == 0
+
+
 def test_empty_pool(m: Metrics) -> None:
     m.track_pool(lambda: PoolSnapshot(busy=0, idle=0))
     assert value(m, "oban_pro_child_rss_max_bytes") == 0
@@ -272,7 +292,11 @@ def _exercise(m: Metrics) -> None:
     m.heartbeat_sent()
     m.set_queue_counts({("default", "available"): 1})
     m.track_producers(lambda: [("default", 1, 1, False)])
-    m.track_pool(lambda: PoolSnapshot(busy=1, idle=0, rss={1: 1}))
+    m.track_pool(
+        lambda: PoolSnapshot(
+            busy=1, idle=0, rss={1: 1}, children=[ChildSnapshot(0, 1, 1, 1)], kills={"cancel": 1}
+        )
+    )
 
 
 def test_the_documented_table_matches_the_exposition(m: Metrics) -> None:
@@ -483,3 +507,11 @@ def test_serve_refuses_a_taken_port(m: Metrics) -> None:
     finally:
         other.close()
         m.close()
+
+
+def test_the_metrics_label_sets_are_the_pools_reasons() -> None:
+    # metrics.py keeps its own copies (it must not import the pool); they may not drift.
+    from oban_pro import metrics, pool
+
+    assert metrics.RESTART_REASONS == pool.RESTART_REASONS
+    assert metrics.KILL_REASONS == pool.KILL_REASONS

@@ -27,7 +27,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class Ack:
-    """One outcome to write. ``kind``: completed, record, error, crash, cancel, snooze, release."""
+    """One outcome to write. ``kind``: completed, record, error, crash, cancel, snooze, release.
+
+    The fields after ``meta`` are not written: they travel with the ack so that whoever logs
+    and counts finished jobs does it with the state the database decided (``on_written``).
+    """
 
     job_id: int
     attempt: int
@@ -36,6 +40,11 @@ class Ack:
     delay: float = 0.0
     error: str | None = None  # a JSON error entry
     meta: str | None = None  # a JSON object merged into meta
+    queue: str = ""
+    worker: str = ""
+    duration: float = 0.0  # seconds the attempt ran
+    wait: float = 0.0  # seconds from scheduled_at to attempted_at
+    text: str | None = None  # the failure text, for the log line of a failed attempt
 
 
 class Acker:
@@ -50,6 +59,7 @@ class Acker:
         max_backlog: int = 50000,
         on_batch: Callable[[int, float, int], None] | None = None,
         on_error: Callable[[], None] | None = None,
+        on_written: Callable[[list[tuple[Ack, str]]], None] | None = None,
     ) -> None:
         self._pool = pool
         self._sql = sql
@@ -59,6 +69,7 @@ class Acker:
         self._max_backlog = max_backlog
         self._on_batch = on_batch
         self._on_error = on_error
+        self._on_written = on_written
         self._buffer: list[Ack] = []
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()
@@ -147,6 +158,15 @@ class Acker:
         started = time.perf_counter()
         async with self._pool.connection() as conn:
             cur = await conn.execute(self._sql, params)
-            written = len(await cur.fetchall())
+            rows = await cur.fetchall()
         if self._on_batch:
-            self._on_batch(len(batch), time.perf_counter() - started, len(batch) - written)
+            self._on_batch(len(batch), time.perf_counter() - started, len(batch) - len(rows))
+        if self._on_written is not None and rows:
+            # The state each job is in now, as the statement decided it (RETURNING): the only
+            # place a finished job's state is decided. Acks fenced out are not in it.
+            states = dict(rows)
+            written = [(a, states[a.job_id]) for a in batch if a.job_id in states]
+            try:
+                self._on_written(written)
+            except Exception:  # noqa: BLE001 - logging/metrics must not undo a written batch
+                log.exception("ack on_written callback raised")

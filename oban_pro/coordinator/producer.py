@@ -1,6 +1,6 @@
-"""A producer: one per queue per node. Registers its ``oban_producers`` row, then fetches only as
-many jobs as it has free slots (queue limit and idle children both count), woken by insert
-notices, freed slots and a jittered poll.
+"""A producer: one per queue per node. Registers its ``oban_producers`` row, then fetches up to
+its queue's limit minus the queue's jobs running on this node (the dispatcher's ledger says how
+many), woken by insert notices, finished jobs and a jittered poll.
 """
 
 from __future__ import annotations
@@ -12,11 +12,14 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from .._aio import wait_event
+
+if TYPE_CHECKING:
+    from .dispatcher import Dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +34,13 @@ class Producer:
         limit: int,
         name: str,
         node: str,
-        pool: Any,
+        db: Any,
         queries: Any,
-        free_slots: Callable[[], int],
-        reserve: Callable[[int], None],
-        dispatch: Callable[[Producer, list[FetchedRow]], None],
+        dispatcher: Dispatcher,
         poll_interval: float,
         blocked: Callable[[], bool] = lambda: False,
         on_fetch: Callable[[str, int, float], None] | None = None,
         on_error: Callable[[str], None] | None = None,
-        on_spare_slots: Callable[[Producer], None] | None = None,
-        min_batch: int = 1,
         heartbeat_ttl: float | None = None,
     ) -> None:
         self.queue = queue
@@ -50,35 +49,31 @@ class Producer:
         self.uuid = str(uuid.uuid4())
         self.name = name
         self.node = node
-        self.running: set[int] = set()
-        # True after a fetch found fewer jobs than it asked for: the queue looks empty, so a
-        # freed child slot is offered to other queues first. Cleared by an insert notice or a
-        # poll, which are the signs that new jobs may be waiting.
-        self.exhausted = False
         self.started_at = time.time()
-        self._pool = pool
+        # The database connection pool ("pool" alone means the worker processes).
+        self._db = db
         self._queries = queries
-        self._free_slots = free_slots
-        self._reserve = reserve
-        self._dispatch = dispatch
+        self._dispatcher = dispatcher
         self._poll_interval = poll_interval
         self._blocked = blocked
         self._on_fetch = on_fetch
         self._on_error = on_error
-        self._on_spare_slots = on_spare_slots
-        self._min_batch = max(1, min_batch)
         self._heartbeat_ttl = heartbeat_ttl
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     # -- state shown to peers (oban_producers.meta and gossip) ----------------------------
 
+    @property
+    def running(self) -> list[int]:
+        """Ids of this queue's jobs running on this node (from the dispatcher's ledger)."""
+        return self._dispatcher.ledger.job_ids(self.queue)
+
     def meta(self) -> dict[str, Any]:
+        running = self._dispatcher.running_count(self.queue)
         meta: dict[str, Any] = {
-            "local_limit": self.limit,
-            "paused": self.paused,
-            "running": len(self.running),
-        }
+            "local_limit": self.limit, "paused": self.paused, "running": running
+        }  # fmt: skip
         if self._heartbeat_ttl is not None:
             # The silence after which peers may judge this producer dead (see the lifeline).
             meta["heartbeat_ttl"] = self._heartbeat_ttl
@@ -94,7 +89,6 @@ class Producer:
 
     def notice(self) -> None:
         """New jobs may be available (an insert notice, staging, a rescue): look again."""
-        self.exhausted = False
         self._wake.set()
 
     def pause(self) -> None:
@@ -109,7 +103,7 @@ class Producer:
         self.notice()
 
     async def register(self) -> None:
-        async with self._pool.connection() as conn:
+        async with self._db.connection() as conn:
             await conn.execute(
                 self._queries.register_producer,
                 {
@@ -133,18 +127,16 @@ class Producer:
     # -- fetching -------------------------------------------------------------------------
 
     def demand(self) -> int:
+        """Jobs to fetch now: the limit minus this queue's jobs running here."""
         if self.paused or self._blocked():
             return 0
-        free = min(self.limit - len(self.running), self._free_slots())
-        if free < self._min_batch and self.running:
-            # Children still hold queued work (window > 1): wait for room for a real batch
-            # rather than paying a fetch round trip per finished job.
-            return 0
-        return max(0, free)
+        return self._dispatcher.demand(self)
 
     async def _run(self) -> None:
         failures = 0
         while True:
+            # No waiting for more room: jobs that finish while a fetch is in flight make the next
+            # fetch's batch (measured: waiting 2 ms for a bigger batch lowered no-op throughput).
             demand = self.demand()
             if demand > 0:
                 try:
@@ -168,27 +160,21 @@ class Producer:
 
     async def _sleep(self) -> None:
         timeout = self._poll_interval * random.uniform(0.9, 1.1)
-        if not await wait_event(self._wake, timeout):
-            self.exhausted = False  # the poll: look again even without a notice
+        await wait_event(self._wake, timeout)
         self._wake.clear()
 
     async def _fetch(self, demand: int) -> int:
-        self._reserve(demand)
         started = time.perf_counter()
-        try:
-            async with self._pool.connection() as conn:
-                cur = await conn.execute(
-                    self._queries.fetch_jobs,
-                    {"queue": self.queue, "demand": demand, "node": self.node, "uuid": self.uuid},
-                )
-                rows = await cur.fetchall()
-        finally:
-            self._reserve(-demand)
+        async with self._db.connection() as conn:
+            # Binary results: the same Python values, parsed in half the CPU (1.6 vs 3.0 us a row).
+            cur = await conn.execute(
+                self._queries.fetch_jobs,
+                {"queue": self.queue, "demand": demand, "node": self.node, "uuid": self.uuid},
+                binary=True,
+            )
+            rows = await cur.fetchall()
         if self._on_fetch:
             self._on_fetch(self.queue, len(rows), time.perf_counter() - started)
-        self.exhausted = len(rows) < demand
         if rows:
-            self._dispatch(self, rows)
-        if self.exhausted and self._on_spare_slots is not None:
-            self._on_spare_slots(self)  # slots we could not use: let other queues have them
+            self._dispatcher.dispatch(self, rows)
         return len(rows)

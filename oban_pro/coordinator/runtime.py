@@ -1,6 +1,7 @@
 """The runtime of a node: everything the coordinator runs besides the public API.
 
-It owns the worker-process pool, the executor and acker, one producer per queue, the notifier,
+It owns the dispatcher (with the worker-process pool) and acker, one producer per queue, the
+notifier,
 heartbeats, leadership and (on the leader) the stager, lifeline, pruner, cron and queue gauges,
 and wires their callbacks together. :class:`~oban_pro.Oban` creates one when it has queues.
 """
@@ -24,14 +25,15 @@ from ..plugins.lifeline import Lifeline
 from ..plugins.pruner import Pruner
 from ..plugins.scheduler import Scheduler
 from ..plugins.stager import Stager
-from ..pool.pool import WorkerPool
+from ..pool.pool import WorkerPool, default_threads
 from ..queries import Queries
-from ..worker import cron_entries
+from ..registry import cron_entries
 from .acker import Acker
-from .executor import Executor
-from .heartbeat import Heartbeat, LostJob, reconnect_bound
+from .dispatcher import Dispatcher
+from .heartbeat import Heartbeat, LostJob, RunningJob, reconnect_bound
 from .leader import Leader
 from .notifier import Notifier
+from .outcomes import JobOutcomes
 from .periodic import Periodic
 from .producer import Producer
 
@@ -63,8 +65,7 @@ class Runtime:
         self._loops: list[Periodic] = []
         self._notifier: Notifier | None = None
         self._acker: Acker | None = None
-        self._executor: Executor | None = None
-        self._worker_pool: WorkerPool | None = None
+        self._dispatcher: Dispatcher | None = None
         self._leader: Leader | None = None
         self._heartbeat: Heartbeat | None = None
         self._scheduler: Scheduler | None = None
@@ -77,7 +78,12 @@ class Runtime:
     @property
     def worker_pool(self) -> WorkerPool | None:
         """The worker processes (for inspection: size, pids, stats)."""
-        return self._worker_pool
+        return self._dispatcher.pool if self._dispatcher is not None else None
+
+    @property
+    def dispatcher(self) -> Dispatcher | None:
+        """Queue limits, the ledger of running jobs, and stopping one of them."""
+        return self._dispatcher
 
     @property
     def acker(self) -> Acker | None:
@@ -88,8 +94,16 @@ class Runtime:
         return self._notifier
 
     def kill_job(self, job_id: int) -> bool:
-        """Stop the child running ``job_id`` here (pkill); False if it does not run here."""
-        return self._worker_pool is not None and self._worker_pool.kill_job(job_id, "cancelled")
+        """Stop ``job_id`` here (pkill: acked as cancelled); False if it does not run here."""
+        return self.stop_job(job_id, "cancelled")
+
+    def stop_job(self, job_id: int, reason: str) -> bool:
+        """Stop the local copy of ``job_id`` (see :meth:`Dispatcher.stop_job`)."""
+        return self._dispatcher is not None and self._dispatcher.stop_job(job_id, reason)
+
+    def running(self) -> list[tuple[int, int, str]]:
+        """``(job_id, attempt, producer_uuid)`` of every job this node holds."""
+        return self._dispatcher.running() if self._dispatcher is not None else []
 
     # -- start ------------------------------------------------------------------------------
 
@@ -107,25 +121,18 @@ class Runtime:
             max_backlog=cfg.ack_max_backlog,
             on_batch=self._on_ack_batch if m else None,
             on_error=lambda: self._on_db_error("ack"),
+            on_written=JobOutcomes(m).written,
         )
-        self._executor = Executor(self._acker, default_timeout=cfg.job_timeout, metrics=m)
-        self._executor.on_slot_freed = self._on_slot_freed
-        self._worker_pool = WorkerPool(
-            cfg.processes,
-            start_method=cfg.start_method,
-            imports=cfg.imports,
-            max_jobs_per_child=cfg.max_jobs_per_child,
-            max_memory=cfg.max_memory,
-            window=cfg.window,
-            on_done=self._executor.on_done,
-            on_failed=self._executor.on_failed,
-            on_capacity=self._wake_all,
-            on_restart=m.child_restart if m else None,
+        self._dispatcher = Dispatcher(
+            self._acker,
+            self._make_pool,
+            default_timeout=cfg.job_timeout,
+            isolated_queues=cfg.isolated_queues,
         )
-        self._executor.pool = self._worker_pool
-        await self._worker_pool.start()
+        worker_pool = self._dispatcher.pool
+        await worker_pool.start()
         if m is not None:
-            m.track_pool(lambda: self._worker_pool.stats)
+            m.track_pool(lambda: worker_pool.stats)
             m.track_producers(self._producer_gauges)
         self._notifier = Notifier(
             self._conninfo(), cfg.prefix, on_reconnect=self._on_notifier_reconnect
@@ -147,30 +154,42 @@ class Runtime:
         # A pool the application passed in knows where the database is; the config may not.
         return self.config.dsn or getattr(self._pool, "conninfo", "") or ""
 
+    def _make_pool(self, **callbacks: Any) -> WorkerPool:
+        cfg = self.config
+        m = self.metrics
+        return WorkerPool(
+            cfg.processes,
+            start_method=cfg.start_method,
+            imports=cfg.imports,
+            threads=cfg.threads or default_threads(cfg.queues.values()),
+            max_jobs_per_child=cfg.max_jobs_per_child,
+            max_memory=cfg.max_memory,
+            memory_ceiling=cfg.memory_ceiling,
+            kill_grace=cfg.kill_grace,
+            on_restart=m.child_restart if m else None,
+            **callbacks,
+        )
+
     def _make_producer(self, queue: str, limit: int, pool: AsyncConnectionPool) -> Producer:
-        assert self._executor is not None and self._acker is not None
+        assert self._dispatcher is not None and self._acker is not None
         m = self.metrics
         acker = self._acker
-        return Producer(
+        producer = Producer(
             queue=queue,
             limit=limit,
             name=self.name,
             node=self.node,
-            pool=pool,
+            db=pool,
             queries=self.queries,
-            free_slots=self._executor.free_slots,
-            reserve=self._executor.reserve,
-            dispatch=self._executor.dispatch,
+            dispatcher=self._dispatcher,
             poll_interval=self.config.poll_interval,
             blocked=lambda: acker.backpressure,
             on_fetch=m.jobs_fetched if m else None,
             on_error=self._on_db_error,
-            on_spare_slots=self._offer_slots,
-            # With window 1 every free child is worth a fetch (fairness); with larger windows a
-            # fetch waits until a quarter of the pool's slots (and of the limit) are free.
-            min_batch=min(self.config.processes * self.config.window, limit) // 4,
             heartbeat_ttl=self.config.heartbeat_ttl,
         )
+        self._dispatcher.register(producer)
+        return producer
 
     def _start_loops(self, pool: AsyncConnectionPool) -> None:
         cfg, m = self.config, self.metrics
@@ -190,7 +209,8 @@ class Runtime:
         leader_loop = Periodic("leader", election_every, self._leader.elect, on_error=on_error)
         assert self._notifier is not None
         self._notifier.listen("leader", lambda p: self._leader.on_notice(p, leader_loop.trigger))  # type: ignore[union-attr]
-        assert self._executor is not None
+        dispatcher = self._dispatcher
+        assert dispatcher is not None
         self._heartbeat = Heartbeat(
             conninfo=self._conninfo(),
             connect_kwargs=dict(getattr(pool, "kwargs", None) or {}),
@@ -199,7 +219,7 @@ class Runtime:
             node=self.node,
             interval=cfg.heartbeat_interval,
             producers=lambda: list(self.producers.values()),
-            running=self._executor.running,
+            running=lambda: [RunningJob(*job) for job in dispatcher.running()],
             on_lost=self._on_lost_jobs,
             on_beat=m.heartbeat_sent if m else None,
             on_error=on_error,
@@ -261,10 +281,9 @@ class Runtime:
         delete producer rows and resign leadership."""
         for producer in self.producers.values():
             await producer.stop()
-        if self._worker_pool is not None:
-            unfinished = await self._worker_pool.stop(self.config.shutdown_timeout)
-            assert self._executor is not None
-            self._executor.release(list(unfinished) + self._executor.running_job_ids())
+        if self._dispatcher is not None:
+            unfinished = await self._dispatcher.pool.stop(self.config.shutdown_timeout)
+            self._dispatcher.release(unfinished)
         for loop in self._loops:
             await loop.stop()
         if self._heartbeat is not None:
@@ -278,8 +297,8 @@ class Runtime:
     def stop_now(self) -> None:
         """Cut a graceful stop short: running jobs are killed and released at once."""
         self.config.shutdown_timeout = 0
-        if self._worker_pool is not None:
-            self._worker_pool.hurry()
+        if self._dispatcher is not None:
+            self._dispatcher.pool.hurry()
 
     async def _cleanup_rows(self) -> None:
         if self._pool is None:
@@ -296,25 +315,7 @@ class Runtime:
         except Exception as exc:  # the database may be gone; the lifeline cleans up later
             log.warning("could not delete producer rows / resign at shutdown: %s", exc)
 
-    # -- runtime callbacks ----------------------------------------------------------------
     # -- callbacks ----------------------------------------------------------------------------
-
-    def _on_slot_freed(self, producer: Producer) -> None:
-        # Children are shared by all queues. Waking is FIFO, so the other queues get the freed
-        # slot first (round robin) and the queue that just finished a job goes last.
-        if len(self.producers) == 1:
-            producer.wake()
-            return
-        self._offer_slots(producer)
-        producer.wake()
-
-    def _offer_slots(self, after: Producer) -> None:
-        """Wake the queues after ``after`` (in order) that may have jobs waiting."""
-        producers = list(self.producers.values())
-        start = producers.index(after) + 1 if after in producers else 0
-        for producer in producers[start:] + producers[:start]:
-            if producer is not after and not producer.exhausted:
-                producer.wake()
 
     def _on_leader_change(self, leading: bool) -> None:
         if self.metrics is not None:
@@ -339,10 +340,6 @@ class Runtime:
         self.metrics.acks_stale(stale)
         self.metrics.set_ack_backlog(self._acker.backlog - size)
 
-    def _wake_all(self) -> None:
-        for producer in self.producers.values():
-            producer.wake()
-
     def _wake_queue(self, queue: str) -> None:
         producer = self.producers.get(queue)
         if producer is not None:
@@ -360,12 +357,10 @@ class Runtime:
             producer.notice()  # notices may have been missed while disconnected
 
     def _on_lost_jobs(self, lost: list[LostJob]) -> None:
-        assert self._executor is not None
+        assert self._dispatcher is not None
         for job in lost:
             where = f" and executing on {job.node}" if job.node else ""
-            self._executor.abandon(
-                job.job_id, f"its row is now {job.state}{where}", attempt=job.attempt
-            )
+            self._dispatcher.abandon(job.job_id, job.attempt, f"its row is now {job.state}{where}")
 
     def _on_rescued(self, count: int, queues: set[str]) -> None:
         if self.metrics is not None:
@@ -374,4 +369,6 @@ class Runtime:
             self._wake_queue(queue)
 
     def _producer_gauges(self) -> list[tuple[str, int, int, bool]]:
-        return [(p.queue, p.limit, len(p.running), p.paused) for p in self.producers.values()]
+        assert self._dispatcher is not None
+        count = self._dispatcher.running_count
+        return [(p.queue, p.limit, count(p.queue), p.paused) for p in self.producers.values()]

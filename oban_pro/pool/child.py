@@ -1,10 +1,20 @@
-"""The worker process: import worker modules once, then run jobs one at a time.
+"""The worker process: import worker modules once, then run many jobs at once.
 
-The child reads frames of :class:`~oban_pro.pool.messages.Run` messages from the parent, runs
-each job (sync ``process`` directly, coroutines on one persistent event loop), and answers each
-with a :class:`~oban_pro.pool.messages.Done` that classifies the outcome and reports the child's
-RSS. Jobs run in the order they arrive, so the parent always knows which one is running: the
-oldest it has not heard back about.
+The child runs an event loop in its main thread. Jobs whose ``process`` is a coroutine function
+run as tasks on that loop; sync ones run on :class:`~.job_threads.JobThreads` (started as
+needed, up to ``threads``). For every job the child reports :class:`~.messages.Started` as it
+hands the job to its task or thread, written *before* the job's code can run (a job that kills
+the process at once is then charged to itself), and :class:`~.messages.Done` when it ends, so
+the parent knows exactly what runs where.
+
+The parent's pipe is read by the loop (``add_reader``, non-blocking); messages to the parent go
+through :class:`_Outbox`, which gathers everything produced in one loop iteration into one frame.
+Jobs that end on threads are handed back to the loop in batches (one wake-up per batch).
+
+Stopping a job (:class:`~.messages.Interrupt`) is cooperative: a task is cancelled, a thread
+gets :class:`~oban_pro.runner.JobInterrupted` raised in it (``PyThreadState_SetAsyncExc``, which
+takes effect at the job's next Python bytecode: a job blocked in a C call does not notice, and
+the parent kills the child after its kill grace).
 
 Signals are the parent's business: the child ignores SIGINT (a terminal's Ctrl-C reaches the
 whole process group) and puts itself in its own process group so the parent can kill it together
@@ -15,9 +25,7 @@ orphaned child never keeps running a job that the database will hand to another 
 from __future__ import annotations
 
 import asyncio
-import importlib
-import inspect
-import math
+import ctypes
 import os
 import select
 import signal
@@ -25,25 +33,39 @@ import sys
 import threading
 import time
 import traceback
-from collections import deque
-from datetime import UTC, datetime
 from typing import Any
 
-import msgspec
+from ..runner import JobInterrupted, JobRunner, Prepared
+from .framing import FrameProtocol, write_frame
+from .job_threads import JobThreads
+from .messages import (
+    Done,
+    Interrupt,
+    Ready,
+    Run,
+    Started,
+    Stop,
+    decode_to_child,
+    encode_to_parent,
+)
 
-from ..backoff import default_backoff
-from ..job import Cancel, Job, Record, Snooze
-from ..worker import resolve_worker
-from .framing import FrameReader, write_frame
-from .messages import Done, Ready, Run, Skip, Stop, decode_to_child, encode_to_parent
-
-__all__ = ["child_main", "read_rss"]
+__all__ = ["child_main", "read_rss", "ORPHAN_EXIT_CODE"]
 
 #: Exit code of a child whose parent died while it was running a job.
 ORPHAN_EXIT_CODE = 70
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-_json_decoder = msgspec.json.Decoder()
+
+
+def _raise_in_thread(thread_id: int, exc: type[BaseException]) -> None:
+    """Have ``exc`` raised in thread ``thread_id`` at its next Python bytecode."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc))
+
+
+def _clear_in_thread(thread_id: int) -> None:
+    """Withdraw an exception set by :func:`_raise_in_thread` that was not raised yet."""
+    # None becomes a NULL pointer here (no argtypes on the shared pythonapi), which clears.
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), None)
 
 
 def read_rss(pid: int | str = "self") -> int:
@@ -78,13 +100,15 @@ def child_main(
     write_conn: Any,
     imports: list[str],
     close_fds: list[int] | None = None,
+    threads: int = 64,
 ) -> None:
     """Entry point of a worker process.
 
     ``read_conn``/``write_conn`` are :class:`multiprocess.connection.Connection` objects (they
     survive every start method) or plain descriptors; only their descriptors are used, with the
     raw framing of :mod:`oban_pro.pool.framing`. ``close_fds`` are descriptors inherited through
-    ``fork`` that belong to the parent or to sibling children.
+    ``fork`` that belong to the parent or to sibling children. ``threads`` caps the thread pool
+    that runs sync jobs.
     """
     _reset_process_state(close_fds or [])
     read_fd = read_conn if isinstance(read_conn, int) else read_conn.fileno()
@@ -94,61 +118,252 @@ def child_main(
             os.set_inheritable(fd, False)  # subprocesses of jobs must not hold our pipes
         except OSError:
             pass
-    runner = _Runner(imports)
-    _start_orphan_watchdog(read_fd, runner)
+    runner = JobRunner(imports)
+    server = _Server(read_fd, write_fd, runner, max(1, threads))
+    _start_orphan_watchdog(read_fd, server)
     try:
         write_frame(write_fd, encode_to_parent([Ready(os.getpid(), runner.import_errors)]))
-        _serve(FrameReader(read_fd), write_fd, runner)
+        server.serve()
     except BrokenPipeError:
         pass  # the parent is gone: nobody is left to tell
-    finally:
-        runner.close()
     # Keep the Connection objects alive until here: collecting them would close our pipes.
     del read_conn, write_conn
 
 
-def _serve(reader: FrameReader, write_fd: int, runner: _Runner) -> None:
-    queue: deque[Run] = deque()
-    skipped: set[int] = set()
-    stopping = False
-    worker_pid = os.getpid()
+class _Outbox:
+    """Messages for the parent, written as one frame per loop iteration (or sooner: a frame of
+    jobs' Started messages is flushed before those jobs start)."""
 
-    def take(payload: bytes) -> None:
-        nonlocal stopping
+    def __init__(self, loop: asyncio.AbstractEventLoop, write_fd: int) -> None:
+        self._loop = loop
+        self._fd = write_fd
+        self._messages: list[Any] = []
+        self._scheduled = False
+
+    def put(self, message: Any) -> None:
+        self._messages.append(message)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        messages, self._messages = self._messages, []
+        self._scheduled = False
+        if messages:
+            write_frame(self._fd, encode_to_parent(messages))
+
+
+class _Job:
+    """One job in this child: how it runs and how to stop it."""
+
+    __slots__ = ("run", "task", "thread_id", "lock", "interrupted", "finished")
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.task: asyncio.Task[None] | None = None
+        self.thread_id: int | None = None
+        # Guards thread_id/finished against an Interrupt raising into a thread whose job ended.
+        self.lock = threading.Lock()
+        self.interrupted = False
+        self.finished = False
+
+
+class _Server:
+    """The child's event loop: takes messages, starts jobs, reports their ends."""
+
+    def __init__(self, read_fd: int, write_fd: int, runner: JobRunner, threads: int) -> None:
+        self._read_fd = read_fd
+        self._write_fd = write_fd
+        self._runner = runner
+        self._threads = threads
+        self._jobs: dict[int, _Job] = {}
+        self._stopping = False
+        self._pid = os.getpid()
+        self._rss = _SelfRss()
+        self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self._loop)
+        self._outbox = _Outbox(self._loop, write_fd)
+        self._job_threads = JobThreads(threads)
+        # Jobs that ended on a thread, handed back to the loop in batches (one wake-up each).
+        self._ended: list[tuple[_Job, Done, float]] = []
+        self._ended_lock = threading.Lock()
+        self._finished = self._loop.create_future()
+        self._protocol = FrameProtocol(self._on_frame, self._on_eof)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._jobs)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        os.set_blocking(self._read_fd, False)
+        self._loop.add_reader(self._read_fd, self._on_readable)
+        try:
+            self._loop.run_until_complete(self._finished)
+            self._outbox.flush()
+        finally:
+            self._loop.remove_reader(self._read_fd)
+            self._job_threads.shutdown()
+            self._loop.close()
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self._read_fd, 1 << 18)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._loop.remove_reader(self._read_fd)
+            self._protocol.connection_lost(None)
+            return
+        self._protocol.data_received(data)
+
+    def _on_eof(self) -> None:
+        # The parent closed our pipe (or died): nobody will read our results. Leave now; the
+        # orphan watchdog already covers a parent that died while we were busy.
+        try:
+            self._outbox.flush()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(0)
+
+    def _on_frame(self, payload: bytes) -> None:
+        starting: list[tuple[_Job, Prepared]] = []
         for message in decode_to_child(payload):
             if isinstance(message, Run):
-                queue.append(message)
-            elif isinstance(message, Skip):
-                skipped.add(message.job_id)
+                self._prepare(message, starting)
+            elif isinstance(message, Interrupt):
+                self._start(starting)
+                starting = []
+                self._interrupt(message.job_id)
             elif isinstance(message, Stop):
-                stopping = True
+                self._stopping = True
+                self._maybe_finish()
+        self._start(starting)
 
-    while True:
-        if not queue:
-            if stopping:
-                return
-            payload = reader.read_frame()
-            if payload is None:
-                return  # the parent closed our pipe (or died): nothing left to do
-            take(payload)
-            continue
-        run = queue.popleft()
-        if run.job_id in skipped:
-            skipped.discard(run.job_id)
-            done = Done(run.job_id, "skipped")
-        else:
-            done = runner.run(run)
-            if os.getpid() != worker_pid:
-                # Job code called fork() and this is the copy returning: only the real worker
-                # may report and take jobs, so the copy leaves without touching the pipes.
-                os._exit(0)
-        write_frame(write_fd, encode_to_parent([done]))
-        # With a window > 1 more jobs may wait here; look for a Skip/Stop before the next one.
-        while queue and reader.has_frame():
-            payload = reader.read_frame()
-            if payload is None:
-                return
-            take(payload)
+    def _maybe_finish(self) -> None:
+        if self._stopping and not self._jobs and not self._finished.done():
+            self._finished.set_result(None)
+
+    # -- starting ---------------------------------------------------------------------------
+
+    def _prepare(self, run: Run, starting: list[tuple[_Job, Prepared]]) -> None:
+        prepared = self._runner.prepare(run)
+        if isinstance(prepared, Done):
+            self._outbox.put(Started(run.job_id))
+            self._report(prepared, 0.0)
+            return
+        job = self._jobs[run.job_id] = _Job(run)
+        self._outbox.put(Started(run.job_id, thread=not prepared.is_async))
+        starting.append((job, prepared))
+
+    def _start(self, starting: list[tuple[_Job, Prepared]]) -> None:
+        """Start jobs whose Started is in the outbox: it is written first, in one frame, so a
+        job that kills the process at once is charged to itself, never to the others."""
+        if not starting:
+            return
+        self._outbox.flush()
+        for job, prepared in starting:
+            if prepared.is_async:
+                job.task = self._loop.create_task(self._run_task(job, prepared))
+            else:
+                self._job_threads.submit(self._run_thread, job, prepared)
+
+    def _report(self, done: Done, started: float) -> None:
+        done.duration = time.perf_counter() - started if started else 0.0
+        done.rss = self._rss()
+        self._outbox.put(done)
+
+    def _finish(self, job: _Job, done: Done, started: float) -> None:
+        """Back on the loop: report the job's end and forget it."""
+        self._jobs.pop(job.run.job_id, None)
+        self._report(done, started)
+        self._maybe_finish()
+
+    async def _run_task(self, job: _Job, prepared: Prepared) -> None:
+        started = time.perf_counter()
+        try:
+            result = await prepared.instance.process(prepared.job)
+            done = self._runner.classify(job.run.job_id, result)
+        except asyncio.CancelledError:
+            if not job.interrupted:
+                raise  # the loop itself is going away
+            done = Done(job.run.job_id, "interrupted")
+        except BaseException:  # noqa: BLE001 - SystemExit in a job fails the job, not the child
+            done = self._runner.failure(prepared, traceback.format_exc())
+        self._leave_if_forked()
+        self._finish(job, done, started)
+
+    def _run_thread(self, job: _Job, prepared: Prepared) -> None:
+        started = time.perf_counter()
+        done: Done | None = None
+        try:
+            try:
+                with job.lock:
+                    job.thread_id = threading.get_ident()
+                    if job.interrupted:
+                        raise JobInterrupted
+                result = prepared.instance.process(prepared.job)
+                if asyncio.iscoroutine(result) or asyncio.isfuture(result):
+                    result = asyncio.run_coroutine_threadsafe(_await(result), self._loop).result()
+                done = self._runner.classify(job.run.job_id, result)
+            except JobInterrupted:
+                done = Done(job.run.job_id, "interrupted")
+            except BaseException:  # noqa: BLE001 - SystemExit in a job fails the job only
+                done = self._runner.failure(prepared, traceback.format_exc())
+            self._end_thread_job(job)
+        except JobInterrupted:
+            # An interrupt that arrived as the job was ending, raised in our own bookkeeping.
+            self._end_thread_job(job)
+            if done is None:
+                done = Done(job.run.job_id, "interrupted")
+        self._leave_if_forked()
+        with self._ended_lock:
+            first = not self._ended
+            self._ended.append((job, done, started))
+        if first:
+            self._loop.call_soon_threadsafe(self._finish_ended)
+
+    def _finish_ended(self) -> None:
+        with self._ended_lock:
+            ended, self._ended = self._ended, []
+        for job, done, started in ended:
+            self._finish(job, done, started)
+
+    def _end_thread_job(self, job: _Job) -> None:
+        with job.lock:
+            job.finished = True
+            if job.thread_id is not None:
+                # Clear an interrupt set but not raised yet: it must not hit the next job
+                # this thread runs.
+                _clear_in_thread(job.thread_id)
+
+    def _leave_if_forked(self) -> None:
+        if os.getpid() != self._pid:
+            # Job code called fork() and this is the copy returning: only the real worker may
+            # report and take jobs, so the copy leaves without touching the pipes.
+            os._exit(0)
+
+    # -- stopping ---------------------------------------------------------------------------
+
+    def _interrupt(self, job_id: int) -> None:
+        job = self._jobs.get(job_id)
+        if job is None:
+            return  # it ended already; its Done is on the way
+        job.interrupted = True
+        if job.task is not None:
+            job.task.cancel()
+            return
+        with job.lock:  # a job still waiting for a thread sees the flag when it gets one
+            if job.thread_id is not None and not job.finished:
+                _raise_in_thread(job.thread_id, JobInterrupted)
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
 
 
 def _reset_process_state(close_fds: list[int]) -> None:
@@ -190,7 +405,7 @@ def _reset_process_state(close_fds: list[int]) -> None:
         pass
 
 
-def _start_orphan_watchdog(read_fd: int, runner: _Runner) -> None:
+def _start_orphan_watchdog(read_fd: int, server: _Server) -> None:
     """Exit when the parent dies mid-job (our read pipe hangs up), without reading from it."""
 
     def watch() -> None:
@@ -205,9 +420,9 @@ def _start_orphan_watchdog(read_fd: int, runner: _Runner) -> None:
                 return
             if any(ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, ev in events):
                 break
-        # An idle child sees EOF and exits by itself; a busy one is running a job that nobody
-        # will ever ack: stop now rather than race the node that will run it again.
-        if runner.busy:
+        # An idle child sees EOF and exits by itself; a busy one is running jobs that nobody
+        # will ever ack: stop now rather than race the node that will run them again.
+        if server.busy:
             try:
                 sys.stdout.flush()
                 sys.stderr.flush()
@@ -215,195 +430,3 @@ def _start_orphan_watchdog(read_fd: int, runner: _Runner) -> None:
                 os._exit(ORPHAN_EXIT_CODE)
 
     threading.Thread(target=watch, name="oban-orphan-watchdog", daemon=True).start()
-
-
-class _Runner:
-    """Resolves workers (cached), runs jobs and classifies their outcome."""
-
-    def __init__(self, imports: list[str]) -> None:
-        self.busy = False
-        self.import_errors: dict[str, str] = {}
-        for module in imports:
-            try:
-                importlib.import_module(module)
-            except BaseException as exc:  # noqa: BLE001 - a module may even call sys.exit()
-                text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-                self.import_errors[module] = text
-        self._workers: dict[str, type | str] = {}
-        self._rss = _SelfRss()
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    # -- running --------------------------------------------------------------------------
-
-    def run(self, run: Run) -> Done:
-        self.busy = True
-        started = time.perf_counter()
-        try:
-            done = self._run(run)
-        finally:
-            self.busy = False
-        done.duration = time.perf_counter() - started
-        done.rss = self._rss()
-        return done
-
-    def _run(self, run: Run) -> Done:
-        cls = self._worker(run.worker)
-        if isinstance(cls, str):
-            return Done(run.job_id, "error", error=cls, delay=self._backoff(run))
-        try:
-            job = self._job(run)
-        except Exception as exc:  # noqa: BLE001 - bad input fails the job, not the child
-            return Done(
-                run.job_id,
-                "error",
-                error=f"job {run.job_id} could not be built from its row: {exc}",
-                delay=self._backoff(run),
-            )
-        instance = None
-        try:
-            instance = cls()
-            result = instance.process(job)
-            if inspect.isawaitable(result):
-                result = self._event_loop().run_until_complete(_await(result))
-            return self._classify(run.job_id, result)
-        except BaseException:  # noqa: BLE001 - SystemExit in a job fails the job, not the child
-            error = traceback.format_exc()
-            delay, note = self._worker_backoff(instance, job, run)
-            if note:
-                error = f"{error}\n{note}"
-            return Done(run.job_id, "error", error=error, delay=delay)
-
-    def _classify(self, job_id: int, result: Any) -> Done:
-        if isinstance(result, Snooze):
-            return Done(job_id, "snooze", delay=float(result.seconds), meta=result.meta)
-        if isinstance(result, Cancel):
-            return Done(job_id, "cancel", reason=str(result.reason))
-        if isinstance(result, Record):
-            return Done(job_id, "record", recorded=result.encoded)
-        return Done(job_id, "completed")
-
-    def _worker_backoff(self, instance: Any, job: Any, run: Run) -> tuple[float, str | None]:
-        custom = getattr(instance, "backoff", None) if instance is not None else None
-        if custom is None or not callable(custom):
-            return self._backoff(run), None
-        try:
-            value = custom(job)
-            seconds = float(value)
-            if isinstance(value, bool) or not math.isfinite(seconds) or seconds < 0:
-                raise ValueError(f"backoff must return seconds >= 0, got {value!r}")
-            return seconds, None
-        except Exception:  # noqa: BLE001
-            note = (
-                "note: the worker's backoff() raised, so the default backoff was used:\n"
-                + traceback.format_exc()
-            )
-            return self._backoff(run), note
-
-    def _backoff(self, run: Run) -> float:
-        try:
-            return float(default_backoff(max(run.attempt, 0), max(run.max_attempts, 1)))
-        except Exception:  # noqa: BLE001 - never let a backoff bug kill the child
-            return 15.0
-
-    # -- resolving ------------------------------------------------------------------------
-
-    def _worker(self, name: str) -> type | str:
-        """The worker class, or the error text saying why it cannot be had (cached)."""
-        found = self._workers.get(name)
-        if found is None:
-            found = self._workers[name] = self._resolve(name)
-        return found
-
-    def _resolve(self, name: str) -> type | str:
-        for module, text in self.import_errors.items():
-            if name == module or name.startswith(module + "."):
-                return (
-                    f"unknown worker {name!r}: its module {module!r} failed to import in the "
-                    f"worker process (pid {os.getpid()}): {text}"
-                )
-        try:
-            return resolve_worker(name)
-        except Exception as exc:  # noqa: BLE001 - includes errors raised while importing
-            if type(exc).__name__ == "UnknownWorkerError":
-                text = str(exc)
-            else:
-                text = (
-                    f"unknown worker {name!r}: importing it raised "
-                    + "".join(traceback.format_exception_only(type(exc), exc)).strip()
-                )
-            if self.import_errors:
-                failed = "; ".join(f"{m!r}: {t}" for m, t in self.import_errors.items())
-                text += f" (these worker modules failed to import in this process: {failed})"
-            return text
-
-    # -- building the job -----------------------------------------------------------------
-
-    def _job(self, run: Run) -> Any:
-        args = _document(run.args, "args")
-        meta = _document(run.meta, "meta")
-        errors = _errors(run.errors)
-        return Job(
-            worker=run.worker,
-            id=run.job_id,
-            args=args,
-            meta=meta,
-            queue=run.queue,
-            attempt=run.attempt,
-            max_attempts=run.max_attempts,
-            priority=run.priority,
-            tags=list(run.tags),
-            errors=errors,
-            inserted_at=_stamp(run.inserted_at),
-            scheduled_at=_stamp(run.scheduled_at),
-            attempted_at=_stamp(run.attempted_at),
-            attempted_by=run.attempted_by,
-            state="executing",
-            _validate=False,
-        )
-
-    def _event_loop(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None or self._loop.is_closed():
-            self._loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(self._loop)
-        return self._loop
-
-    def close(self) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            try:
-                self._loop.run_until_complete(self._loop.shutdown_asyncgens())
-            finally:
-                self._loop.close()
-
-
-async def _await(awaitable: Any) -> Any:
-    return await awaitable
-
-
-def _document(value: Any, field: str) -> dict[str, Any]:
-    if isinstance(value, dict):
-        return value
-    if value is None:
-        return {}
-    try:
-        decoded = _json_decoder.decode(value)
-    except (msgspec.DecodeError, TypeError) as exc:
-        raise ValueError(f"{field} is not valid JSON: {exc}") from None
-    if not isinstance(decoded, dict):
-        raise ValueError(f"{field} must be a JSON object, got {type(decoded).__name__}")
-    return decoded
-
-
-def _errors(value: Any) -> list[Any]:
-    if isinstance(value, list):
-        return value
-    if not value:
-        return []
-    try:
-        decoded = _json_decoder.decode(value)
-    except (msgspec.DecodeError, TypeError):
-        return []  # informational only: a malformed history must not fail the job
-    return decoded if isinstance(decoded, list) else []
-
-
-def _stamp(seconds: float) -> datetime | None:
-    return datetime.fromtimestamp(seconds, UTC) if seconds else None

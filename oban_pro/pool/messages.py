@@ -19,8 +19,9 @@ import msgspec
 __all__ = [
     "Run",
     "Stop",
-    "Skip",
+    "Interrupt",
     "Ready",
+    "Started",
     "Done",
     "ToChild",
     "ToParent",
@@ -56,22 +57,27 @@ class Run(msgspec.Struct, tag=True, array_like=True, gc=False):
     inserted_at: float = 0.0
     scheduled_at: float = 0.0
     attempted_at: float = 0.0
-    #: Hard timeout in seconds, enforced by the parent (0 = none).
+    #: Timeout in seconds, enforced by the parent (0 = none): it sends :class:`Interrupt`,
+    #: then kills the child if the job has not stopped within the kill grace.
     timeout: float = 0.0
     attempted_by: list[str] | None = None
 
 
 class Stop(msgspec.Struct, tag=True, array_like=True, gc=False):
-    """Finish the frame being processed, then exit with code 0."""
+    """Take no more jobs; exit with code 0 once the running ones are done."""
 
 
-class Skip(msgspec.Struct, tag=True, array_like=True, gc=False):
-    """Do not start ``job_id`` (it was queued in this child's window and got cancelled)."""
+class Interrupt(msgspec.Struct, tag=True, array_like=True, gc=False):
+    """Stop ``job_id`` cooperatively: cancel its task, or raise in its thread.
+
+    The child answers with the job's :class:`Done` (kind "interrupted" when the request took
+    effect); the parent kills the child if that does not come within the kill grace.
+    """
 
     job_id: int
 
 
-ToChild = Run | Stop | Skip
+ToChild = Run | Stop | Interrupt
 
 
 # ---------------------------------------------------------------- child -> parent
@@ -88,15 +94,24 @@ class Ready(msgspec.Struct, tag=True, array_like=True, gc=False):
     import_errors: dict[str, str] = {}
 
 
+class Started(msgspec.Struct, tag=True, array_like=True, gc=False):
+    """``job_id`` began to execute (its task or thread is running its code)."""
+
+    job_id: int
+    #: True when it runs on one of the child's threads (a sync ``process``).
+    thread: bool = False
+
+
 #: Values of :attr:`Done.kind`.
-DONE_KINDS = ("completed", "error", "cancel", "snooze", "record", "skipped")
+DONE_KINDS = ("completed", "error", "cancel", "snooze", "record", "interrupted")
 
 
 class Done(msgspec.Struct, tag=True, array_like=True, gc=False):
     """A job finished in the child (whatever its outcome)."""
 
     job_id: int
-    #: "completed" | "error" | "cancel" | "snooze" | "record" | "skipped" (never started).
+    #: "completed" | "error" | "cancel" | "snooze" | "record" | "interrupted" (stopped by an
+    #: :class:`Interrupt`; the parent decides what that means for the job).
     kind: str
     #: Full traceback text for "error".
     error: str | None = None
@@ -114,7 +129,7 @@ class Done(msgspec.Struct, tag=True, array_like=True, gc=False):
     rss: int = 0
 
 
-ToParent = Ready | Done
+ToParent = Ready | Started | Done
 
 
 _child_encoder = msgspec.msgpack.Encoder()
@@ -123,21 +138,21 @@ _parent_encoder = msgspec.msgpack.Encoder()
 _parent_decoder = msgspec.msgpack.Decoder(list[ToParent])
 
 
-def encode_to_child(messages: list[Run | Stop | Skip]) -> bytes:
+def encode_to_child(messages: list[Run | Stop | Interrupt]) -> bytes:
     """Encode a frame payload for a child (the parent side)."""
     return _child_encoder.encode(messages)
 
 
-def decode_to_child(payload: bytes) -> list[Run | Stop | Skip]:
+def decode_to_child(payload: bytes) -> list[Run | Stop | Interrupt]:
     """Decode a frame payload from the parent (the child side)."""
     return _child_decoder.decode(payload)
 
 
-def encode_to_parent(messages: list[Ready | Done]) -> bytes:
+def encode_to_parent(messages: list[Ready | Started | Done]) -> bytes:
     """Encode a frame payload for the parent (the child side)."""
     return _parent_encoder.encode(messages)
 
 
-def decode_to_parent(payload: bytes) -> list[Ready | Done]:
+def decode_to_parent(payload: bytes) -> list[Ready | Started | Done]:
     """Decode a frame payload from a child (the parent side)."""
     return _parent_decoder.decode(payload)

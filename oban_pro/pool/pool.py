@@ -1,215 +1,173 @@
-"""The worker pool: N child processes driven from the coordinator's event loop.
+"""The worker pool: N child processes, each running many jobs at once, driven from the event loop.
 
-No thread per child: each child's result pipe is read by the event loop through
-:class:`~oban_pro.pool.framing.FrameProtocol`, its job pipe is written through a buffered write
-transport, and its exit is noticed through the process sentinel. Job code only ever runs in
-children, so a stuck, crashing or leaking job costs one child, never the loop.
+This module decides what happens to *jobs*; the files beside it hold one concern each:
+:mod:`.processes` (starting, reaping and replacing children), :mod:`.ledger` (which job is
+where), :mod:`.placement` (which child a job goes to), :mod:`.deadlines` (timeouts and the kill
+grace) and :mod:`.memory` (RSS limits).
 
-Which job is running where is always known: a child runs the jobs it was sent in order, so the
-oldest job a child has not answered is the one running (``_Child.inflight[0]``). Timeouts are
-armed for that job only, and when a child is killed or dies, only that job fails; any others
-queued behind it in the child's window never started and are dispatched again.
+What runs where is always known: a child reports when each job starts and ends. So:
+
+- a timeout or a cancel first asks the child to stop that one job (its task is cancelled, its
+  thread gets an exception); only if it has not stopped within ``kill_grace`` is the child
+  killed, and the other jobs that were running in it are *given back* (``on_released``: back to
+  available, attempt returned, never charged), with an error entry naming the job that caused
+  the kill;
+- when a child dies by itself, a job that was alone in it is charged (``on_failed(..., "crash")``,
+  which counts toward the poison-job guard); when several were running, nobody knows which one
+  did it, so each is given back and marked to run isolated next time;
+- jobs sent to a child that never started there are placed again, elsewhere.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import signal
-import sys
-import threading
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from .._aio import wait_event
-from ..errors import ObanError
-from .child import child_main, read_rss
-from .framing import FrameProtocol, encode_frame
-from .messages import Done, Ready, Run, Skip, Stop, decode_to_parent, encode_to_child
+from .child import read_rss
+from .deadlines import Deadlines
+from .ledger import Ledger, PoolJob
+from .memory import MemoryWatch
+from .messages import Done, Interrupt, Ready, Run, Started, decode_to_parent
+from .placement import Placement
+from .processes import (
+    DEAD,
+    DRAINING,
+    GONE,
+    READY,
+    STARTING,
+    STOPPING,
+    ChildProcess,
+    PoolClosedError,
+    PoolError,
+    PoolStartError,
+    Supervisor,
+    describe_exit,
+)
+from .stats import KILL_REASONS, RESTART_REASONS, ChildStats, PoolStats
 
 __all__ = [
     "WorkerPool",
     "PoolStats",
+    "ChildStats",
     "PoolError",
-    "PoolFullError",
     "PoolClosedError",
     "PoolStartError",
     "RESTART_REASONS",
+    "KILL_REASONS",
+    "default_threads",
 ]
 
 log = logging.getLogger(__name__)
 
-#: Keys of :attr:`PoolStats.restarts`.
-RESTART_REASONS = ("timeout", "crash", "memory", "recycle", "cancelled", "start_failure")
-
 _MIB = 1024 * 1024
-# Serialises process starts (multiprocess polls every child it knows about inside start()) with
-# our own exit polling, across every pool of this process.
-_PROCESS_LOCK = threading.Lock()
+_KILL_OF_REASON = {"timeout": "timeout", "cancelled": "cancel", "rescued": "rescued"}
 
 
-class PoolError(ObanError, RuntimeError):
-    """Base class of worker-pool errors."""
+def default_threads(limits: Iterable[int]) -> int:
+    """Threads per child when not configured: enough for every queue at its limit in one child.
 
-
-class PoolFullError(PoolError):
-    """``submit`` was called with no free slot (check ``free_slots`` first)."""
-
-
-class PoolClosedError(PoolError):
-    """The pool is stopping or stopped, or was never started."""
-
-
-class PoolStartError(PoolError):
-    """A child process could not be started or died before it was ready."""
-
-
-@dataclass(slots=True)
-class PoolStats:
-    """A snapshot for metrics, taken at scrape time (see :attr:`WorkerPool.stats`)."""
-
-    #: Configured number of children.
-    processes: int
-    #: Children alive and ready (busy or idle).
-    ready: int
-    #: Children running at least one job.
-    busy: int
-    #: Ready children with a free window slot.
-    idle: int
-    #: Children being started (replacements).
-    starting: int
-    #: Child restarts by reason: timeout, crash, memory, recycle, cancelled, start_failure.
-    restarts: dict[str, int] = field(default_factory=dict)
-    #: Last RSS (bytes) seen per live child pid.
-    rss: dict[int, int] = field(default_factory=dict)
-    #: Jobs that finished in a child (any outcome reported through ``on_done``).
-    jobs_done: int = 0
-    #: Jobs failed by the parent (crash, timeout, memory, cancelled).
-    jobs_failed: int = 0
-    #: Seconds the last child took from launch to ready.
-    last_start_seconds: float = 0.0
-
-
-# Child states.
-_STARTING = "starting"  # launched, Ready not yet received
-_READY = "ready"  # takes jobs
-_RETIRING = "retiring"  # finishing its window, then Stop (recycle / memory)
-_STOPPING = "stopping"  # Stop sent, waiting for it to exit
-_DEAD = "dead"  # killed or died; waiting to be reaped
-_GONE = "gone"  # reaped and closed
-
-
-class _Child:
-    __slots__ = (
-        "process", "pid", "state", "inflight", "writer", "reader", "protocol", "read_fd",
-        "jobs_done", "rss", "timer", "ready", "launched_at", "exit_seen", "exit_polls",
-        "reaped", "sentinel", "import_errors", "initial", "killed", "polling",
-    )  # fmt: skip
-
-    def __init__(self, process: Any, read_fd: int, initial: bool, launched_at: float) -> None:
-        self.process = process
-        self.pid: int = process.pid
-        self.state = _STARTING
-        self.inflight: deque[Run] = deque()
-        self.writer: asyncio.WriteTransport | None = None
-        self.reader: asyncio.ReadTransport | None = None
-        self.protocol: FrameProtocol | None = None
-        self.read_fd = read_fd
-        self.jobs_done = 0
-        self.rss = 0
-        self.timer: asyncio.TimerHandle | None = None
-        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.launched_at = launched_at
-        self.exit_seen = False
-        self.exit_polls = 0
-        self.reaped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.sentinel: int | None = getattr(process, "sentinel", None)
-        self.import_errors: dict[str, str] = {}
-        self.initial = initial
-        self.killed = False
-        self.polling = False
-
-    def send(self, messages: list[Any]) -> None:
-        if self.writer is not None and not self.writer.is_closing():
-            self.writer.write(encode_frame(encode_to_child(messages)))
-
-    def __repr__(self) -> str:
-        return f"<child pid={self.pid} {self.state} inflight={len(self.inflight)}>"
+    Threads start lazily (only as many as sync jobs run at once), so a generous cap costs
+    nothing; it is what lets a sync, blocking queue at limit 50 run 50 jobs at once even when
+    placement or isolation leaves most of them on one child.
+    """
+    return max(1, sum(limits))
 
 
 class WorkerPool:
-    """A pool of worker processes fed by the event loop.
+    """A pool of worker processes fed by the event loop; each child runs many jobs at once.
 
-    Use from one event loop: ``await start()``, then ``submit``/``submit_many`` jobs while
-    ``free_slots`` allows; outcomes arrive through ``on_done(Done)`` (the job ran) and
-    ``on_failed(job_id, reason, text)`` (the parent ended it: reason is "crash", "timeout",
-    "memory" or "cancelled"). ``await stop(timeout)`` returns the ids of jobs that did not
-    finish. Callbacks run on the event loop and must not block.
+    Use from one event loop: ``await start()``, then ``submit``/``submit_many`` jobs (the pool
+    itself never refuses one: limits are the dispatcher's business). Outcomes arrive through
+    callbacks that run on the event loop and must not block:
+
+    - ``on_done(run, done)``: the job ran to an outcome in its child;
+    - ``on_failed(run, reason, text)``: the parent ended it; reason is "crash" (it was alone
+      in a child that died), "memory" (alone in a child killed past the memory ceiling),
+      "timeout", "cancelled" or "rescued" (see :meth:`stop_job`);
+    - ``on_released(run, text, isolate)``: given back without being charged (its child was
+      killed for another job, or died while it was not alone: then ``isolate`` is True).
+
+    ``await stop(timeout)`` returns the runs of jobs that did not finish.
     """
 
     def __init__(
         self,
         processes: int,
         *,
-        on_done: Callable[[Done], None],
-        on_failed: Callable[[int, str, str], None],
-        start_method: str = "forkserver",
-        imports: Iterable[str] = (),
-        max_jobs_per_child: int = 0,
-        max_memory: int = 0,
-        window: int = 1,
-        memory_check_interval: float = 0.25,
+        on_done: Callable[[Run, Done], None],
+        on_failed: Callable[[Run, str, str], None],
+        on_released: Callable[[Run, str, bool], None] | None = None,
         on_capacity: Callable[[], None] | None = None,
         on_restart: Callable[[str], None] | None = None,
+        ledger: Ledger | None = None,
+        start_method: str = "forkserver",
+        imports: Iterable[str] = (),
+        threads: int = 64,
+        max_jobs_per_child: int = 0,
+        max_memory: int = 0,
+        memory_ceiling: int = 0,
+        memory_check_interval: float = 0.25,
+        kill_grace: float = 3.0,
         start_timeout: float = 60.0,
     ) -> None:
         if processes < 1:
             raise ValueError(f"processes must be >= 1, got {processes}")
-        if window < 1:
-            raise ValueError(f"window must be >= 1, got {window}")
-        if start_method not in ("fork", "forkserver", "spawn"):
-            raise ValueError(
-                f"start_method must be 'fork', 'forkserver' or 'spawn', got {start_method!r}"
-            )
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
         self.processes = processes
-        self.start_method = start_method
-        self.imports = list(imports)
         self.max_jobs_per_child = max_jobs_per_child
         self.max_memory = max_memory
-        self.window = window
-        self.memory_check_interval = memory_check_interval
-        self.start_timeout = start_timeout
+        self.ledger = ledger if ledger is not None else Ledger()
         self._on_done = on_done
         self._on_failed = on_failed
+        self._on_released = on_released
         self._on_capacity = on_capacity
-        self._on_restart = on_restart  # reason of every child replacement (for metrics)
-        self._children: list[_Child] = []  # every child not yet reaped
-        self._free = 0  # free window slots of READY children, kept up to date on every change
-        self._job_child: dict[int, _Child] = {}
-        self._pending: deque[Run] = deque()  # never started; dispatched before new jobs
-        self._cancelled: set[int] = set()  # queued in a window, cancelled: ignore their Done
+        self._on_restart = on_restart
+        self._supervisor = Supervisor(
+            processes,
+            start_method=start_method,
+            imports=list(imports),
+            threads=threads,
+            start_timeout=start_timeout,
+            on_frame=self._on_frame,
+            on_exit=self._on_exit,
+            on_restart=self._count_restart,
+        )
+        self._placement = Placement(lambda: self._supervisor.children)
+        self._deadlines = Deadlines(
+            kill_grace=kill_grace, on_timeout=self._on_timeout, on_grace_over=self._on_grace_over
+        )
+        self._memory = MemoryWatch(
+            max_memory=max_memory,
+            ceiling=memory_ceiling,
+            interval=memory_check_interval,
+            children=lambda: self._supervisor.children,
+            on_over=lambda child: self._drain(child, "memory"),
+            on_ceiling=self._on_memory_ceiling,
+        )
         self._restarts: Counter[str] = Counter()
+        self._kills: Counter[str] = Counter()
         self._jobs_done = 0
         self._jobs_failed = 0
-        self._last_start = 0.0
-        self._start_failures = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._executor: ThreadPoolExecutor | None = None
-        self._ctx: Any = None
-        self._tasks: set[asyncio.Future[Any]] = set()  # replacements being started
-        self._launches: set[asyncio.Future[None]] = set()  # process starts in progress
+        self._jobs_released = 0
         self._import_errors_logged: set[str] = set()
-        self._monitor: asyncio.TimerHandle | None = None
         self._started = False
         self._closing = False
-        self._changed: asyncio.Event | None = None  # set whenever a child settles
+        self._changed: asyncio.Event | None = None  # set whenever a job or child settles
         self._deadline = 0.0  # when stop() stops waiting for busy children
+
+    @property
+    def start_method(self) -> str:
+        return self._supervisor.start_method
+
+    @property
+    def kill_grace(self) -> float:
+        return self._deadlines.kill_grace
 
     # ================================================================ lifecycle
 
@@ -220,110 +178,71 @@ class WorkerPool:
         """
         if self._started:
             raise PoolError("the pool is already started")
-        import multiprocess
-
-        self._loop = asyncio.get_running_loop()
-        self._ctx = multiprocess.get_context(self.start_method)
         self._changed = asyncio.Event()
-        if self.start_method == "forkserver":
-            # Modules the forkserver imports once are shared by every child it forks. Only
-            # modules this process imported successfully: one that raises anything but
-            # ImportError at import would kill the forkserver itself. No effect once the
-            # forkserver of this process is running.
-            preload = ["oban_pro.pool.child"]
-            preload += [m for m in self.imports if m in sys.modules and m not in preload]
-            self._ctx.set_forkserver_preload(preload)
-        if self.start_method != "fork":
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="oban-pool-start")
         self._started = True
-        started = time.monotonic()
-        children: list[_Child] = []
-        try:
-            for _ in range(self.processes):
-                children.append(await self._launch(initial=True))
-            await asyncio.wait_for(asyncio.gather(*(c.ready for c in children)), self.start_timeout)
-        except BaseException as exc:
-            await self._abort_start()
-            if isinstance(exc, PoolStartError):
-                raise
-            if isinstance(exc, asyncio.TimeoutError):
-                raise PoolStartError(
-                    f"worker processes were not ready within {self.start_timeout} s"
-                ) from None
-            if isinstance(exc, Exception):
-                raise PoolStartError(f"could not start worker processes: {exc}") from exc
-            raise
-        self._last_start = time.monotonic() - started
-        for child in children:
-            child.initial = False
+        await self._supervisor.start()
         log.debug(
             "worker pool started: %d %s children in %.3f s",
             self.processes,
             self.start_method,
-            self._last_start,
+            self._supervisor.last_start,
         )
 
-    async def _abort_start(self) -> None:
-        self._closing = True
-        for child in list(self._children):
-            self._kill_process(child)
-        await self._wait_reaped(5.0)
-        self._shutdown_executor()
+    async def stop(self, timeout: float = 15.0) -> list[Run]:
+        """Stop every child; return the runs of jobs that did not finish.
 
-    async def stop(self, timeout: float = 15.0) -> list[int]:
-        """Stop every child; return the ids of jobs that did not finish.
-
-        Idle children are told to stop at once; busy ones get up to ``timeout`` seconds to
-        finish (their results are still delivered through ``on_done``), then are killed.
-        Every child process is reaped before this returns.
+        Idle children are told to stop at once; busy ones take no new jobs and get up to
+        ``timeout`` seconds to finish (their results are still delivered through ``on_done``),
+        then are killed. Every child process is reaped before this returns.
         """
+        sup = self._supervisor
         if not self._started or self._closing:
             if self._closing:
-                await self._wait_reaped(10.0)
+                await sup.wait_reaped(10.0)
             return []
         self._closing = True
+        sup.closing = True
         assert self._changed is not None
-        unfinished = [run.job_id for run in self._pending]
-        self._pending.clear()
+        unfinished = self._take_waiting()
         # Launches in flight finish (they take milliseconds); their children are stopped below.
-        if self._launches:
-            await asyncio.gather(*self._launches, return_exceptions=True)
-        for child in list(self._children):
+        await sup.wait_launches()
+        for child in list(sup.children):
+            if child.state is READY:
+                child.state = DRAINING
             self._stop_if_idle(child)
         self._deadline = time.monotonic() + max(timeout, 0.0)
-        while any(c.inflight for c in self._live()):
+        while any(c.jobs for c in sup.children if c.alive or c.state is STOPPING):
             remaining = self._deadline - time.monotonic()
             if remaining <= 0:
                 break
             self._changed.clear()
             await wait_event(self._changed, remaining)
-        for child in list(self._children):
-            if child.state in (_DEAD, _GONE):
+        for child in list(sup.children):
+            if child.state in (DEAD, GONE) or not child.jobs:
                 continue
-            if child.inflight:
-                unfinished.extend(
-                    r.job_id for r in child.inflight if r.job_id not in self._cancelled
-                )
-                self._kill_process(child)
-                self._forget_jobs(child)
-        # Jobs requeued while we waited (their child was killed or died) never started again.
-        unfinished.extend(run.job_id for run in self._pending)
-        self._pending.clear()
+            jobs = list(child.jobs.values())
+            sup.kill(child)
+            for job in jobs:
+                if job.stop_reason is not None:
+                    text = (
+                        f"{job.stop_text}; the node stopped before it did, so its child "
+                        f"process (pid {child.pid}) was killed"
+                    )
+                    self._fail(job, job.stop_reason, text)
+                else:
+                    self.ledger.remove(job.job_id)
+                    unfinished.append(job.run)
+        # Jobs placed again while we waited (their child died) never started again.
+        unfinished.extend(self._take_waiting())
         # Children told to stop exit within milliseconds; give them a moment, then kill.
-        await self._wait_reaped(3.0)
-        for child in list(self._children):
-            self._kill_process(child)
-        await self._wait_reaped(10.0)
-        for task in list(self._tasks):
-            task.cancel()
-        self._cancel_monitor()
-        self._shutdown_executor()
+        await sup.wait_reaped(3.0)
+        for child in list(sup.children):
+            sup.kill(child)
+        await sup.wait_reaped(10.0)
+        sup.cancel_replacements()
+        self._memory.stop()
+        sup.shutdown_executor()
         return unfinished
-
-    def _count_restart(self, reason: str) -> None:
-        self._restarts[reason] += 1
-        if self._on_restart is not None:
-            self._call(self._on_restart, reason)
 
     def hurry(self) -> None:
         """Cut a running :meth:`stop` short: busy children are killed now."""
@@ -331,340 +250,265 @@ class WorkerPool:
         if self._changed is not None:
             self._changed.set()
 
-    def _shutdown_executor(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
-            self._executor = None
+    def _take_waiting(self) -> list[Run]:
+        runs = []
+        for job in self._placement.take_all():
+            self.ledger.remove(job.job_id)
+            runs.append(job.run)
+        return runs
 
-    async def _wait_reaped(self, timeout: float) -> None:
-        waiting = [c.reaped for c in self._children if not c.reaped.done()]
-        if waiting:
-            await asyncio.wait(waiting, timeout=timeout)
-
-    # ================================================================ capacity
-
-    def _set_state(self, child: _Child, state: str) -> None:
-        if child.state is _READY:
-            self._free -= self.window - len(child.inflight)
-        child.state = state
-        if state is _READY:
-            self._free += self.window - len(child.inflight)
-
-    def _count_free(self) -> int:
-        """The free-slot count recomputed from scratch (tests check it against ``_free``)."""
-        return sum(self.window - len(c.inflight) for c in self._children if c.state is _READY)
-
-    def _live(self) -> list[_Child]:
-        return [c for c in self._children if c.state in (_READY, _RETIRING)]
-
-    @property
-    def free_slots(self) -> int:
-        """Jobs that ``submit`` would accept right now."""
-        if self._closing:
-            return 0
-        return max(0, self._free - len(self._pending))
-
-    @property
-    def idle_count(self) -> int:
-        """Ready children with a free window slot."""
-        window = self.window
-        return sum(1 for c in self._children if c.state is _READY and len(c.inflight) < window)
-
-    @property
-    def busy_count(self) -> int:
-        """Children running a job."""
-        return sum(1 for c in self._children if c.inflight and c.state in (_READY, _RETIRING))
+    # ================================================================ inspection
 
     @property
     def size(self) -> int:
-        """Children alive and ready (at most ``processes``; fewer while replacements start)."""
-        return sum(1 for c in self._children if c.state in (_READY, _RETIRING))
+        """Children alive (at most ``processes`` plus draining ones being replaced)."""
+        return sum(1 for c in self._supervisor.children if c.alive)
 
-    def running_jobs(self) -> dict[int, int]:
-        """Job id -> pid of the child holding it (running, or queued in its window)."""
-        return {job_id: child.pid for job_id, child in self._job_child.items()}
+    @property
+    def busy_count(self) -> int:
+        """Children running at least one job."""
+        return sum(1 for c in self._supervisor.children if c.jobs and c.alive)
+
+    @property
+    def idle_count(self) -> int:
+        """Ready children running nothing."""
+        return sum(1 for c in self._supervisor.children if c.state is READY and not c.jobs)
+
+    @property
+    def waiting(self) -> int:
+        """Jobs waiting for a child (isolated ones while no child is empty)."""
+        return len(self._placement)
 
     def pids(self) -> list[int]:
-        """Pids of the children alive now (ready or busy)."""
-        return [c.pid for c in self._children if c.state in (_READY, _RETIRING)]
+        """Pids of the children alive now."""
+        return [c.pid for c in self._supervisor.children if c.alive]
+
+    def running_jobs(self) -> dict[int, int]:
+        """Job id -> pid of the child holding it (running, or sent and about to start)."""
+        return {job.job_id: job.child.pid for job in self.ledger if job.child is not None}
+
+    def load(self) -> dict[int, int]:
+        """Pid -> jobs placed in that child, for every live child."""
+        return {c.pid: len(c.jobs) for c in self._supervisor.children if c.alive}
 
     @property
     def stats(self) -> PoolStats:
         """A snapshot of counts and gauges for metrics.
 
-        Safe to call from another thread (a metrics scrape): it only reads, from a copy.
+        Safe to call from another thread (a metrics scrape): it only reads, from copies.
         """
-        window = self.window
-        children = list(self._children)  # one atomic copy; the loop may change the list
-        live = [c for c in children if c.state in (_READY, _RETIRING)]
+        children = list(self._supervisor.children)  # one atomic copy
+        live = [c for c in children if c.alive]
+        per_child = []
+        for c in live:
+            jobs = list(c.jobs.values())
+            per_child.append(
+                ChildStats(
+                    slot=c.slot,
+                    pid=c.pid,
+                    state=c.state,
+                    jobs=len(jobs),
+                    threads_busy=sum(1 for j in jobs if j.started and j.thread),
+                    rss=c.rss,
+                )
+            )
         return PoolStats(
             processes=self.processes,
             ready=len(live),
-            busy=sum(1 for c in live if c.inflight),
-            idle=sum(1 for c in live if c.state is _READY and len(c.inflight) < window),
-            starting=sum(1 for c in children if c.state is _STARTING),
+            busy=sum(1 for s in per_child if s.jobs),
+            idle=sum(1 for c in live if c.state is READY and not c.jobs),
+            starting=sum(1 for c in children if c.state is STARTING),
             restarts={reason: self._restarts.get(reason, 0) for reason in RESTART_REASONS},
-            rss={c.pid: c.rss for c in live},
+            rss={s.pid: s.rss for s in per_child},
             jobs_done=self._jobs_done,
             jobs_failed=self._jobs_failed,
-            last_start_seconds=self._last_start,
+            jobs_released=self._jobs_released,
+            kills={reason: self._kills.get(reason, 0) for reason in KILL_REASONS},
+            waiting=len(self._placement),
+            last_start_seconds=self._supervisor.last_start,
+            children=per_child,
         )
 
     # ================================================================ dispatch
 
-    def submit(self, run: Run) -> None:
-        """Send one job to the least-loaded ready child (raises PoolFullError if none)."""
-        if self._pending or self._closing or not self._started or run.job_id in self._job_child:
-            self.submit_many((run,))  # the general path raises the right error
-            return
-        child = self._pick()
-        if child is None:
-            self.submit_many((run,))
-            return
-        self._assign(child, run)
-        child.send([run])
+    def submit(self, run: Run, *, isolated: bool = False) -> None:
+        """Send one job to the least-loaded child (see :meth:`submit_many`)."""
+        self.submit_many((run,), isolated=(run.job_id,) if isolated else ())
 
-    def submit_many(self, runs: Iterable[Run]) -> None:
-        """Send jobs to ready children, one frame per child.
+    def submit_many(self, runs: Iterable[Run], *, isolated: Collection[int] = ()) -> None:
+        """Place jobs on children, one frame per child.
 
-        All or nothing: raises :class:`PoolFullError` when there are more jobs than
-        ``free_slots``, and ``ValueError`` when a job id is already running here.
+        Jobs whose id is in ``isolated`` run alone in a child. Raises
+        :class:`PoolClosedError` once stopping, and ``ValueError`` (before placing anything)
+        when a job id is already in the pool.
         """
         if not self._started or self._closing:
             raise PoolClosedError("the worker pool is not running (never started, or stopping)")
         runs = list(runs)
-        if not runs:
-            return
-        free = self.free_slots
-        if len(runs) > free:
-            raise PoolFullError(
-                f"{len(runs)} jobs submitted but only {free} slots are free "
-                f"({self.idle_count} idle of {self.processes} children, window {self.window})"
-            )
-        job_child = self._job_child
         seen: set[int] = set()
         for run in runs:
-            if run.job_id in job_child or run.job_id in seen:
+            if run.job_id in self.ledger or run.job_id in seen:
                 raise ValueError(f"job {run.job_id} is already running in this pool")
             seen.add(run.job_id)
-        frames: dict[_Child, list[Any]] = {}
-        if self._pending:
-            runs = [*self._pending, *runs]
-            self._pending.clear()
+        frames: dict[ChildProcess, list[Any]] = {}
+        now = time.monotonic()
+        placement = self._placement
         for run in runs:
-            child = self._pick()
-            assert child is not None  # free_slots counted it
-            self._assign(child, run)
-            frames.setdefault(child, []).append(run)
-        for child, batch in frames.items():
-            child.send(batch)
-
-    def _pick(self) -> _Child | None:
-        window = self.window
-        if window == 1:
-            for child in self._children:
-                if child.state is _READY and not child.inflight:
-                    return child
-            return None
-        best: _Child | None = None
-        for child in self._children:
-            if child.state is _READY and len(child.inflight) < window:
-                if best is None or len(child.inflight) < len(best.inflight):
-                    best = child
-        return best
-
-    def _assign(self, child: _Child, run: Run) -> None:
-        child.inflight.append(run)
-        if child.state is _READY:
-            self._free -= 1
-        self._job_child[run.job_id] = child
-        if run.timeout > 0 and len(child.inflight) == 1:
-            self._arm_timeout(child)
-        if self._monitor is None:
-            self._schedule_monitor()
-
-    def _dispatch_pending(self) -> None:
-        if not self._pending or self._closing:
-            return
-        frames: dict[_Child, list[Any]] = {}
-        while self._pending:
-            child = self._pick()
+            job = PoolJob(run, run.job_id in isolated, now)
+            self.ledger.add(job)
+            child = None if placement.has_waiting() else placement.choose(job)
             if child is None:
-                break
-            run = self._pending.popleft()
-            self._assign(child, run)
-            frames.setdefault(child, []).append(run)
+                placement.wait(job)
+            else:
+                self._place(job, child, frames)
+        self._place_waiting(frames)
+        self._send(frames)
+
+    def _place(
+        self, job: PoolJob, child: ChildProcess, frames: dict[ChildProcess, list[Any]]
+    ) -> None:
+        self.ledger.place(job, child)
+        batch = frames.get(child)
+        if batch is None:
+            frames[child] = [job.run]
+        else:
+            batch.append(job.run)
+        child.jobs_taken += 1
+        if self.max_jobs_per_child and child.jobs_taken >= self.max_jobs_per_child:
+            # It runs what it took, then is replaced: max_jobs_per_child counts jobs given
+            # to a child, since a child runs many at once.
+            self._drain(child, "recycle", place_waiting=False)
+
+    def _place_waiting(self, frames: dict[ChildProcess, list[Any]] | None = None) -> None:
+        """Place whatever waiting jobs the children can take now."""
+        placement = self._placement
+        if not placement.has_waiting() or self._closing:
+            return
+        own = frames is None
+        frames = {} if frames is None else frames
+        blocked: set[tuple[str, bool]] = set()
+        while (found := placement.next_placeable(blocked)) is not None:
+            self._place(found[0], found[1], frames)
+        placement.release_reservations()
+        if own:
+            self._send(frames)
+
+    def _send(self, frames: dict[ChildProcess, list[Any]]) -> None:
         for child, batch in frames.items():
             child.send(batch)
+        if frames:
+            self._memory.watch()
 
-    # ================================================================ cancel
+    # ================================================================ stopping one job
 
-    def kill_job(self, job_id: int, reason: str = "cancelled") -> bool:
-        """Stop a running job by killing its child; ``on_failed(job_id, "cancelled", ...)``.
+    def stop_job(self, job_id: int, reason: str = "cancelled") -> bool:
+        """Stop a job: first cooperatively, then by killing its child after the kill grace.
 
-        Returns False when the job is not running here (or had already finished).
+        ``reason`` ("cancelled", "rescued", ...) ends up in ``on_failed(run, reason, text)``.
+        Returns False when the job is not in the pool (or had already finished).
         """
-        for run in self._pending:
-            if run.job_id == job_id:
-                self._pending.remove(run)
-                self._fail(job_id, "cancelled", f"job was {reason} before it started")
-                return True
-        child = self._job_child.get(job_id)
-        if child is None:
+        job = self.ledger.get(job_id)
+        if job is None:
             return False
-        self._drain(child)  # a result already in the pipe wins over the cancel
-        if self._job_child.get(job_id) is not child:
-            return False
-        if child.inflight and child.inflight[0].job_id == job_id:
-            self._kill(
-                child,
-                "cancelled",
-                f"job was {reason}; its child process (pid {child.pid}) was killed",
-            )
+        if job.stop_reason is not None:
+            return True  # already being stopped
+        child = job.child
+        if child is None:  # still waiting for a child
+            self._placement.withdraw(job)
+            self._placement.release_reservations()
+            self._fail(job, reason, f"job was {reason} before it started")
             return True
-        # Queued behind another job in the child's window: tell the child to skip it.
-        del self._job_child[job_id]
-        self._cancelled.add(job_id)
-        child.send([Skip(job_id)])
-        self._fail(job_id, "cancelled", f"job was {reason} before it started")
+        child.read_pending()  # a result already in the pipe wins over the stop
+        if self.ledger.get(job_id) is not job:
+            return False
+        self._ask_to_stop(job, reason, f"job was {reason}")
         return True
 
-    # ================================================================ launching
+    def kill_job(self, job_id: int, reason: str = "cancelled") -> bool:
+        """The pkill of a job (see :meth:`stop_job`)."""
+        return self.stop_job(job_id, reason)
 
-    async def _launch(self, *, initial: bool) -> _Child:
-        """Start one child process and wire its pipes; returns before it is ready."""
+    def _ask_to_stop(self, job: PoolJob, reason: str, text: str) -> None:
+        assert job.child is not None
+        job.stop_reason = reason
+        job.stop_text = text
+        job.child.send([Interrupt(job.job_id)])
+        self._deadlines.stop_requested(job)
 
-        assert self._loop is not None
-        loop = self._loop
-        launched = loop.create_future()
-        self._launches.add(launched)
-        try:
-            return await self._launch_process(initial)
-        finally:
-            launched.set_result(None)
-            self._launches.discard(launched)
-
-    async def _launch_process(self, initial: bool) -> _Child:
-        import multiprocess.connection as mpc
-
-        assert self._loop is not None
-        loop = self._loop
-        p2c_r, p2c_w = os.pipe()
-        c2p_r, c2p_w = os.pipe()
-        child_read = mpc.Connection(p2c_r, writable=False)
-        child_write = mpc.Connection(c2p_w, readable=False)
-        close_fds: list[int] = []
-        if self.start_method == "fork":
-            # A forked child inherits every descriptor: the parent's ends of its own pipes and
-            # of its siblings' pipes must be closed there, or EOF would never reach them.
-            close_fds = [p2c_w, c2p_r]
-            for other in self._children:
-                if other.read_fd >= 0:
-                    close_fds.append(other.read_fd)
-                if other.writer is not None and not other.writer.is_closing():
-                    fd = other.writer.get_extra_info("pipe").fileno()
-                    close_fds.append(fd)
-        process = self._ctx.Process(
-            target=child_main,
-            args=(child_read, child_write, self.imports, close_fds),
-            name="oban-pool-child",
-            daemon=True,
-        )
-        launched_at = time.monotonic()
-        try:
-            if self._executor is None:
-                with _PROCESS_LOCK:
-                    process.start()
-            else:
-                await loop.run_in_executor(self._executor, _locked_start, process)
-        except BaseException:
-            for fd in (p2c_w, c2p_r):
-                os.close(fd)
-            raise
-        finally:
-            child_read.close()
-            child_write.close()
-        child = _Child(process, c2p_r, initial, launched_at)
-        self._children.append(child)
-        protocol = FrameProtocol(
-            lambda payload: self._on_frame(child, payload), lambda: self._on_pipe_eof(child)
-        )
-        child.protocol = protocol
-        reader, _ = await loop.connect_read_pipe(
-            lambda: protocol, open(c2p_r, "rb", buffering=0, closefd=True)
-        )
-        writer, _ = await loop.connect_write_pipe(
-            asyncio.BaseProtocol, open(p2c_w, "wb", buffering=0, closefd=True)
-        )
-        child.reader = reader  # type: ignore[assignment]
-        child.writer = writer  # type: ignore[assignment]
-        if child.sentinel is not None:
-            loop.add_reader(child.sentinel, self._on_sentinel, child)
-        if self._closing:
-            child.send([Stop()])
-            self._set_state(child, _STOPPING)
-        return child
-
-    def _spawn_replacement(self) -> None:
-        if self._closing:
+    def _on_timeout(self, job: PoolJob) -> None:
+        child = job.child
+        if child is None:
             return
-        task = asyncio.ensure_future(self._replace())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        child.read_pending()  # the job may have finished just now
+        if self.ledger.get(job.job_id) is not job or job.stop_reason is not None:
+            return
+        self._ask_to_stop(job, "timeout", f"job exceeded its timeout of {job.run.timeout:g} s")
 
-    async def _replace(self) -> None:
-        while not self._closing:
-            if self._start_failures:
-                await asyncio.sleep(min(0.05 * 2 ** (self._start_failures - 1), 5.0))
-                if self._closing:
-                    return
-            try:
-                child = await self._launch(initial=False)
-            except Exception as exc:  # noqa: BLE001 - keep trying: the pool must refill
-                self._start_failures += 1
-                self._count_restart("start_failure")
-                log.error("could not start a replacement worker process: %s", exc)
-                continue
-            try:
-                await asyncio.wait_for(asyncio.shield(child.ready), self.start_timeout)
-                return
-            except TimeoutError:
-                log.error(
-                    "replacement worker process %d not ready after %s s; killing it",
-                    child.pid,
-                    self.start_timeout,
+    def _on_grace_over(self, job: PoolJob) -> None:
+        child = job.child
+        if child is None or not child.alive and child.state is not STOPPING:
+            return
+        child.read_pending()
+        if self.ledger.get(job.job_id) is not job:
+            return
+        self._kill_child(child, job.stop_reason or "cancelled")
+        given_back = sum(1 for j in child.jobs.values() if j.stop_reason is None and j.started)
+        shared = f"job {job.job_id} ({job.run.worker}): {job.stop_text} and did not stop"
+        for other in list(child.jobs.values()):
+            if other.stop_reason is not None:
+                self._fail(other, other.stop_reason, self._killed_text(other, child))
+            elif other.started:
+                self._release(
+                    other,
+                    f"given back without being charged: its child process (pid {child.pid}) "
+                    f"was killed because {shared} within the kill grace of "
+                    f"{self.kill_grace:g} s",
+                    isolate=False,
                 )
-                self._kill_process(child)
-            except PoolStartError:
-                pass  # already logged by the exit handler
-            if self._closing:
-                return
-            self._start_failures += 1
-            self._count_restart("start_failure")
+            else:
+                self._place_again(other)
+        log.warning(
+            "killed worker process %d: %s (%d other jobs given back)",
+            child.pid,
+            shared,
+            given_back,
+        )
+        self._settled()
+
+    def _killed_text(self, job: PoolJob, child: ChildProcess) -> str:
+        return (
+            f"{job.stop_text}; it did not stop within the kill grace of {self.kill_grace:g} s, "
+            f"so its child process (pid {child.pid}) was killed"
+        )
 
     # ================================================================ messages
 
-    def _on_frame(self, child: _Child, payload: bytes) -> None:
-        if child.state in (_DEAD, _GONE):
-            return  # already reported; whatever it said last is stale
+    def _on_frame(self, child: ChildProcess, payload: bytes) -> None:
+        if child.state in (DEAD, GONE):
+            return  # already settled; whatever it said last is stale
         try:
             messages = decode_to_parent(payload)
         except Exception as exc:  # noqa: BLE001 - a corrupt stream: that child is unusable
             log.error("worker process %d sent an undecodable frame: %s", child.pid, exc)
-            self._kill(
-                child,
-                "crash",
-                f"child process (pid {child.pid}) sent an undecodable message ({exc}); it was "
-                "killed",
+            self._kill_child(child, "crash")
+            self._settle_lost_jobs(
+                child, "crash", f"sent an undecodable message ({exc}) and was killed"
             )
+            self._settled()
             return
         for message in messages:
-            if type(message) is Done:
+            if isinstance(message, Started):
+                job = child.jobs.get(message.job_id)
+                if job is not None:
+                    job.started = True
+                    job.thread = message.thread
+                    self._deadlines.job_started(job)
+            elif isinstance(message, Done):
                 self._on_job_done(child, message)
-            elif type(message) is Ready:
+            elif isinstance(message, Ready):
                 self._on_ready(child, message)
 
-    def _on_ready(self, child: _Child, ready: Ready) -> None:
+    def _on_ready(self, child: ChildProcess, ready: Ready) -> None:
         child.import_errors = dict(ready.import_errors)
         for module, text in ready.import_errors.items():
             if module not in self._import_errors_logged:
@@ -676,59 +520,33 @@ class WorkerPool:
                     ready.pid,
                     text,
                 )
-        if child.state is _STARTING:
-            self._set_state(child, _READY)
+        self._supervisor.child_ready(child)
         child.rss = read_rss(child.pid)
-        self._last_start = time.monotonic() - child.launched_at
-        self._start_failures = 0
-        if not child.ready.done():
-            child.ready.set_result(None)
-        if not child.initial and child.state is _READY:
-            self._dispatch_pending()
+        if not child.initial and child.state is READY:
+            self._place_waiting()
             if self._on_capacity is not None:
                 self._call(self._on_capacity)
 
-    def _on_job_done(self, child: _Child, done: Done) -> None:
-        job_id = done.job_id
-        inflight = child.inflight
-        if inflight and inflight[0].job_id == job_id:
-            inflight.popleft()
-            if child.state is _READY:
-                self._free += 1
-            if child.timer is not None:
-                child.timer.cancel()
-                child.timer = None
-            if inflight:
-                self._arm_timeout(child)
-        else:
-            for run in inflight:  # never expected: children answer in order
-                if run.job_id == job_id:
-                    inflight.remove(run)
-                    if child.state is _READY:
-                        self._free += 1
-                    break
-            else:
-                log.warning("child %d reported job %d it was not running", child.pid, job_id)
-                return
-        if self._job_child.get(job_id) is child:
-            del self._job_child[job_id]
+    def _on_job_done(self, child: ChildProcess, done: Done) -> None:
+        job = child.jobs.get(done.job_id)
+        if job is None:
+            log.warning("child %d reported job %d it was not running", child.pid, done.job_id)
+            return
+        self.ledger.remove(done.job_id)
         child.rss = done.rss
-        if done.kind == "skipped" or job_id in self._cancelled:
-            self._cancelled.discard(job_id)
+        child.jobs_done += 1
+        if job.stop_reason is not None and done.kind in ("interrupted", "error"):
+            self._count_failure(job.stop_reason)
+            self._call(self._on_failed, job.run, job.stop_reason, job.stop_text)
         else:
-            child.jobs_done += 1
+            if done.kind == "interrupted":  # never expected without a stop request
+                done = Done(done.job_id, "error", error="job was interrupted", rss=done.rss)
             self._jobs_done += 1
-            if child.state is _READY:
-                if self.max_jobs_per_child and child.jobs_done >= self.max_jobs_per_child:
-                    self._retire(child, "recycle")
-                elif self.max_memory and done.rss > self.max_memory:
-                    self._retire(child, "memory")
-            self._call(self._on_done, done)
+            self._call(self._on_done, job.run, done)
+        if child.state is READY and self.max_memory and done.rss > self.max_memory:
+            self._drain(child, "memory")
         self._stop_if_idle(child)
-        if self._pending:
-            self._dispatch_pending()
-        if self._closing and self._changed is not None:
-            self._changed.set()
+        self._settled()
 
     def _call(self, callback: Callable[..., Any], *args: Any) -> None:
         try:
@@ -736,287 +554,142 @@ class WorkerPool:
         except Exception:  # noqa: BLE001 - a callback bug must not break the pool
             log.exception("worker pool callback %r raised", callback)
 
-    # ================================================================ recycling
+    # ================================================================ outcomes decided here
 
-    def _retire(self, child: _Child, reason: str) -> None:
+    def _count_failure(self, reason: str) -> None:
+        self._jobs_failed += 1
+        kill = _KILL_OF_REASON.get(reason) or ("memory" if reason == "memory" else None)
+        if kill is not None:
+            self._kills[kill] += 1
+
+    def _fail(self, job: PoolJob, reason: str, text: str) -> None:
+        self.ledger.remove(job.job_id)
+        self._count_failure(reason)
+        self._call(self._on_failed, job.run, reason, text)
+
+    def _release(self, job: PoolJob, text: str, *, isolate: bool) -> None:
+        self.ledger.remove(job.job_id)
+        self._jobs_released += 1
+        self._kills["collateral"] += 1
+        if self._on_released is not None:
+            self._call(self._on_released, job.run, text, isolate)
+        else:  # nobody to give it back to: report it as a failure rather than lose it
+            self._call(self._on_failed, job.run, "crash", text)
+
+    def _place_again(self, job: PoolJob) -> None:
+        """A job sent to a child that is gone, before it started there."""
+        self.ledger.unplace(job)
+        self._deadlines.cancel(job)
+        self._placement.wait(job, first=True)
+
+    def _settled(self) -> None:
+        self._place_waiting()
+        if self._changed is not None:
+            self._changed.set()
+
+    # ================================================================ recycling and memory
+
+    def _drain(self, child: ChildProcess, reason: str, *, place_waiting: bool = True) -> None:
         """Take no more jobs; stop once idle; start the replacement now."""
-        self._set_state(child, _RETIRING)
+        if child.state is not READY:
+            return
+        child.state = DRAINING
+        child.drain_reason = reason
         self._count_restart(reason)
         log.info(
-            "recycling worker process %d (%s) after %d jobs", child.pid, reason, child.jobs_done
+            "recycling worker process %d (%s) after taking %d jobs; it finishes its %d "
+            "running jobs",
+            child.pid,
+            reason,
+            child.jobs_taken,
+            len(child.jobs),
         )
-        self._spawn_replacement()
+        self._supervisor.replace()
+        if place_waiting:
+            self._place_waiting()
 
-    def _stop_if_idle(self, child: _Child) -> None:
-        if child.inflight:
+    def _stop_if_idle(self, child: ChildProcess) -> None:
+        if child.jobs:
             return
-        if child.state is _RETIRING or (self._closing and child.state in (_READY, _STARTING)):
-            self._set_state(child, _STOPPING)
-            child.send([Stop()])
+        if child.state is DRAINING or (self._closing and child.state in (READY, STARTING)):
+            self._supervisor.ask_to_stop(child)
 
-    # ================================================================ timeouts and memory
-
-    def _arm_timeout(self, child: _Child) -> None:
-        run = child.inflight[0]
-        if run.timeout > 0:
-            assert self._loop is not None
-            child.timer = self._loop.call_later(run.timeout, self._on_timeout, child, run.job_id)
-
-    def _on_timeout(self, child: _Child, job_id: int) -> None:
-        child.timer = None
-        self._drain(child)  # the job may have finished just now
-        if child.state in (_DEAD, _GONE) or not child.inflight:
-            return
-        run = child.inflight[0]
-        if run.job_id != job_id:
-            return
-        self._kill(
-            child,
-            "timeout",
-            f"job exceeded its timeout of {run.timeout:g} s; its child process "
-            f"(pid {child.pid}) was killed",
+    def _on_memory_ceiling(self, child: ChildProcess) -> None:
+        watch = self._memory
+        how = (
+            f"exceeded max_memory: RSS {child.rss / _MIB:.1f} MiB > limit "
+            f"{watch.max_memory / _MIB:.1f} MiB, and grew past the ceiling of "
+            f"{watch.ceiling / _MIB:.1f} MiB; it was killed"
         )
-
-    def _schedule_monitor(self) -> None:
-        assert self._loop is not None
-        self._monitor = self._loop.call_later(self.memory_check_interval, self._check_memory)
-
-    def _cancel_monitor(self) -> None:
-        if self._monitor is not None:
-            self._monitor.cancel()
-            self._monitor = None
-
-    def _check_memory(self) -> None:
-        """Sample the RSS of busy children; kill one that passed max_memory mid-job."""
-        self._monitor = None
-        busy = [c for c in self._children if c.inflight and c.state in (_READY, _RETIRING)]
-        for child in busy:
-            rss = read_rss(child.pid)
-            if not rss:
-                continue
-            child.rss = rss
-            if self.max_memory and rss > self.max_memory:
-                self._drain(child)
-                if child.state in (_DEAD, _GONE) or not child.inflight:
-                    continue
-                self._kill(
-                    child,
-                    "memory",
-                    f"child process (pid {child.pid}) exceeded max_memory: RSS "
-                    f"{rss / _MIB:.1f} MiB > limit {self.max_memory / _MIB:.1f} MiB",
-                )
-        if any(c.inflight for c in self._children if c.state in (_READY, _RETIRING)):
-            self._schedule_monitor()
+        log.warning("worker process %d %s", child.pid, how)
+        self._kill_child(child, "memory")
+        self._settle_lost_jobs(child, "memory", how)
+        self._settled()
 
     # ================================================================ killing and dying
 
-    def _kill(self, child: _Child, reason: str, text: str) -> None:
-        """SIGKILL a child; fail its running job with ``reason``; requeue the rest."""
-        head = child.inflight[0] if child.inflight else None
+    def _kill_child(self, child: ChildProcess, restart_reason: str) -> None:
+        """SIGKILL a child (its jobs stay on it for the caller to settle); refill the pool."""
         was = child.state
-        self._kill_process(child)
-        self._count_restart(reason)
-        log.warning("killed worker process %d (%s): %s", child.pid, reason, text)
-        self._requeue(child, skip=head)
-        if head is not None and head.job_id not in self._cancelled:
-            self._fail(head.job_id, reason, text)
-        self._cancelled.discard(head.job_id if head else -1)
-        if was is _READY:
-            self._spawn_replacement()  # a retiring child's was started when it retired
-        if self._changed is not None:
-            self._changed.set()
+        self._supervisor.kill(child)
+        if was is READY:  # a draining child's replacement was started (and counted) already
+            self._count_restart(restart_reason)
+            self._supervisor.replace()
 
-    def _kill_process(self, child: _Child) -> None:
-        """SIGKILL a child and its process group; it will be reaped through its sentinel."""
-        if child.state is _GONE:
-            return
-        if child.timer is not None:
-            child.timer.cancel()
-            child.timer = None
-        child.killed = True
-        self._set_state(child, _DEAD)
-        self._signal(child, signal.SIGKILL)
-        self._close_pipes(child)
-        self._start_exit_poll(child)
+    def _count_restart(self, reason: str) -> None:
+        self._restarts[reason] += 1
+        if self._on_restart is not None:
+            self._call(self._on_restart, reason)
 
-    def _signal(self, child: _Child, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
-            os.killpg(child.pid, sig)  # the child leads its own group (jobs' subprocesses too)
-        with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
-            os.kill(child.pid, sig)  # in case it had not made its group yet
+    def _settle_lost_jobs(self, child: ChildProcess, reason: str, how: str) -> None:
+        """Decide the fate of the jobs of a child that died (or was killed for itself).
 
-    def _requeue(self, child: _Child, skip: Run | None) -> None:
-        """Jobs queued behind the running one never started: dispatch them again."""
-        assert child.state is not _READY  # its slots left the free count with its state
-        requeue = [r for r in child.inflight if r is not skip and r.job_id not in self._cancelled]
-        for run in child.inflight:
-            if self._job_child.get(run.job_id) is child:
-                del self._job_child[run.job_id]
-            if run is not skip:
-                self._cancelled.discard(run.job_id)
-        child.inflight.clear()
-        if requeue:
-            # While stopping they stay here and stop() returns them as unfinished.
-            self._pending.extendleft(reversed(requeue))
-            self._dispatch_pending()
-
-    def _forget_jobs(self, child: _Child) -> None:
-        assert child.state is not _READY
-        for run in child.inflight:
-            if self._job_child.get(run.job_id) is child:
-                del self._job_child[run.job_id]
-            self._cancelled.discard(run.job_id)
-        child.inflight.clear()
-
-    def _fail(self, job_id: int, reason: str, text: str) -> None:
-        self._jobs_failed += 1
-        self._call(self._on_failed, job_id, reason, text)
-
-    def _drain(self, child: _Child) -> None:
-        """Read whatever the child already wrote, so its results are seen before a verdict."""
-        protocol = child.protocol
-        if protocol is None or child.read_fd < 0 or child.reader is None:
-            return
-        if child.reader.is_closing():
-            return
-        while True:
-            try:
-                data = os.read(child.read_fd, 1 << 18)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return
-            if not data:
-                return
-            protocol.data_received(data)
-
-    def _on_pipe_eof(self, child: _Child) -> None:
-        child.read_fd = -1  # the transport closed it
-        self._exit_seen(child)
-
-    def _on_sentinel(self, child: _Child) -> None:
-        assert self._loop is not None
-        if child.sentinel is not None:
-            self._loop.remove_reader(child.sentinel)
-        self._drain(child)
-        self._exit_seen(child)
-
-    def _exit_seen(self, child: _Child) -> None:
-        child.exit_seen = True
-        self._start_exit_poll(child)
-
-    def _start_exit_poll(self, child: _Child) -> None:
-        if not child.polling:
-            child.polling = True
-            self._poll_exit(child)
-
-    def _poll_exit(self, child: _Child) -> None:
-        """Reap the child without blocking the loop, then settle what it was doing."""
-        if child.state is _GONE:
-            return
-        code = None
-        if _PROCESS_LOCK.acquire(blocking=False):
-            try:
-                code = child.process.exitcode
-            except ValueError:  # process object already closed
-                code = -1
-            finally:
-                _PROCESS_LOCK.release()
-        if code is None:
-            child.exit_polls += 1
-            if child.exit_polls == 200 and not child.killed:
-                # Our pipe closed ~2 s ago but the process lives on: it cannot serve anymore.
-                log.warning(
-                    "worker process %d closed its pipe but did not exit; killing it", child.pid
+        Jobs that never started go to another child. A job alone in the child is charged
+        (``reason`` counts toward the poison guard); when several ran, none is charged and
+        each runs isolated next time.
+        """
+        jobs = list(child.jobs.values())
+        started = [j for j in jobs if j.started]
+        rss = f"last RSS {child.rss / _MIB:.1f} MiB"
+        for job in jobs:
+            if not job.started and job.stop_reason is None:
+                self._place_again(job)
+            elif job.stop_reason is not None:
+                self._fail(job, job.stop_reason, f"{job.stop_text}; its child process "
+                           f"(pid {child.pid}) {how}")  # fmt: skip
+            elif len(started) == 1:
+                if reason == "memory":
+                    text = f"child process (pid {child.pid}) {how}"
+                else:
+                    text = (
+                        f"child process (pid {child.pid}) died while running the job: {how}; {rss}"
+                    )
+                self._fail(job, reason, text)
+            else:
+                ids = [str(j.job_id) for j in started if j is not job]
+                others = ", ".join(ids[:10]) + (
+                    f" and {len(ids) - 10} more" if len(ids) > 10 else ""
                 )
-                self._signal(child, signal.SIGKILL)
-            if child.exit_polls > 2000:  # ~20 s: someone else reaped it
-                self._settle_exit(child, None)
-                return
-            assert self._loop is not None
-            delay = 0.001 if child.exit_polls < 20 else 0.01
-            self._loop.call_later(delay, self._poll_exit, child)
-            return
-        self._settle_exit(child, code)
+                self._release(
+                    job,
+                    f"child process (pid {child.pid}) {how} while running {len(started)} jobs "
+                    f"(this one and {others}); {rss}. Which job caused it is not known, so this "
+                    f"one was given back without being charged and runs isolated next time",
+                    isolate=True,
+                )
 
-    def _settle_exit(self, child: _Child, code: int | None) -> None:
-        assert self._loop is not None
-        if child.state is _GONE:
-            return
-        was = child.state
-        how = _describe_exit(code)
-        self._set_state(child, _GONE)
-        if child.timer is not None:
-            child.timer.cancel()
-            child.timer = None
-        if child.sentinel is not None:
-            with contextlib.suppress(Exception):
-                self._loop.remove_reader(child.sentinel)
-        self._close_pipes(child)
-        with contextlib.suppress(Exception):
-            if code is not None:
-                child.process.close()
-        with contextlib.suppress(ValueError):
-            self._children.remove(child)
-        if was is _STARTING:
-            error = PoolStartError(
-                f"worker process {child.pid} {how} before it was ready "
-                f"(its stderr says why; imports: {self.imports})"
-            )
-            if not child.ready.done():
-                child.ready.set_exception(error)
-                child.ready.exception()  # mark retrieved: replacements log instead
-            log.error("%s", error)
-        elif was in (_READY, _RETIRING):
-            # Died by itself (we mark children we kill DEAD first).
-            if child.inflight:
-                head = child.inflight[0]
-                text = (
-                    f"child process (pid {child.pid}) died while running the job: {how}; "
-                    f"last RSS {child.rss / _MIB:.1f} MiB"
+    def _on_exit(self, child: ChildProcess, code: int | None, was: str) -> None:
+        how = describe_exit(code)
+        if was in (READY, DRAINING, STOPPING):
+            if child.jobs:
+                log.error(
+                    "worker process %d died running %d jobs: %s", child.pid, len(child.jobs), how
                 )
                 self._count_restart("crash")
-                log.error("worker process %d died running job %d: %s", child.pid, head.job_id, how)
-                self._requeue(child, skip=head)
-                if head.job_id not in self._cancelled:
-                    self._fail(head.job_id, "crash", text)
-                self._cancelled.discard(head.job_id)
-            else:
+                self._settle_lost_jobs(child, "crash", how)
+            elif was is not STOPPING:
                 self._count_restart("crash")
                 log.error("idle worker process %d died: %s", child.pid, how)
-            if was is _READY:
-                self._spawn_replacement()  # a retiring child's replacement already started
-        if not child.ready.done():  # killed before it was ready
-            child.ready.set_exception(
-                PoolStartError(f"worker process {child.pid} {how} before it was ready")
-            )
-            child.ready.exception()
-        if not child.reaped.done():
-            child.reaped.set_result(None)
-        if self._changed is not None:
-            self._changed.set()
-
-    def _close_pipes(self, child: _Child) -> None:
-        if child.writer is not None and not child.writer.is_closing():
-            child.writer.close()
-        if child.reader is not None and not child.reader.is_closing():
-            child.reader.close()
-            child.read_fd = -1
-
-
-def _locked_start(process: Any) -> None:
-    with _PROCESS_LOCK:
-        process.start()
-
-
-def _describe_exit(code: int | None) -> str:
-    """Human words for a multiprocess exit code (negative = killed by that signal)."""
-    if code is None:
-        return "exited (exit status unknown: it was reaped elsewhere)"
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"killed by signal {name} ({-code})"
-    return f"exited with code {code}"
+            if was is READY:
+                self._supervisor.replace()  # a draining child's one already started
+        self._settled()

@@ -28,7 +28,7 @@ from .conftest import (
 pytestmark = pytest.mark.chaos
 
 # the module, not the ``worker`` decorator that ``oban_pro`` exports under the same name
-worker_module = importlib.import_module("oban_pro.worker")
+worker_module = importlib.import_module("oban_pro.registry")  # cron entries live there
 
 LEADER_TTL = 2.0
 #: Allowance for a loaded 2-core machine on top of one lease plus one election period.

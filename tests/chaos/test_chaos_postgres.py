@@ -115,9 +115,10 @@ def test_outage_longer_than_heartbeat_ttl_rescues_nothing_alive(
     ttl = 3.0
     settings = {"heartbeat_interval": 1.0, "heartbeat_ttl": ttl, "lifeline_interval": 0.1,
                 "leader_ttl": 3.0}  # fmt: skip
-    a = nodes.start("a", settings=settings)
+    # A limit of 2 per node (a queue's limit is per node, as in Oban) spreads the 6 jobs.
+    a = nodes.start("a", settings=settings, queues="default:2")
     wait_for(lambda: leader(dsn, prefix) == "a", 15, "a to lead")
-    others = [nodes.start(name, settings=settings) for name in ("b", "c")]
+    others = [nodes.start(name, settings=settings, queues="default:2") for name in ("b", "c")]
     long_jobs = client.enqueue_many([Nap.new({"log": str(log), "seconds": 12.0}) for _ in range(6)])
     ids = [j.id for j in long_jobs]
     wait_for(lambda: job_states(dsn, prefix, ids).get("executing") == 6, 15, "6 long jobs running")

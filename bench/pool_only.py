@@ -1,12 +1,13 @@
-"""Micro-benchmark of the worker pool alone (no database): ``python -m oban_pro.pool._bench_pool``.
+"""Micro-benchmark of the worker pool alone (no database): ``python -m bench.pool_only``.
 
 Prints, side by side in one run:
 - child start time (launch to ready) for 2 children per start method;
-- no-op jobs/s through 2 children with window 1 and window 16, and the parent's CPU time per
-  job (the design budget is ~10 us: beyond it the parent, not Postgres, is the bottleneck).
+- no-op jobs/s through 2 children with 1 and 100 jobs in flight (what a queue limit allows), and
+  the parent's CPU time per job (the design budget is ~10 us: beyond it the parent, not
+  Postgres, is the bottleneck).
 
-The refill mimics the coordinator: results are collected as they arrive and the free slots are
-refilled once per loop iteration with one ``submit_many`` call.
+The refill mimics the coordinator: results are collected as they arrive and the room under the
+limit is refilled once per loop iteration with one ``submit_many`` call.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ import asyncio
 import statistics
 import time
 
-from .messages import Done, Run
-from .pool import WorkerPool
+from oban_pro.pool import Done, Run, WorkerPool
 
-NOOP = "oban_pro.pool._bench_pool.NoopWorker"
+NOOP = "bench.pool_only.NoopWorker"
 
 
 class NoopWorker:
@@ -28,7 +28,7 @@ class NoopWorker:
 
 
 async def _start_time(method: str) -> float:
-    pool = WorkerPool(2, start_method=method, on_done=lambda d: None, on_failed=lambda *a: None)
+    pool = WorkerPool(2, start_method=method, on_done=lambda *a: None, on_failed=lambda *a: None)
     started = time.perf_counter()
     await pool.start()
     elapsed = time.perf_counter() - started
@@ -36,7 +36,7 @@ async def _start_time(method: str) -> float:
     return elapsed
 
 
-async def _throughput(method: str, window: int, jobs: int) -> tuple[float, float]:
+async def _throughput(method: str, limit: int, jobs: int) -> tuple[float, float]:
     loop = asyncio.get_running_loop()
     finished = loop.create_future()
     state = {"sent": 0, "done": 0, "scheduled": False}
@@ -44,13 +44,13 @@ async def _throughput(method: str, window: int, jobs: int) -> tuple[float, float
 
     def refill() -> None:
         state["scheduled"] = False
-        n = min(pool.free_slots, jobs - state["sent"])
+        n = min(limit - (state["sent"] - state["done"]), jobs - state["sent"])
         if n > 0:
             first = state["sent"]
             pool.submit_many([Run(first + i + 1, NOOP, b"{}") for i in range(n)])
             state["sent"] += n
 
-    def on_done(done: Done) -> None:
+    def on_done(run: Run, done: Done) -> None:
         state["done"] += 1
         if state["done"] == jobs:
             finished.set_result(None)
@@ -61,8 +61,8 @@ async def _throughput(method: str, window: int, jobs: int) -> tuple[float, float
     pool = WorkerPool(
         2,
         start_method=method,
-        window=window,
-        imports=["oban_pro.pool._bench_pool"],
+        threads=limit,
+        imports=["bench.pool_only"],
         on_done=on_done,
         on_failed=lambda *a: None,
     )
@@ -88,14 +88,14 @@ async def main(jobs: int, repeat: int) -> None:
             f"   (min {min(times) * 1000:.1f}, max {max(times) * 1000:.1f})"
         )
     print(f"no-op throughput, 2 children, {jobs} jobs (median of {repeat}):")
-    for window in (1, 16):
+    for limit in (1, 100):
         rates, cpus = [], []
         for _ in range(repeat):
-            rate, cpu = await _throughput("forkserver", window, jobs)
+            rate, cpu = await _throughput("forkserver", limit, jobs)
             rates.append(rate)
             cpus.append(cpu)
         print(
-            f"  window {window:>2}: {statistics.median(rates):9.0f} jobs/s"
+            f"  limit {limit:>3}: {statistics.median(rates):9.0f} jobs/s"
             f"   (min {min(rates):.0f}, max {max(rates):.0f});"
             f" parent CPU {statistics.median(cpus):.1f} us/job"
         )

@@ -1,0 +1,301 @@
+"""The dispatcher: one per node. It owns the queues' limits against the single ledger of running
+jobs, turns fetched rows into jobs for the worker pool, and turns the pool's outcomes into acks.
+
+A queue's ``limit`` is the number of its jobs executing at once on this node, as in Oban,
+whatever the number of processes: producers ask :meth:`Dispatcher.demand` how many jobs to
+fetch, which is the limit minus the queue's jobs in the ledger. Queues do not share a scarce
+slot count any more (each child runs many jobs at once), so fairness between queues reduces to
+the order in which jobs waiting for a child are served (see :mod:`oban_pro.pool.placement`).
+
+The ledger is :class:`oban_pro.pool.Ledger`: the pool records each job's child in it, this
+class reads it; there is no second list of running jobs anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Collection
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..backoff import default_backoff
+from ..pool.ledger import Ledger
+from ..pool.messages import Done, Run
+from ..registry import worker_isolated, worker_timeout
+from .acker import Ack, Acker
+
+if TYPE_CHECKING:
+    from .producer import FetchedRow, Producer
+
+__all__ = ["Dispatcher", "JobPool", "ISOLATE_META_KEY"]
+
+log = logging.getLogger(__name__)
+
+#: Meta key set on a job given back after its child died while it was not alone: it runs
+#: isolated from then on, so a crash can be charged to it and no one else.
+ISOLATE_META_KEY = "isolate"
+
+# Pool failure reasons -> ack kinds. A crash (alone in its child) and a memory kill count toward
+# the poison guard; a timeout is an ordinary failed attempt; a pkill cancels; a job rescued
+# elsewhere is not ours to ack.
+FAILURE_KINDS: dict[str, str | None] = {
+    "crash": "crash", "memory": "crash", "timeout": "error", "cancelled": "cancel",
+    "dispatch": "error", "rescued": None,
+}  # fmt: skip
+
+
+class JobPool(Protocol):
+    """What the dispatcher needs of a worker pool (:class:`oban_pro.pool.WorkerPool`)."""
+
+    def submit_many(self, runs: list[Run], *, isolated: Collection[int] = ()) -> None: ...
+
+    def stop_job(self, job_id: int, reason: str = "cancelled") -> bool: ...
+
+
+PoolFactory = Callable[..., Any]
+
+
+class Dispatcher:
+    """Producers fetch through it; the pool reports to it; the acker writes what it decides.
+
+    ``make_pool(ledger=..., on_done=..., on_failed=..., on_released=...)`` builds the pool that
+    runs the jobs (the real :class:`~oban_pro.pool.WorkerPool`, or an in-process one in
+    :mod:`oban_pro.testing`).
+    """
+
+    def __init__(
+        self,
+        acker: Acker,
+        make_pool: PoolFactory,
+        *,
+        default_timeout: float = 0.0,
+        isolated_queues: Collection[str] = (),
+    ) -> None:
+        self.acker = acker
+        self.ledger = Ledger()
+        self._default_timeout = default_timeout
+        self._isolated_queues = frozenset(isolated_queues)
+        self._producers: dict[str, Producer] = {}
+        self._timeouts: dict[str, float] = {}
+        self._isolated_workers: dict[str, bool] = {}
+        self.pool: Any = make_pool(
+            ledger=self.ledger,
+            on_done=self.on_done,
+            on_failed=self.on_failed,
+            on_released=self.on_released,
+        )
+
+    def register(self, producer: Producer) -> None:
+        """Serve ``producer``'s queue (its uuid fences the acks of its jobs)."""
+        self._producers[producer.queue] = producer
+
+    # -- limits -----------------------------------------------------------------------------
+
+    def running_count(self, queue: str) -> int:
+        return self.ledger.count(queue)
+
+    def demand(self, producer: Producer) -> int:
+        """How many jobs ``producer`` may fetch now: its limit minus its jobs running here."""
+        return max(0, producer.limit - self.ledger.count(producer.queue))
+
+    def running(self) -> list[tuple[int, int, str]]:
+        """``(job_id, attempt, producer_uuid)`` of every job this node holds."""
+        out = []
+        for job in self.ledger:
+            producer = self._producers.get(job.run.queue)
+            out.append((job.job_id, job.run.attempt, producer.uuid if producer else ""))
+        return out
+
+    def stop_job(self, job_id: int, reason: str = "cancelled") -> bool:
+        """Stop the local copy of a job (cooperatively, then by killing its child after the
+        kill grace). ``reason``: "cancelled" (pkill: acked as cancelled) or "rescued" (the
+        database gave it to someone else: nothing is acked). True if it was running here."""
+        return bool(self.pool.stop_job(job_id, reason))
+
+    def abandon(self, job_id: int, attempt: int, why: str) -> bool:
+        """Stop the local copy of attempt ``attempt`` of a job whose row is no longer this
+        attempt's (rescued and maybe running elsewhere, cancelled, deleted). Nothing is acked:
+        the row belongs to someone else now. False if that attempt does not run here."""
+        job = self.ledger.get(job_id)
+        if job is None or job.run.attempt != attempt:
+            return False
+        log.warning(
+            "job %s (%s, queue %s, attempt %d) is no longer this node's in the database (%s); "
+            "stopping its local copy", job_id, job.run.worker, job.run.queue, attempt, why,
+            extra={"job_id": job_id},
+        )  # fmt: skip
+        return self.stop_job(job_id, "rescued")
+
+    # -- dispatch -----------------------------------------------------------------------------
+
+    def dispatch(self, producer: Producer, rows: list[FetchedRow]) -> None:
+        """Send fetched jobs to the pool. A row that cannot become a message fails alone."""
+        runs: list[Run] = []
+        isolated: list[int] = []
+        for row in rows:
+            if row[0] in self.ledger:
+                # An older attempt of this job still runs here: it was rescued (this node was
+                # judged dead) and fetched again. One copy per job: stop the old one and give
+                # this attempt back at once (attempt returned) for a later fetch.
+                self._give_back_refetched(producer, row)
+                continue
+            try:
+                run = self._run_message(producer, row)
+            except Exception as exc:  # a hostile row must not take the queue down with it
+                job_id, attempt = row[0], row[4]
+                log.warning("could not dispatch job %s: %r", job_id, exc)
+                self.acker.add(
+                    Ack(job_id, attempt, producer.uuid, "error",
+                        float(default_backoff(attempt, row[5])),
+                        _error_entry(attempt, f"could not dispatch the job: {exc!r}"),
+                        queue=producer.queue, worker=str(row[1]))
+                )  # fmt: skip
+                continue
+            runs.append(run)
+            if self._isolated(producer.queue, run):
+                isolated.append(run.job_id)
+        if not runs:
+            return
+        try:
+            self.pool.submit_many(runs, isolated=isolated)
+        except Exception as exc:  # the pool is closing: give the jobs back at once
+            log.warning("could not hand %d jobs to the pool (%s); releasing them", len(runs), exc)
+            self.release(runs)
+
+    def _give_back_refetched(self, producer: Producer, row: FetchedRow) -> None:
+        job_id, attempt = row[0], row[4]
+        old = self.ledger.get(job_id)
+        if old is not None:
+            self.abandon(job_id, old.run.attempt, "fetched again after a rescue")
+        self.acker.add(Ack(job_id, attempt, producer.uuid, "release",
+                           queue=producer.queue, worker=str(row[1])))  # fmt: skip
+
+    def _run_message(self, producer: Producer, row: FetchedRow) -> Run:
+        (job_id, worker, args, meta, attempt, max_attempts, priority, tags, errors,
+         inserted_at, scheduled_at, attempted_at) = row  # fmt: skip
+        return Run(
+            job_id=job_id,
+            worker=worker,
+            args=args.encode(),
+            meta=(meta or "{}").encode(),
+            attempt=attempt,
+            max_attempts=max_attempts,
+            queue=producer.queue,
+            priority=priority,
+            tags=tags or [],
+            errors=(errors or "[]").encode(),
+            inserted_at=inserted_at or 0.0,
+            scheduled_at=scheduled_at or 0.0,
+            attempted_at=attempted_at or 0.0,
+            timeout=self._timeout(worker),
+        )
+
+    def _timeout(self, worker: str) -> float:
+        found = self._timeouts.get(worker)
+        if found is None:
+            found = self._timeouts[worker] = worker_timeout(worker, self._default_timeout)
+        return found
+
+    def _isolated(self, queue: str, run: Run) -> bool:
+        if queue in self._isolated_queues:
+            return True
+        by_worker = self._isolated_workers.get(run.worker)
+        if by_worker is None:
+            by_worker = self._isolated_workers[run.worker] = worker_isolated(run.worker)
+        return by_worker or _meta_says_isolate(run.meta)
+
+    # -- outcomes (called by the pool on the event loop) ------------------------------------
+
+    def on_done(self, run: Run, done: Done) -> None:
+        producer = self._producers.get(run.queue)
+        if producer is None:
+            return
+        kind, delay, error, meta = done.kind, 0.0, None, None
+        if kind == "error":
+            delay = done.delay
+            error = _error_entry(run.attempt, done.error or "error")
+        elif kind == "cancel":
+            error = _error_entry(run.attempt, f"cancelled: {done.reason}")
+        elif kind == "snooze":
+            delay = done.delay
+            meta = json.dumps(done.meta) if done.meta else None
+        elif kind == "record":
+            meta = json.dumps({"recorded": True, "return": done.recorded})
+        self._ack(run, producer, kind, delay, error, meta, done.duration, done.error)
+
+    def on_failed(self, run: Run, reason: str, text: str) -> None:
+        producer = self._producers.get(run.queue)
+        if producer is None:
+            return
+        kind = FAILURE_KINDS.get(reason, "crash")
+        if kind is None:  # rescued: another node owns this attempt now
+            self._wake(producer)
+            return
+        delay = float(default_backoff(run.attempt, run.max_attempts)) if kind != "cancel" else 0.0
+        error = _error_entry(run.attempt, text)
+        self._ack(run, producer, kind, delay, error, None, self._elapsed(run), text)
+
+    def on_released(self, run: Run, text: str, isolate: bool) -> None:
+        """Given back without being charged: available again, attempt returned."""
+        producer = self._producers.get(run.queue)
+        if producer is None:
+            return
+        meta = json.dumps({ISOLATE_META_KEY: True}) if isolate else None
+        error = _error_entry(run.attempt, text)
+        self.acker.add(
+            Ack(run.job_id, run.attempt, producer.uuid, "release", 0.0, error, meta,
+                queue=run.queue, worker=run.worker)
+        )  # fmt: skip
+        self._wake(producer)
+
+    def release(self, runs: list[Run]) -> None:
+        """Give back jobs that did not finish before shutdown (attempt returned)."""
+        for run in runs:
+            producer = self._producers.get(run.queue)
+            if producer is not None:
+                self.acker.add(Ack(run.job_id, run.attempt, producer.uuid, "release"))
+
+    def _ack(
+        self,
+        run: Run,
+        producer: Producer,
+        kind: str,
+        delay: float,
+        error: str | None,
+        meta: str | None,
+        duration: float,
+        text: str | None,
+    ) -> None:
+        self.acker.add(
+            Ack(run.job_id, run.attempt, producer.uuid, kind, delay, error, meta,
+                queue=run.queue, worker=run.worker, duration=duration,
+                wait=max(0.0, run.attempted_at - run.scheduled_at) if run.attempted_at else 0.0,
+                text=text if kind in ("error", "crash") else None)
+        )  # fmt: skip
+        self._wake(producer)
+
+    def _wake(self, producer: Producer) -> None:
+        producer.wake()
+
+    def _elapsed(self, run: Run) -> float:
+        return max(0.0, time.time() - run.attempted_at) if run.attempted_at else 0.0
+
+
+def _meta_says_isolate(meta: Any) -> bool:
+    # The parent never decodes meta on the hot path; only a job whose meta mentions the key
+    # (one given back after a shared crash) pays for a decode.
+    if not isinstance(meta, (bytes, str)) or b'"isolate"' not in (
+        meta if isinstance(meta, bytes) else meta.encode()
+    ):
+        return False
+    try:
+        return json.loads(meta).get(ISOLATE_META_KEY) is True
+    except (ValueError, AttributeError):
+        return False
+
+
+def _error_entry(attempt: int, text: str) -> str:
+    at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return json.dumps({"attempt": attempt, "at": at, "error": text})
