@@ -205,3 +205,13 @@ class PoisonAmongOthers:
         while _holding(job) and time.monotonic() < deadline:
             time.sleep(0.005)
         ctypes.string_at(0)
+
+
+@worker(queue="io", timeout=0.5)
+class StuckInCIo:
+    """Past its 0.5 s timeout while blocked in one C call (``time.sleep``): no exception raised
+    in its thread can stop it, so its child must be killed."""
+
+    def process(self, job):
+        event(job, "start")
+        time.sleep(30)

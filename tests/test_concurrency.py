@@ -5,7 +5,7 @@ worker processes; every count comes from the jobs' own start/stop log, never fro
 from __future__ import annotations
 
 import pytest
-from engine_workers import AsyncHoldIo, HoldIo, IsolatedHoldIo, PoisonAmongOthers
+from engine_workers import AsyncHoldIo, HoldIo, IsolatedHoldIo, PoisonAmongOthers, StuckInCIo
 from helpers import job_row, wait_until
 from pool_workers import most_at_once, read_events
 from test_engine import FAST
@@ -187,3 +187,32 @@ async def test_stop_job_for_a_rescued_job_stops_it_and_acks_nothing(
         )
         # The pool never killed a child for these: the cooperative stop worked.
         assert sum(oban.runtime.worker_pool.stats.restarts.values()) == 0
+
+
+@pytest.mark.reliability
+async def test_a_job_stuck_past_its_timeout_gets_its_child_killed_and_the_others_given_back(
+    oban_dsn, oban_prefix, tmp_path
+):
+    """One of 10 jobs in one child times out in a blocking C call: it alone fails with the
+    timeout; the 9 others are given back with their attempt (then run again and complete),
+    each with an error entry naming the job that caused the kill, and none is charged."""
+    log = tmp_path / "log"
+    async with node(oban_dsn, oban_prefix, processes=1, kill_grace=0.3) as oban:
+        # They hold until 10 jobs have started: the 9 and the stuck one, then again on the rerun.
+        others = await oban.enqueue_many(
+            [HoldIo.new({"log": str(log), "until": 19, "max_seconds": 30}) for _ in range(9)]
+        )
+        stuck = await oban.enqueue(StuckInCIo.new({"log": str(log)}, max_attempts=1))
+        row = await wait_until(
+            lambda: (r := job_row(oban_dsn, oban_prefix, stuck.id))["state"] == "discarded" and r,
+            message="the stuck job failed",
+        )
+        assert "exceeded its timeout of 0.5 s" in row["errors"][0]["error"]
+        assert "did not stop within the kill grace of 0.3 s" in row["errors"][0]["error"]
+        await all_in(oban_dsn, oban_prefix, others, "completed")
+    for job in others:
+        row = job_row(oban_dsn, oban_prefix, job.id)
+        assert row["attempt"] == 1 and "crashes" not in row["meta"], row  # attempt returned
+        error = row["errors"][0]["error"]
+        assert f"because job {stuck.id} (engine_workers.StuckInCIo)" in error, error
+        assert "isolate" not in row["meta"]  # the culprit is known: nothing to isolate
