@@ -21,8 +21,8 @@ from pathlib import Path
 from oban_pro import Record, worker
 
 
-def log_run(job) -> None:
-    path = job.args.get("log")
+def log_run(job, path=None) -> None:
+    path = path or job.args.get("log")
     if path:
         line = f"{job.id} {job.attempt} {os.getpid()} {time.time():.6f}\n".encode()
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -79,14 +79,20 @@ class Burn:
 
 @worker(queue="default")
 class Hang:
-    """Runs until the file ``args["release"]`` exists (at most ``args["max_seconds"]``)."""
+    """Runs until the file ``args["release"]`` exists (at most ``args["max_seconds"]``). With
+    ``args["ends"]``, each execution that ends, normally or by an exception raised into it (a
+    cooperative stop), appends its line there too."""
 
     def process(self, job):
         log_run(job)
         release = Path(job.args["release"])
         deadline = time.monotonic() + float(job.args.get("max_seconds", 60))
-        while not release.exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        try:
+            while not release.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            if job.args.get("ends"):
+                log_run(job, job.args["ends"])
 
 
 # -- hostile jobs ---------------------------------------------------------------------------

@@ -142,11 +142,13 @@ def test_outage_with_a_pool_that_reconnects_late_rescues_nothing_alive(
     ttl = 3.0
     settings = {"heartbeat_interval": 1.0, "heartbeat_ttl": ttl, "lifeline_interval": 0.1,
                 "leader_ttl": 3.0}  # fmt: skip
-    a = nodes.start("a", settings=settings)
+    # Two jobs per node, so that c holds some.
+    a = nodes.start("a", queues="default:2", settings=settings)
     wait_for(lambda: leader(dsn, prefix) == "a", 15, "a to lead")
-    b = nodes.start("b", settings=settings)
+    b = nodes.start("b", queues="default:2", settings=settings)
     slow = {**settings, "test_pool_reconnect_delay": 8.0}
-    c = nodes.start("c", settings=slow, imports=["chaos.chaos_workers", "chaos.slow_pool"])
+    c = nodes.start("c", queues="default:2", settings=slow,
+                    imports=["chaos.chaos_workers", "chaos.slow_pool"])  # fmt: skip
     long_jobs = client.enqueue_many([Nap.new({"log": str(log), "seconds": 16.0}) for _ in range(6)])
     ids = [j.id for j in long_jobs]
     wait_for(lambda: job_states(dsn, prefix, ids).get("executing") == 6, 30, "6 long jobs running")
