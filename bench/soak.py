@@ -11,11 +11,12 @@ and END lines to one log (``bench/soak_workers.py``).
 
 Faults (each recorded with its time and the node / pids it hit): every ``--fault-interval``
 seconds a kill -9 of a random node's coordinator (restarted a second later) or of one of its
-worker processes (one running a job, when there is one); PostgreSQL restarted twice (``--pg-outages`` seconds down each: one short, one longer
-than heartbeat_ttl); once, one node's coordinator stopped with SIGSTOP for longer than the ttl,
-then SIGCONT. The ``--spare`` node (default c) is never killed, so its coordinator lives through
-the whole run and its RSS, file descriptors and worker processes can be compared with their level
-after warm-up; it is the one paused.
+worker processes (one running a job, when there is one); PostgreSQL restarted twice
+(``--pg-outages`` seconds down each: one short, one longer than heartbeat_ttl); once, one node's
+coordinator stopped with SIGSTOP for longer than the ttl, then SIGCONT. The ``--spare`` node
+(default c) is never killed, so its coordinator lives through the whole run and its RSS, file
+descriptors and worker processes can be compared with their level after warm-up; it is the one
+paused.
 
 After the drain the checker (``bench/soak_check.py``) classifies every re-execution, checks each
 row against the log, and measures the ack loss window at each node kill: the jobs the node had
@@ -31,6 +32,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -94,7 +96,7 @@ class SoakConfig:
     minutes: float = 10.0  # enqueueing lasts this long; the drain follows
     nodes: int = 3
     processes: int = 4  # worker processes per node
-    window: int = 1
+    window: int = 2  # a second job waits in each child (its fetch overlaps the first job)
     limits: dict[str, int] = field(
         default_factory=lambda: {"soak": 8, "soak_io": 8, "soak_risky": 2}
     )
@@ -106,7 +108,7 @@ class SoakConfig:
     spare: str | None = "c"
     restart_delay: float = 1.0
     tail: float = 10.0  # no faults in the last seconds of the enqueue window
-    drain_timeout: float = 300.0
+    drain_timeout: float = 120.0  # give up after this long without a job finishing
     seed: int = 1
     timings: dict[str, float] = field(default_factory=lambda: dict(TIMINGS))
     #: Explicit fault plan [(seconds after start, kind, argument)]; replaces the generated one.
@@ -750,6 +752,7 @@ class Soak:
             t.start()
         progress = _ProgressLine(cfg.quiet)
         drained_at: float | None = None
+        finished, moved_at = -1, time.time()
         try:
             last_sample = 0.0
             last_count = 0.0
@@ -767,6 +770,9 @@ class Soak:
                         counts = self.state_counts()
                         self.timeline.append({"t": round(now - self.t0, 2), **counts})
                     progress.show(self._progress_text(now, counts))
+                    done_now = sum(counts.get(s, 0) for s in soak_check.FINAL)
+                    if done_now != finished:
+                        finished, moved_at = done_now, now
                 busy = sum(counts.get(s, 0) for s in ("available", "executing", "scheduled",
                                                       "retryable"))  # fmt: skip
                 if self.enqueue_done.is_set() and self.inject_done.is_set():
@@ -774,7 +780,10 @@ class Soak:
                         drained_at = now
                     if busy == 0 and counts and now - last_count < 0.1:
                         break
-                    if now - drained_at > cfg.drain_timeout:
+                    # Give up when nothing has finished for drain_timeout seconds (a job may
+                    # wait ~25 s for a retry), or after the enqueue window again.
+                    stalled = now - moved_at > cfg.drain_timeout
+                    if stalled or now - drained_at > max(600.0, cfg.duration):
                         break
                 time.sleep(0.1)
             end_of_drain = time.time()
@@ -833,39 +842,16 @@ class Soak:
         for inc in self.incarnations:
             with contextlib.suppress(Exception):
                 inc.proc.stop()
-        rows = self._rows()
-        with open(self.log_path) as log:
-            execs, anomalies = soak_check.parse_log(log)
-        deaths = self._engine_deaths()
-        check = soak_check.check(
-            rows=rows,
-            execs=execs,
-            enqueued=self.enqueued,
-            uniques=self.uniques,
-            faults=self.faults,
-            deaths=deaths,
-            log_anomalies=anomalies,
-            settings=soak_check.CheckSettings(ack_bound=cfg.ack_bound, timeout=TIMEOUT),
-        )
-        kills = []
-        for f in self.faults:
-            if f["kind"] == "node_kill" and "executing_after_kill" in f:
-                w = soak_check.ack_window_at_kill(
-                    f["at"], f["node"], [tuple(x) for x in f["executing_after_kill"]], execs
-                )
-                kills.append({"t": f["t"], "node": f["node"], "was_leader": f["was_leader"], **w})
-        delays = [d for k in kills for d in k["unacked_for_s"]]
-        ack_window = {
-            "kills": len(kills),
-            "finished_unacked": sum(k["finished_unacked"] for k in kills),
-            "per_kill": [k["finished_unacked"] for k in kills],
-            "running_at_kill": sum(k["running"] for k in kills),
-            "fetched_not_started": sum(k["fetched_not_started"] for k in kills),
-            "p50_s": soak_check.percentile(delays, 50),
-            "p99_s": soak_check.percentile(delays, 99),
-            "max_s": max(delays) if delays else math.nan,
-            "detail": kills,
+        state = {
+            "dsn": self.dsn,
+            "prefix": self.prefix,
+            "ack_bound": cfg.ack_bound,
+            "enqueued": self.enqueued,
+            "uniques": self.uniques,
+            "faults": self.faults,
         }
+        (self.workdir / "state.json").write_text(json.dumps(state, default=str))
+        check, ack_window, deaths = verdict_of(self.workdir, state)
         leaks = self._leaks(final)
         exit_codes = {i.label: i.exit_code for i in self.incarnations if i.killed_at is None}
         failures = dict(check["failures"])
@@ -920,57 +906,6 @@ class Soak:
             "workdir": str(self.workdir),
         }
 
-    def _rows(self) -> dict[int, soak_check.Row]:
-        out: dict[int, soak_check.Row] = {}
-        for r in self.query(
-            "SELECT id, state::text, args, meta, to_jsonb(errors), attempt, max_attempts, "
-            "attempted_by, extract(epoch FROM completed_at)::float8, "
-            "extract(epoch FROM discarded_at)::float8, extract(epoch FROM cancelled_at)::float8 "
-            "FROM {p}.oban_jobs"
-        ):
-            args = r[2] or {}
-            out[int(r[0])] = soak_check.Row(
-                id=int(r[0]),
-                state=r[1],
-                kind=str(args.get("k", "?")),
-                attempt=int(r[5]),
-                max_attempts=int(r[6]),
-                args=args,
-                meta=r[3] or {},
-                errors=list(r[4] or []),
-                node=(r[7] or [None])[0],
-                completed_at=r[8],
-                discarded_at=r[9],
-                cancelled_at=r[10],
-            )
-        return out
-
-    def _engine_deaths(self) -> list[dict[str, Any]]:
-        """Worker processes the engine saw die or killed, from every node's JSON log."""
-        import re
-
-        killed = re.compile(r"killed worker process (\d+) \((\w+)\)")
-        died = re.compile(r"worker process (\d+) (?:died running job|closed its pipe)")
-        idle = re.compile(r"idle worker process (\d+) died")
-        out = []
-        for inc in self.incarnations:
-            for line in inc.proc.log_text().splitlines():
-                if "worker process" not in line or not line.startswith("{"):
-                    continue
-                try:
-                    entry = json.loads(line)
-                except ValueError:
-                    continue
-                msg = entry.get("message", "")
-                at = soak_check.iso_to_unix(entry.get("time"))
-                for pattern, reason in ((killed, None), (died, "died"), (idle, "idle died")):
-                    m = pattern.search(msg)
-                    if m and at is not None:
-                        out.append({"node": inc.name, "pid": int(m.group(1)), "at": at,
-                                    "reason": reason or m.group(2)})  # fmt: skip
-                        break
-        return out
-
     def _leaks(self, final: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         cfg = self.cfg
         out: dict[str, dict[str, Any]] = {}
@@ -1014,6 +949,118 @@ class Soak:
             if f["kind"] in ("pg_restart", "pause") and f["at"] - 1.0 <= t <= f["until"] + 10.0:
                 return True
         return False
+
+
+# -- reading a run back ------------------------------------------------------------------------
+
+
+def verdict_of(workdir: Path, state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], list]:
+    """The checker's verdict and the ack loss window of a finished run: its rows (from the
+    schema), its execution log and node logs (in ``workdir``) and the driver's ``state``."""
+    rows = read_rows(state["dsn"], state["prefix"])
+    with open(workdir / "executions.log") as log:
+        execs, anomalies = soak_check.parse_log(log)
+    deaths = engine_deaths(sorted(workdir.glob("*.*/node-*.log")))
+    faults = state["faults"]
+    check = soak_check.check(
+        rows=rows,
+        execs=execs,
+        enqueued={int(k): v for k, v in state["enqueued"].items()},
+        uniques={k: [tuple(x) for x in v] for k, v in state["uniques"].items()},
+        faults=faults,
+        deaths=deaths,
+        log_anomalies=anomalies,
+        settings=soak_check.CheckSettings(ack_bound=float(state["ack_bound"]), timeout=TIMEOUT),
+    )
+    kills = []
+    for f in faults:
+        if f["kind"] == "node_kill" and "executing_after_kill" in f:
+            w = soak_check.ack_window_at_kill(
+                f["at"], f["node"], [tuple(x) for x in f["executing_after_kill"]], execs
+            )
+            kills.append({"t": f["t"], "node": f["node"], "was_leader": f["was_leader"], **w})
+    delays = [d for k in kills for d in k["unacked_for_s"]]
+    ack_window = {
+        "kills": len(kills),
+        "finished_unacked": sum(k["finished_unacked"] for k in kills),
+        "per_kill": [k["finished_unacked"] for k in kills],
+        "running_at_kill": sum(k["running"] for k in kills),
+        "fetched_not_started": sum(k["fetched_not_started"] for k in kills),
+        "p50_s": soak_check.percentile(delays, 50),
+        "p99_s": soak_check.percentile(delays, 99),
+        "max_s": max(delays) if delays else math.nan,
+        "detail": kills,
+    }
+    return check, ack_window, deaths
+
+
+def recheck(workdir: str | Path) -> dict[str, Any]:
+    """Run the checks again on a kept run (``--keep``, or any failed run): ``--recheck DIR``."""
+    work = Path(workdir)
+    state = json.loads((work / "state.json").read_text())
+    check, ack_window, _deaths = verdict_of(work, state)
+    return {"check": check, "ack_window": ack_window}
+
+
+def read_rows(dsn: str, prefix: str) -> dict[int, soak_check.Row]:
+    out: dict[int, soak_check.Row] = {}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cur = conn.execute(
+            "SELECT id, state::text, args, meta, to_jsonb(errors), attempt, max_attempts, "
+            "attempted_by, extract(epoch FROM completed_at)::float8, "
+            "extract(epoch FROM discarded_at)::float8, extract(epoch FROM cancelled_at)::float8 "
+            f"FROM {qp(prefix)}.oban_jobs"
+        )
+        for r in cur.fetchall():
+            args = r[2] or {}
+            out[int(r[0])] = soak_check.Row(
+                id=int(r[0]),
+                state=r[1],
+                kind=str(args.get("k", "?")),
+                attempt=int(r[5]),
+                max_attempts=int(r[6]),
+                args=args,
+                meta=r[3] or {},
+                errors=list(r[4] or []),
+                node=(r[7] or [None])[0],
+                completed_at=r[8],
+                discarded_at=r[9],
+                cancelled_at=r[10],
+            )
+    return out
+
+
+_KILLED = re.compile(r"killed worker process (\d+) \((\w+)\)")
+_DIED = re.compile(r"worker process (\d+) (?:died running job|closed its pipe)")
+_IDLE = re.compile(r"idle worker process (\d+) died")
+
+
+def engine_deaths(logs: list[Path]) -> list[dict[str, Any]]:
+    """Worker processes the engine saw die or killed, from the nodes' JSON logs
+    (``<workdir>/<node>.<n>/node-<node>.log``)."""
+    out = []
+    for path in logs:
+        node = path.name.removeprefix("node-").removesuffix(".log")
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if "worker process" not in line or not line.startswith("{"):
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            msg = entry.get("message", "")
+            at = soak_check.iso_to_unix(entry.get("time"))
+            for pattern, reason in ((_KILLED, None), (_DIED, "died"), (_IDLE, "idle died")):
+                m = pattern.search(msg)
+                if m and at is not None:
+                    out.append({"node": node, "pid": int(m.group(1)), "at": at,
+                                "reason": reason or m.group(2)})  # fmt: skip
+                    break
+    return out
 
 
 class _ProgressLine:
@@ -1098,7 +1145,7 @@ def run_soak(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes", type=float, default=10.0, help="enqueue for this long (10)")
     parser.add_argument("--nodes", type=int, default=3, help="node processes (3)")
-    parser.add_argument("--window", type=int, default=1, help="jobs in flight per child (1)")
+    parser.add_argument("--window", type=int, default=2, help="jobs in flight per child (2)")
     parser.add_argument("--fault-interval", type=float, default=20.0, help="seconds (20)")
     parser.add_argument(
         "--pg-outages",
@@ -1116,7 +1163,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heartbeat-interval", type=float, default=TIMINGS["heartbeat_interval"])
     parser.add_argument("--lifeline-interval", type=float, default=TIMINGS["lifeline_interval"])
     parser.add_argument("--leader-ttl", type=float, default=TIMINGS["leader_ttl"])
-    parser.add_argument("--drain-timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=120.0,
+        help="after the enqueue window, give up when no job finished for this long (120)",
+    )
     parser.add_argument(
         "--restart-command",
         default=None,
@@ -1124,6 +1176,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "down); without one, a --dsn run skips the PostgreSQL restarts",
     )
     parser.add_argument("--keep", action="store_true", help="keep the schema and the logs")
+    parser.add_argument(
+        "--recheck",
+        metavar="DIR",
+        default=None,
+        help="run no soak: check again the kept run in DIR (its schema must still exist)",
+    )
 
 
 def config_from(opts: common.Options) -> SoakConfig:
@@ -1138,7 +1196,7 @@ def config_from(opts: common.Options) -> SoakConfig:
         minutes=float(ex.get("minutes", 10.0)),
         nodes=int(ex.get("nodes", 3)),
         processes=opts.processes or 4,
-        window=int(ex.get("window", 1)),
+        window=int(ex.get("window", 2)),
         warmup=float(ex.get("warmup", 30.0)),
         fault_interval=float(ex.get("fault_interval", 20.0)),
         pg_outages=outages,
@@ -1147,7 +1205,7 @@ def config_from(opts: common.Options) -> SoakConfig:
         spare=ex.get("spare") or None,
         seed=int(ex.get("seed", 1)),
         timings=timings,
-        drain_timeout=float(ex.get("drain_timeout", 300.0)),
+        drain_timeout=float(ex.get("drain_timeout", 120.0)),
         quiet=opts.quiet,
     )
 
@@ -1155,6 +1213,12 @@ def config_from(opts: common.Options) -> SoakConfig:
 def run(opts: common.Options) -> int:
     from oban_pro.database import configured_dsn, start_embedded
 
+    if opts.extra.get("recheck"):
+        if configured_dsn(opts.dsn) is None:
+            start_embedded(announce=False)  # the kept schema lives in the embedded server
+        got = recheck(opts.extra["recheck"])
+        print(json.dumps(got, indent=1, default=str))
+        return 0 if got["check"]["ok"] else 1
     cfg = config_from(opts)
     dsn = configured_dsn(opts.dsn)
     restart: Callable[[float], None] | None
@@ -1221,9 +1285,12 @@ def summary_table(result: dict[str, Any]) -> str:
         ],  # fmt: skip
         [
             "faults injected",
-            ", ".join(f"{k} {v}" for k, v in sorted(faults.items()))
-            + (f" (PostgreSQL down {', '.join(outages)} s)" if outages else "")
-            + (f" (paused {', '.join(pauses)} s)" if pauses else ""),
+            ", ".join(f"{k} {v}" for k, v in sorted(faults.items())),
+            "",
+        ],
+        [
+            "  - seconds PostgreSQL was down / a coordinator paused",
+            f"{', '.join(outages) or '-'} / {', '.join(pauses) or '-'}",
             "",
         ],
         ["lost (not final after the drain, or no row)", c["lost"], _ok(c["lost"] == 0)],
@@ -1238,16 +1305,8 @@ def summary_table(result: dict[str, Any]) -> str:
             _ok(wrong == 0),
         ],
         ["retries by design (raise, snooze, crash, timeout)", sum(designed.values()), ""],
-        [
-            "duplicates explained by a fault",
-            f"{c['duplicates']['explained']:,}"
-            + (
-                " (" + ", ".join(f"{k}: {v}" for k, v in sorted(by_fault.items())) + ")"
-                if by_fault
-                else ""
-            ),  # fmt: skip
-            "",
-        ],
+        ["duplicates explained by a fault", f"{c['duplicates']['explained']:,}", ""],
+        *[[f"  - {reason}", n, ""] for reason, n in sorted(by_fault.items())],
         [
             "unexplained duplicates",
             c["duplicates"]["unexplained"],
@@ -1263,6 +1322,11 @@ def summary_table(result: dict[str, Any]) -> str:
             sum(counts[k] for k in stale_keys),
             _ok(not stale_keys),
         ],  # fmt: skip
+        [
+            "stale copies run by a paused node after their job was done",
+            counts.get("note: stale copy ran on a paused node after its job was finished", 0),
+            "",
+        ],
         [
             "stale acks fenced out by the engine (metrics)",
             f"{result['metrics'].get('acks_stale', 0):,.0f}",

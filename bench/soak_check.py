@@ -229,6 +229,13 @@ class Faults:
                     return f
         return None
 
+    def stale_copy(self, ex: Exec, slack: float) -> Mapping[str, Any] | None:
+        """The pause of ``ex``'s node that it started within ``slack`` s after (or during)."""
+        for f in self.pauses:
+            if f["node"] == ex.node and f["at"] <= ex.start <= f["until"] + slack:
+                return f
+        return None
+
     def engine_death(self, node: str, pid: int, after: float, before: float) -> Any:
         for d in self.deaths:
             if d["node"] == node and d["pid"] == pid and after - 1.0 <= d["at"] <= before + 1.0:
@@ -280,6 +287,13 @@ class Verdict:
 def justify(prev: Exec, nxt: Exec, faults: Faults, deaths: ProcessDeaths, s: CheckSettings):
     """Why ``nxt`` (a later execution of the same job) was allowed to run: (category, reason,
     fault or None, extra). Category: designed, fault, unexplained."""
+    if nxt.attempt < prev.attempt:
+        # An older attempt started after a newer one: a copy the node held while it could not
+        # know the job had been rescued (fetched before a SIGSTOP, started after SIGCONT).
+        f = faults.stale_copy(nxt, s.rescue_slack)
+        if f:
+            return "fault", "stale copy started by a node paused beyond the ttl", f, {}
+        return "unexplained", "an older attempt started after a newer one", None, {}
     if prev.end is not None and prev.outcome in RETRY_OUTCOMES:
         return "designed", f"after {prev.outcome}", None, {}
     if prev.end is None:
@@ -394,7 +408,7 @@ def explain_error(
                     return None
         for f in faults.pauses:
             if f["node"] == node and f["at"] <= at <= f["until"] + s.rescue_slack:
-                if since <= f["until"]:
+                if since <= f["until"] + s.rescue_slack:  # or a copy it held, started after
                     return None
         return f"rescued from node {node}, which was neither killed nor paused then"
     return f"unknown error entry: {value}"
@@ -480,12 +494,14 @@ def check(
             else:
                 v.add("wrong final state", {**_row_brief(row, runs), "expected": expected})
         # -- the row agrees with the log (no stale or foreign ack applied)
-        _check_row_vs_log(row, runs, v)
+        _check_row_vs_log(row, runs, v, fx, s)
         _check_kind_details(row, runs, v)
 
     _check_uniques(rows, uniques, v)
     ack = ack_loss_summary(acklost)
-    failures = {k: n for k, n in v.counts.items() if not k.startswith("discarded by faults")}
+    failures = {
+        k: n for k, n in v.counts.items() if not k.startswith(("discarded by faults", "note:"))
+    }
     return {
         "ok": not failures,
         "failures": dict(failures),
@@ -507,10 +523,17 @@ def check(
     }
 
 
-def _check_row_vs_log(row: Row, runs: list[Exec], v: Verdict) -> None:
+def _check_row_vs_log(row: Row, runs: list[Exec], v: Verdict, fx: Faults, s: CheckSettings) -> None:
     done_at = row.finished_at
     if done_at is not None:
         late = [e for e in runs if e.start > done_at + CLOCK_SLACK]
+        for e in list(late):
+            if e.attempt < row.attempt and fx.stale_copy(e, s.rescue_slack):
+                late.remove(e)
+                v.add(
+                    "note: stale copy ran on a paused node after its job was finished",
+                    {"id": row.id, "finished_at": done_at, "late": e.brief()},
+                )
         if late:
             v.add(
                 "ran after its job was finished",

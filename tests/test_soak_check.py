@@ -149,3 +149,19 @@ def test_log_pairing_and_the_ack_window_at_a_kill():
     w = sc.ack_window_at_kill(T + 2.5, "a", [(1, 1), (3, 1), (4, 1)], execs)
     assert (w["finished_unacked"], w["running"], w["fetched_not_started"]) == (1, 1, 1)
     assert w["unacked_for_s"] == [0.5]
+
+
+def test_a_copy_a_paused_node_held_and_started_after_sigcont_is_explained_but_noted():
+    # c fetched attempt 1 before its SIGSTOP; rescued, the job ran on a (attempt 2) and
+    # completed; after SIGCONT c started its stale copy. The fenced ack changed nothing.
+    lines = [S(1, 2, "a", 10, 5), E(1, 2, "a", 10, 5.1), S(1, 1, "c", 30, 9.5),
+             E(1, 1, "c", 30, 9.6)]  # fmt: skip
+    rows = [row(1, attempt=2, node="a", done=5.2, errors=[rescue(1, "c", 4.5)])]
+    pause = {"kind": "pause", "node": "c", "at": 1.0, "until": 9.4}
+    got = run(lines, rows, [pause])
+    assert got["ok"], got["failures"]
+    assert got["reexecutions"]["fault"] == {"stale copy started by a node paused beyond the ttl": 1}
+    assert got["counts"]["note: stale copy ran on a paused node after its job was finished"] == 1
+    # with no pause, an older attempt starting after a newer one is reported
+    got = run(lines, rows)
+    assert got["duplicates"]["unexplained"] == 1 and not got["ok"]
