@@ -23,6 +23,7 @@ from .errors import (
     InvalidPrefixError,
     MigrationError,
     ObanError,
+    SchemaNotReadyError,
     UnknownWorkerError,
     ValidationError,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "MigrationError",
     "Oban",
     "ObanError",
+    "SchemaNotReadyError",
     "Record",
     "Snooze",
     "UnknownWorkerError",

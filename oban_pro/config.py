@@ -90,7 +90,8 @@ class Config:
     ack_interval: float = 0.0
     #: Buffered acks above which fetching pauses (back-pressure).
     ack_max_backlog: int = 50000
-    #: Database connections in the coordinator's pool.
+    #: Database connections in the coordinator's pool (a node also keeps one for LISTEN and one
+    #: for heartbeats, so it opens at most pool_size + 2).
     pool_size: int = 4
     #: Serve Prometheus /metrics on this port (None = off).
     metrics_port: int | None = None

@@ -59,6 +59,7 @@ def _insert_unique(queries: Queries, job: Job) -> Generator[Step, list[tuple[Any
             "uniq_key": key,
             "states": list(options.states),
             "period": options.period,
+            **options.lookup(job.worker, job.queue, job.args, job.meta),
         },
     )
     if found:

@@ -43,6 +43,19 @@ class DatabaseNotConfiguredError(ObanError):
     """No DSN was given and the embedded PostgreSQL is not installed."""
 
 
+class SchemaNotReadyError(ObanError):
+    """The database lacks tables a node needs (``missing`` names them): run the migrations."""
+
+    def __init__(self, prefix: str, missing: list[str]) -> None:
+        self.prefix = prefix
+        self.missing = missing
+        tables = ", ".join(f"{prefix}.{name}" for name in missing)
+        super().__init__(
+            f"the database has no {tables}: run `oban-pro migrate up --prefix {prefix}` (it adds "
+            f"only what is missing to a schema made by Elixir Oban or Oban.py)"
+        )
+
+
 class MigrationError(ObanError):
     """A migration cannot run as asked (unknown layout, data in the way, ...)."""
 

@@ -23,7 +23,7 @@ from .coordinator.signals import apply_signal
 from .cron import CronEntry
 from .database import resolve_dsn
 from .enqueue import insert_steps, run_async
-from .errors import NotRunningError, ValidationError
+from .errors import NotRunningError, SchemaNotReadyError, ValidationError
 from .job import Job
 from .naming import validate_name
 from .operations import cancel_steps, delete_steps, get_job_steps, list_jobs_steps, retry_steps
@@ -126,6 +126,12 @@ class Oban:
         if self._started:
             return self
         pool = await self.open_pool()
+        if self.config.queues:
+            try:
+                await self._require_schema(pool)
+            except SchemaNotReadyError:
+                await self.stop()  # closes the pool it opened; nothing else was started
+                raise
         for module in self.config.imports:
             importlib.import_module(module)
         if self.config.metrics_port is not None:
@@ -144,6 +150,13 @@ class Oban:
             self.producers = self._runtime.producers
         self._started = True
         return self
+
+    async def _require_schema(self, pool: AsyncConnectionPool) -> None:
+        async with pool.connection() as conn:
+            cur = await conn.execute(self.queries.missing_tables, {"prefix": self.config.prefix})
+            missing = [name for (name,) in await cur.fetchall()]
+        if missing:
+            raise SchemaNotReadyError(self.config.prefix, missing)
 
     def _start_metrics(self) -> None:
         from .metrics import Metrics

@@ -17,7 +17,15 @@ NOW = "coalesce(%(now)s::timestamp, timezone('UTC', now()))"
 # emptied by crash recovery, and no node could heartbeat while the server was down.
 SERVER_START = "(pg_postmaster_start_time() AT TIME ZONE 'UTC')"
 
-FRAGMENTS = ("NOW", "SERVER_START", "JOB_COLUMNS", "FRAGMENTS")
+FRAGMENTS = (
+    "NOW",
+    "SERVER_START",
+    "JOB_COLUMNS",
+    "ROW_TTL",
+    "TAKE_NEXT",
+    "PARTITION_KEY",
+    "FRAGMENTS",
+)
 
 # -- enqueue ----------------------------------------------------------------------------------
 
@@ -45,27 +53,44 @@ NOTIFY = "SELECT pg_notify(%(channel)s, %(payload)s)"
 
 UNIQUE_LOCK = "SELECT pg_advisory_xact_lock(%(key)s)"
 
+# A duplicate is either a row with this key in meta.uniq_key (oban_pro inserters), or a row that
+# matches the way Elixir's open-source engine looks for one, which writes no uniq_key: same
+# worker and queue, args (and meta, without our uniq_key) equal by containment both ways, or
+# containing only the listed keys' values (compat.md §2, "Unique jobs"). A NULL parameter leaves
+# that field out. Both branches check the states and the period.
 UNIQUE_FIND = """
-SELECT id, state::text, inserted_at, scheduled_at FROM {p}.oban_jobs
-WHERE meta @> jsonb_build_object('uniq_key', %(uniq_key)s::text)
-  AND state::text = ANY(%(states)s::text[])
-  AND (%(period)s::float8 IS NULL
-       OR inserted_at >= timezone('UTC', now()) - make_interval(secs => %(period)s::float8))
+SELECT id, state::text, inserted_at, scheduled_at FROM (
+  SELECT id, state, inserted_at, scheduled_at FROM {p}.oban_jobs
+  WHERE meta @> jsonb_build_object('uniq_key', %(uniq_key)s::text)
+    AND state::text = ANY(%(states)s::text[])
+  UNION ALL
+  SELECT id, state, inserted_at, scheduled_at FROM {p}.oban_jobs
+  WHERE state::text = ANY(%(states)s::text[])
+    AND (%(worker)s::text IS NULL OR worker = %(worker)s::text)
+    AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+    AND (%(args)s::jsonb IS NULL OR (args @> %(args)s::jsonb
+         AND (NOT %(exact)s::bool OR args <@ %(args)s::jsonb)))
+    AND (%(meta)s::jsonb IS NULL OR ((coalesce(meta, '{}'::jsonb) - 'uniq_key') @> %(meta)s::jsonb
+         AND (NOT %(exact)s::bool
+              OR (coalesce(meta, '{}'::jsonb) - 'uniq_key') <@ %(meta)s::jsonb)))
+) AS j
+WHERE %(period)s::float8 IS NULL
+   OR inserted_at >= timezone('UTC', now()) - make_interval(secs => %(period)s::float8)
 ORDER BY id
 LIMIT 1
 """
 
+# The tables a running node needs, of those that are missing (a schema made only by Elixir's
+# migrations lacks oban_producers and oban_leaders).
+MISSING_TABLES = """
+SELECT name FROM unnest(ARRAY['oban_jobs', 'oban_producers', 'oban_leaders']) AS name
+WHERE to_regclass(format('%%I.%%I', %(prefix)s::text, name)) IS NULL
+"""
+
 # -- producers and fetching -------------------------------------------------------------------
 
-FETCH_JOBS = """
-WITH next AS (
-  SELECT id FROM {p}.oban_jobs
-  WHERE state = 'available' AND queue = %(queue)s
-  ORDER BY priority, scheduled_at, id
-  LIMIT %(demand)s
-  FOR UPDATE SKIP LOCKED
-)
-UPDATE {p}.oban_jobs AS j
+# Every fetch ends the same way: the rows chosen in ``next`` become this producer's attempt.
+TAKE_NEXT = """UPDATE {p}.oban_jobs AS j
 SET state = 'executing',
     attempt = j.attempt + 1,
     attempted_at = timezone('UTC', now()),
@@ -75,7 +100,74 @@ WHERE j.id = next.id AND j.attempt < j.max_attempts
 RETURNING j.id, j.worker, j.args::text, coalesce(j.meta, '{}'::jsonb)::text, j.attempt,
   j.max_attempts, j.priority, j.tags, to_jsonb(j.errors)::text,
   extract(epoch FROM j.inserted_at)::float8, extract(epoch FROM j.scheduled_at)::float8,
-  extract(epoch FROM j.attempted_at)::float8
+  extract(epoch FROM j.attempted_at)::float8"""
+
+FETCH_JOBS = """
+WITH next AS (
+  SELECT id FROM {p}.oban_jobs
+  WHERE state = 'available' AND queue = %(queue)s
+  ORDER BY priority, scheduled_at, id
+  LIMIT %(demand)s
+  FOR UPDATE SKIP LOCKED
+)
+{take_next}
+"""
+
+# -- globally limited queues (oban_pro/limits.py: why the lock is a statement of its own) -----
+
+LOCK_LIMITED_QUEUE = "SELECT pg_advisory_xact_lock(%(lock_class)s::int, hashtext(%(lock_name)s))"
+
+# At most global_limit of the queue's jobs executing, whichever node or engine runs them.
+FETCH_GLOBAL_JOBS = """
+WITH next AS (
+  SELECT id FROM {p}.oban_jobs
+  WHERE state = 'available' AND queue = %(queue)s
+  ORDER BY priority, scheduled_at, id
+  LIMIT greatest(0, least(%(demand)s::int, %(global_limit)s::int - (
+    SELECT count(*) FROM {p}.oban_jobs WHERE state = 'executing' AND queue = %(queue)s)::int))
+  FOR UPDATE SKIP LOCKED
+)
+{take_next}
+"""
+
+# A job's partition: a JSON array of its worker, its args and its meta (each only if chosen;
+# args and meta restricted to the chosen keys when there are any).
+PARTITION_KEY = """jsonb_build_array(
+    CASE WHEN %(by_worker)s::bool THEN to_jsonb(j.worker) END,
+    CASE WHEN %(by_args)s::bool THEN CASE WHEN cardinality(%(keys)s::text[]) = 0 THEN j.args
+      ELSE (SELECT jsonb_object_agg(k, j.args -> k) FROM unnest(%(keys)s::text[]) AS k) END END,
+    CASE WHEN %(by_meta)s::bool THEN CASE WHEN cardinality(%(keys)s::text[]) = 0
+      THEN coalesce(j.meta, '{}'::jsonb) - 'uniq_key'
+      ELSE (SELECT jsonb_object_agg(k, j.meta -> k) FROM unnest(%(keys)s::text[]) AS k) END END
+  )"""
+
+# At most global_limit executing per partition. Every partition's n-th job comes before any
+# partition's (n+1)-th, so a tenant with most of the backlog cannot starve the others. This
+# ranks the queue's whole available backlog on each fetch: the price of fairness, paid only by
+# partitioned queues.
+FETCH_PARTITIONED_JOBS = """
+WITH running AS (
+  SELECT {partition_key} AS key, count(*) AS n FROM {p}.oban_jobs AS j
+  WHERE j.state = 'executing' AND j.queue = %(queue)s
+  GROUP BY 1
+), keyed AS (
+  SELECT j.id, j.priority, j.scheduled_at, {partition_key} AS key FROM {p}.oban_jobs AS j
+  WHERE j.state = 'available' AND j.queue = %(queue)s
+), ranked AS (
+  SELECT k.*, row_number() OVER (PARTITION BY k.key ORDER BY k.priority, k.scheduled_at, k.id)
+    AS rn
+  FROM keyed AS k
+), chosen AS (
+  SELECT r.id FROM ranked AS r LEFT JOIN running AS x ON x.key = r.key
+  WHERE r.rn <= %(global_limit)s::int - coalesce(x.n, 0)
+  ORDER BY r.rn, r.priority, r.scheduled_at, r.id
+  LIMIT %(demand)s
+), next AS (
+  SELECT j.id FROM {p}.oban_jobs AS j JOIN chosen AS c ON c.id = j.id
+  WHERE j.state = 'available'
+  FOR UPDATE OF j SKIP LOCKED
+)
+{take_next}
 """
 
 REGISTER_PRODUCER = """
@@ -85,12 +177,27 @@ VALUES (%(uuid)s::uuid, %(name)s, %(node)s, %(queue)s, %(meta)s::jsonb,
 ON CONFLICT (uuid) DO UPDATE SET meta = excluded.meta, updated_at = excluded.updated_at
 """
 
-HEARTBEAT_PRODUCERS = """
-UPDATE {p}.oban_producers AS p
-SET updated_at = timezone('UTC', now()), meta = m.meta
-FROM unnest(%(uuids)s::uuid[], %(metas)s::jsonb[]) AS m(uuid, meta)
-WHERE p.uuid = m.uuid
-RETURNING p.uuid::text
+# One round trip per beat: refresh this node's producer rows, registering again any that
+# vanished ("registered" rows), and list the jobs the node runs whose row no longer belongs to
+# that attempt here ("lost" rows: rescued, cancelled, deleted), so it stops its local copy.
+HEARTBEAT = """
+WITH beat AS (
+  INSERT INTO {p}.oban_producers AS p (uuid, name, node, queue, meta, started_at, updated_at)
+  SELECT b.uuid, %(name)s, %(node)s, b.queue, b.meta,
+    timezone('UTC', now()), timezone('UTC', now())
+  FROM unnest(%(uuids)s::uuid[], %(queues)s::text[], %(metas)s::jsonb[]) AS b(uuid, queue, meta)
+  ON CONFLICT (uuid) DO UPDATE SET updated_at = excluded.updated_at, meta = excluded.meta
+  RETURNING p.uuid::text AS uuid, (p.xmax = 0) AS registered
+)
+SELECT 'registered', uuid, NULL::text, NULL::text FROM beat WHERE registered
+UNION ALL
+SELECT 'lost', r.id::text, coalesce(j.state::text, 'deleted'),
+  CASE WHEN j.state = 'executing' THEN j.attempted_by[1] END
+FROM unnest(%(job_ids)s::bigint[], %(job_attempts)s::int[], %(job_uuids)s::text[])
+  AS r(id, attempt, uuid)
+LEFT JOIN {p}.oban_jobs AS j ON j.id = r.id
+WHERE j.id IS NULL OR j.state <> 'executing' OR j.attempt <> r.attempt
+  OR j.attempted_by[2] IS DISTINCT FROM r.uuid
 """
 
 DELETE_PRODUCERS = "DELETE FROM {p}.oban_producers WHERE uuid = ANY(%(uuids)s::uuid[])"
@@ -173,34 +280,51 @@ WITH staged AS (
 SELECT queue, n, pg_notify(%(channel)s, json_build_object('queue', queue)::text) FROM queues
 """
 
-# Orphans: executing jobs whose producer is known to heartbeat but has stopped (its row is
-# stale, or missing while the queue is served by heartbeating producers), plus the time-only
-# fallback for jobs of engines that never heartbeat (compat.md §4 hazard).
+# The ttl a producer row asks to be judged by: oban_pro producers write their own
+# heartbeat_ttl in meta; rows of other engines (Oban.py refreshes every 15 s and deletes rows
+# silent for 60 s) get the larger of ours and %(foreign_ttl)s. Clamped so a hostile value cannot
+# break the statement.
+ROW_TTL = """(CASE WHEN jsonb_typeof(p.meta->'heartbeat_ttl') = 'number'
+  THEN least(greatest((p.meta->>'heartbeat_ttl')::float8, 0.1), 1e7)
+  ELSE greatest(%(ttl)s::float8, %(foreign_ttl)s::float8) END)"""
+
+# Producers as the lifeline sees them: uuid, last heartbeat, ttl.
+PRODUCER_BEATS = "SELECT p.uuid::text, p.updated_at, {row_ttl} FROM {p}.oban_producers AS p"
+
+# Orphans (compat.md §4): an executing job is judged by liveness only when its producer uuid is
+# known to heartbeat, from its row or from the lifeline's memory of rows it has seen (passed as
+# known_*; a row may be gone: deleted by another engine's cleanup, or emptied with the unlogged
+# table by crash recovery). It is an orphan when that producer has been silent for its ttl,
+# counted from no earlier than the server's start plus the slowest reconnect of a live node
+# (%(grace)s). Jobs of producers never seen heartbeating (Elixir's open-source engine, older
+# Oban.py) are left to the time-only rescue_after fallback, whatever queue they are on.
 RESCUE_JOBS = """
-WITH orphans AS (
+WITH known AS (
+  SELECT k.uuid, max(k.updated_at) AS updated_at, max(k.ttl) AS ttl FROM (
+    SELECT p.uuid::text, p.updated_at, {row_ttl} FROM {p}.oban_producers AS p
+    UNION ALL
+    SELECT * FROM unnest(%(known_uuids)s::text[], %(known_beats)s::timestamp[],
+      %(known_ttls)s::float8[])
+  ) AS k(uuid, updated_at, ttl)
+  GROUP BY k.uuid
+), orphans AS (
   SELECT j.id,
     CASE
-      WHEN p.uuid IS NOT NULL THEN format(
-        'rescued: node %%s (producer %%s) stopped heartbeating; last heartbeat at %%sZ',
-        j.attempted_by[1], j.attempted_by[2], p.updated_at)
-      WHEN EXISTS (SELECT 1 FROM {p}.oban_producers AS q WHERE q.queue = j.queue) THEN format(
-        'rescued: node %%s (producer %%s) is gone (no producer row)',
-        j.attempted_by[1], j.attempted_by[2])
-      ELSE format('rescued: executing since %%sZ, longer than rescue_after (%%s s)',
-        j.attempted_at, %(rescue_after)s::float8)
+      WHEN k.uuid IS NOT NULL THEN format(
+        'rescued: node %%s (producer %%s) stopped heartbeating; last heartbeat at %%sZ, ttl %%s s',
+        j.attempted_by[1], j.attempted_by[2], k.updated_at, k.ttl)
+      ELSE format('rescued: executing since %%sZ, longer than rescue_after (%%s s), by a '
+        || 'producer never seen heartbeating', j.attempted_at, %(rescue_after)s::float8)
     END AS reason
   FROM {p}.oban_jobs AS j
-  LEFT JOIN {p}.oban_producers AS p ON p.uuid::text = j.attempted_by[2]
+  LEFT JOIN known AS k ON k.uuid = j.attempted_by[2]
   WHERE j.state = 'executing'
-    AND (
-      (p.uuid IS NOT NULL
-        AND greatest(p.updated_at, {server_start}) < {now} - make_interval(secs => %(ttl)s))
-      OR (p.uuid IS NULL
-        AND {server_start} < {now} - make_interval(secs => %(ttl)s)
-        AND EXISTS (SELECT 1 FROM {p}.oban_producers AS q WHERE q.queue = j.queue))
-      OR (p.uuid IS NULL
-          AND j.attempted_at < {now} - make_interval(secs => %(rescue_after)s))
-    )
+    AND CASE
+      WHEN k.uuid IS NOT NULL THEN
+        greatest(k.updated_at, {server_start} + make_interval(secs => %(grace)s))
+          < {now} - make_interval(secs => k.ttl)
+      ELSE j.attempted_at < {now} - make_interval(secs => %(rescue_after)s)
+    END
   LIMIT %(limit)s
   FOR UPDATE OF j SKIP LOCKED
 )
@@ -221,7 +345,8 @@ RETURNING j.id, j.queue, j.state::text
 
 DELETE_DEAD_PRODUCERS = """
 DELETE FROM {p}.oban_producers AS p
-WHERE greatest(p.updated_at, {server_start}) < {now} - make_interval(secs => %(ttl)s)
+WHERE greatest(p.updated_at, {server_start} + make_interval(secs => %(grace)s))
+    < {now} - make_interval(secs => {row_ttl})
   AND NOT EXISTS (
     SELECT 1 FROM {p}.oban_jobs AS j
     WHERE j.state = 'executing' AND j.attempted_by[2] = p.uuid::text)
@@ -338,10 +463,14 @@ class Queries:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         tokens = {
+            # Fragments that hold tokens themselves come first.
+            "{take_next}": TAKE_NEXT,
+            "{partition_key}": PARTITION_KEY,
             "{p}": quoted_prefix(prefix),
             "{now}": NOW,
             "{server_start}": SERVER_START,
             "{job_columns}": JOB_COLUMNS,
+            "{row_ttl}": ROW_TTL,
         }
         for name, text in globals().items():
             if name.isupper() and isinstance(text, str) and name not in FRAGMENTS:
@@ -355,9 +484,14 @@ class Queries:
     notify: str
     unique_lock: str
     unique_find: str
+    missing_tables: str
     fetch_jobs: str
+    lock_limited_queue: str
+    fetch_global_jobs: str
+    fetch_partitioned_jobs: str
     register_producer: str
-    heartbeat_producers: str
+    heartbeat: str
+    producer_beats: str
     delete_producers: str
     ack_jobs: str
     stage_jobs: str

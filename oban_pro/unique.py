@@ -2,8 +2,15 @@
 
 The key hashes the chosen fields (worker, queue, args — or only some ``keys`` of args — and
 meta). Inserts take a transaction-scoped advisory lock on the key before looking for an existing
-job, so concurrent inserters of the same key serialize and exactly one row is written. The key is
-stored as ``meta.uniq_key`` (a name Oban tools read), found through the GIN index on meta.
+job, so concurrent oban_pro inserters of the same key serialize and exactly one row is written.
+The key is stored as ``meta.uniq_key`` (a name Oban tools read), found through the GIN index on
+meta.
+
+Elixir's open-source engine writes no ``uniq_key``, so the lookup also matches rows the way that
+engine does (same fields, args/meta by containment, states, period): a job Elixir inserted first
+is found. Between languages the check is not race-free: Elixir locks on an Erlang ``phash2`` of
+its options, which Python cannot reproduce, so an Elixir and an oban_pro insert of the same job
+at the same instant may both write a row.
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ ALL_STATES = (
     "discarded",
     "cancelled",
 )
-DEFAULT_STATES = ("available", "scheduled", "executing", "retryable", "completed")
+# Oban's "successful" states, its default for unique jobs.
+DEFAULT_STATES = ("available", "suspended", "scheduled", "executing", "retryable", "completed")
 FIELDS = ("worker", "queue", "args", "meta")
 DEFAULT_FIELDS = ("worker", "queue", "args")
 DEFAULT_PERIOD = 60.0
@@ -43,8 +51,8 @@ class UniqueOptions:
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any] | bool) -> UniqueOptions:
-        if spec is True:
-            return cls()
+        if spec is True:  # as in Elixir Oban: the default fields and states, for ever
+            return cls(period=None)
         if not isinstance(spec, Mapping):
             raise ValidationError("unique", f"must be True or a dict, got {spec!r}")
         unknown = set(spec) - {"period", "fields", "keys", "states"}
@@ -70,6 +78,23 @@ class UniqueOptions:
         chosen = {f: values[f] for f in self.fields}
         text = json.dumps(chosen, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def lookup(
+        self, worker: str, queue: str, args: Mapping[str, Any], meta: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Parameters of the field-based lookup (``unique_find``): each field that takes part,
+        restricted to ``keys`` when given (then only those values must be contained)."""
+        fields = set(self.fields)
+        if self.keys is not None:
+            args = {k: args[k] for k in self.keys if k in args}
+            meta = {k: meta[k] for k in self.keys if k in meta}
+        return {
+            "worker": worker if "worker" in fields else None,
+            "queue": queue if "queue" in fields else None,
+            "args": json.dumps(dict(args)) if "args" in fields else None,
+            "meta": json.dumps(dict(meta)) if "meta" in fields else None,
+            "exact": self.keys is None,
+        }
 
 
 def lock_key(uniq_key: str) -> int:

@@ -45,6 +45,29 @@ def prometheus_binary() -> str | None:
     )
 
 
+def ensure_prometheus() -> str | None:
+    """The prometheus binary, installed from Debian's packages first when it is missing and
+    this is a Debian machine where we may (root, apt-get): so the README's test command works
+    on a fresh machine, not only under ``.ci/run``. None when it cannot be had."""
+    binary = prometheus_binary()
+    if binary is not None or os.environ.get("PROMETHEUS_BIN"):
+        return binary
+    apt = shutil.which("apt-get")
+    if apt is None or os.geteuid() != 0:
+        return None
+    print("\nprometheus not found: installing Debian's package (apt-get install prometheus)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (
+        [apt, "update", "-qq"],
+        [apt, "install", "-y", "-qq", "--no-install-recommends", "prometheus"],
+    ):
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            print(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+            return None
+    return prometheus_binary()
+
+
 def promtool_binary() -> str | None:
     binary = prometheus_binary()
     if binary:

@@ -208,3 +208,37 @@ def test_unreachable_database_exits_1_with_a_clear_message():
                      "--queues", "default:1", timeout=60)  # fmt: skip
     assert result.returncode == 1
     assert "could not start the node" in result.stderr and "--dsn" in result.stderr
+
+
+def test_a_schema_made_only_by_elixir_says_to_migrate(oban_dsn, oban_empty_prefix):
+    """On a schema made by Elixir's migrations alone (no oban_producers / oban_leaders) a node
+    refuses to start with a message naming `oban-pro migrate up`, not a traceback."""
+    from test_migrations import load_fixture
+
+    load_fixture(oban_dsn, oban_empty_prefix, "elixir_v14")
+    result = run_cli("start", "--dsn", oban_dsn, "--prefix", oban_empty_prefix,
+                     "--queues", "default:1", "--processes", "1", timeout=60)  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert f"oban-pro migrate up --prefix {oban_empty_prefix}" in result.stderr
+    assert f"{oban_empty_prefix}.oban_producers" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+async def test_oban_start_on_an_unmigrated_schema_raises_and_touches_nothing(
+    oban_dsn, oban_empty_prefix
+):
+    from test_migrations import load_fixture
+
+    from oban_pro import Oban, SchemaNotReadyError
+
+    load_fixture(oban_dsn, oban_empty_prefix, "elixir_v14")
+    oban = Oban(dsn=oban_dsn, prefix=oban_empty_prefix, queues={"default": 1}, processes=1)
+    with pytest.raises(SchemaNotReadyError) as info:
+        await oban.start()
+    assert info.value.missing == ["oban_producers", "oban_leaders"]
+    assert oban._pool is None or oban._pool.closed
+    from helpers import query
+
+    tables = query(oban_dsn, "SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY 1",
+                   (oban_empty_prefix,))  # fmt: skip
+    assert [t for (t,) in tables] == ["oban_jobs", "oban_peers"]

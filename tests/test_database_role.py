@@ -61,7 +61,7 @@ async def test_node_runs_with_the_documented_grants(app_role, caplog):
                                    kwargs={"autocommit": True}) as pool:  # fmt: skip
         queries = Queries(prefix)
         await Stager(pool, queries, lambda q: None).step()
-        await Lifeline(pool, queries, heartbeat_ttl=30, rescue_after=3600).step()
+        await Lifeline(pool, queries, heartbeat_ttl=30, reconnect_bound=4, rescue_after=3600).step()
         await Pruner(pool, queries, max_age=1, limit=10).step()
         assert await Leader(pool=pool, queries=queries, name="x", node="y", ttl=5).elect()
     problems = [r.getMessage() for r in caplog.records if r.levelname in ("WARNING", "ERROR")

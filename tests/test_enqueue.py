@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from multiprocessing import get_context
 
 import psycopg
 import pytest
+from helpers import query
 
 from oban_pro import Cancel, Client, Job, Oban, Record, Snooze, ValidationError, job, worker
 from oban_pro.client import enqueue_sync
+
+
+# Conformance: every test here runs on the embedded PostgreSQL 18 and on Debian's 15.
+@pytest.fixture
+def oban_dsn(any_server_dsn):
+    return any_server_dsn
 
 
 @worker(queue="mail", max_attempts=5, priority=2, tags=["mail"])
@@ -217,3 +225,54 @@ def test_retry_cancel_delete(oban_dsn, oban_prefix):
         assert [j.id for j in client.list_jobs(state="available")] == [c.id, a.id]
         with pytest.raises(TypeError):
             client.delete_jobs(["nope"])  # type: ignore[list-item]
+
+
+# -- unique jobs across languages (compat.md §2) -------------------------------------------------
+
+
+def _elixir_insert(dsn, prefix, worker, args, state="available", age=0.0, queue="default"):
+    """A row as Elixir's open-source engine inserts it: no meta.uniq_key, meta {}."""
+    return query(
+        dsn,
+        f'INSERT INTO "{prefix}".oban_jobs (state, queue, worker, args, meta, inserted_at, '
+        f'scheduled_at) VALUES (%s::text::"{prefix}".oban_job_state, %s, %s, %s::jsonb, '
+        f"'{{}}', timezone('UTC', now()) - make_interval(secs => %s), timezone('UTC', now())) "
+        f"RETURNING id",
+        (state, queue, worker, json.dumps(args), age),
+    )[0][0]
+
+
+def test_unique_insert_finds_a_duplicate_written_by_elixir(oban_dsn, oban_prefix):
+    dsn, prefix = oban_dsn, oban_prefix
+    same = _elixir_insert(dsn, prefix, "MyApp.Mailer", {"id": 1})
+    superset = _elixir_insert(dsn, prefix, "MyApp.Superset", {"id": 1, "extra": 2})
+    keyed = _elixir_insert(dsn, prefix, "MyApp.Keyed", {"id": 1, "x": 5})
+    _elixir_insert(dsn, prefix, "MyApp.Cancelled", {"id": 1}, state="cancelled")
+    _elixir_insert(dsn, prefix, "MyApp.Old", {"id": 1}, age=120)
+    _elixir_insert(dsn, prefix, "MyApp.Elsewhere", {"id": 1}, queue="other")
+    with Client(dsn, prefix=prefix) as client:
+
+        def insert(worker, args, unique):
+            return client.enqueue(Job(worker, args=args, unique=unique))
+
+        found = insert("MyApp.Mailer", {"id": 1}, True)
+        assert (found.id, found.conflict) == (same, True)
+        # args compare equal by containment both ways: a superset is another job
+        assert insert("MyApp.Superset", {"id": 1}, True).conflict is False
+        assert insert("MyApp.Superset", {"id": 1, "extra": 2}, True).id == superset
+        # with keys, only those values must match
+        found = insert("MyApp.Keyed", {"id": 1, "x": 6}, {"keys": ["id"]})
+        assert (found.id, found.conflict) == (keyed, True)
+        assert insert("MyApp.Keyed", {"id": 2, "x": 5}, {"keys": ["id"]}).conflict is False
+        # states and period: a cancelled row is not a duplicate by default; an old one is
+        # outside a 60 s period but inside "for ever" (unique=True)
+        assert insert("MyApp.Cancelled", {"id": 1}, True).conflict is False
+        assert insert("MyApp.Old", {"id": 1}, {"period": 60}).conflict is False
+        assert insert("MyApp.Old", {"id": 1}, True).conflict is True
+        # fields: without queue, a row in another queue is a duplicate
+        assert insert("MyApp.Elsewhere", {"id": 1}, True).conflict is False
+        assert insert("MyApp.Elsewhere", {"id": 1}, {"fields": ["worker", "args"]}).conflict
+    # nothing else was written
+    rows = query(dsn, f'SELECT worker, count(*) FROM "{prefix}".oban_jobs GROUP BY 1 ORDER BY 1')
+    assert dict(rows) == {"MyApp.Cancelled": 2, "MyApp.Elsewhere": 2, "MyApp.Keyed": 2,
+                          "MyApp.Mailer": 1, "MyApp.Old": 2, "MyApp.Superset": 2}  # fmt: skip

@@ -602,7 +602,8 @@ async def test_node_needs_only_the_documented_grants(oban_dsn, oban_prefix, tmp_
         stale = query(
             oban_dsn,
             f"INSERT INTO {p}.oban_producers (uuid, name, node, queue, meta, started_at, "
-            f"updated_at) VALUES (gen_random_uuid(), 'x', 'gone', 'default', '{{}}', {hour_ago}, "
+            f"updated_at) VALUES (gen_random_uuid(), 'x', 'gone', 'default', "
+            f"'{{\"heartbeat_ttl\": 1}}', {hour_ago}, "
             f"{hour_ago}) RETURNING uuid::text",
         )[0][0]
         orphan = query(

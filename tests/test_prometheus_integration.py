@@ -40,7 +40,7 @@ from prometheus_support import (  # noqa: E402 - after the skip above
     Raise,
     SnoozeMinute,
     concrete,
-    prometheus_binary,
+    ensure_prometheus,
     promtool_binary,
 )
 
@@ -55,7 +55,7 @@ RATE_INTERVALS = ("5s", "1m")
 
 
 def require_binary() -> str:
-    binary = prometheus_binary()
+    binary = ensure_prometheus()
     if binary is None:
         pytest.fail(f"prometheus binary not found; {INSTALL_HINT}")
     return binary

@@ -19,6 +19,7 @@ import psycopg
 from psycopg_pool import PoolTimeout
 
 from ..config import Config, load_config
+from ..errors import SchemaNotReadyError
 from ..logs import configure_logging
 from . import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, add_database_args
 
@@ -96,6 +97,9 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(serve(config))
     except (OSError, TimeoutError, psycopg.OperationalError, PoolTimeout) as exc:
         log.error("could not start the node: %s (is the database at --dsn reachable?)", exc)
+        return EXIT_FAILURE
+    except SchemaNotReadyError as exc:
+        log.error("could not start the node: %s", exc)
         return EXIT_FAILURE
 
 

@@ -15,6 +15,7 @@ from ..backoff import default_backoff
 from ..pool.messages import Run
 from ..worker import worker_timeout
 from .acker import Ack, Acker
+from .heartbeat import RunningJob
 
 if TYPE_CHECKING:
     from ..metrics import Metrics
@@ -67,6 +68,10 @@ class Executor:
         now = time.monotonic()
         for row in rows:
             job_id, worker, attempt, max_attempts = row[0], row[1], row[4], row[5]
+            if job_id in self.inflight:
+                # An older attempt of this job still runs here: it was rescued (this node was
+                # judged dead during an outage) and fetched again. One copy per job.
+                self.abandon(job_id, "fetched again after a rescue")
             wait = max(0.0, (row[11] or 0.0) - (row[10] or 0.0))
             self.inflight[job_id] = InFlight(producer, worker, attempt, max_attempts, wait, now)
             producer.running.add(job_id)
@@ -154,6 +159,30 @@ class Executor:
 
     def running_job_ids(self) -> list[int]:
         return list(self.inflight)
+
+    def running(self) -> list[RunningJob]:
+        """Every job running here, as its row should still read (for the ownership check)."""
+        return [RunningJob(i, j.attempt, j.producer.uuid) for i, j in self.inflight.items()]
+
+    def abandon(self, job_id: int, why: str, attempt: int | None = None) -> bool:
+        """Stop the local copy of a job whose row is no longer this attempt's (rescued and
+        maybe running elsewhere, cancelled, deleted). Nothing is acked: the row belongs to
+        someone else now. With ``attempt``, only that attempt is stopped. False if the job
+        does not run here."""
+        job = self.inflight.get(job_id)
+        if job is None or (attempt is not None and job.attempt != attempt):
+            return False
+        del self.inflight[job_id]
+        log.warning(
+            "job %s (%s, queue %s, attempt %d) is no longer this node's in the database (%s); "
+            "stopping its local copy", job_id, job.worker, job.producer.queue, job.attempt, why,
+            extra={"job_id": job_id},
+        )  # fmt: skip
+        job.producer.running.discard(job_id)
+        self.pool.kill_job(job_id, why)  # its failure report finds no entry: no ack
+        if self.on_slot_freed is not None:
+            self.on_slot_freed(job.producer)
+        return True
 
     def _finish(
         self,

@@ -11,6 +11,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from .. import telemetry
+
 log = logging.getLogger(__name__)
 
 
@@ -35,13 +37,15 @@ class Leader:
 
     async def elect(self) -> bool:
         """Take or refresh the lease; returns whether this node leads."""
-        async with self._pool.connection() as conn:
-            cur = await conn.execute(
-                self._queries.elect_leader,
-                {"name": self.name, "node": self.node, "ttl": self.ttl, "now": None},
-            )
-            row = await cur.fetchone()
-        self._set(row is not None and row[0] == self.node)
+        with telemetry.span("oban.leader.election", {"name": self.name, "node": self.node}) as ctx:
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(
+                    self._queries.elect_leader,
+                    {"name": self.name, "node": self.node, "ttl": self.ttl, "now": None},
+                )
+                row = await cur.fetchone()
+            self._set(row is not None and row[0] == self.node)
+            ctx.add({"leader": self.is_leader})
         return self.is_leader
 
     async def resign(self) -> None:

@@ -42,6 +42,7 @@ class Producer:
         on_error: Callable[[str], None] | None = None,
         on_spare_slots: Callable[[Producer], None] | None = None,
         min_batch: int = 1,
+        heartbeat_ttl: float | None = None,
     ) -> None:
         self.queue = queue
         self.limit = limit
@@ -66,13 +67,22 @@ class Producer:
         self._on_error = on_error
         self._on_spare_slots = on_spare_slots
         self._min_batch = max(1, min_batch)
+        self._heartbeat_ttl = heartbeat_ttl
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     # -- state shown to peers (oban_producers.meta and gossip) ----------------------------
 
     def meta(self) -> dict[str, Any]:
-        return {"local_limit": self.limit, "paused": self.paused, "running": len(self.running)}
+        meta: dict[str, Any] = {
+            "local_limit": self.limit,
+            "paused": self.paused,
+            "running": len(self.running),
+        }
+        if self._heartbeat_ttl is not None:
+            # The silence after which peers may judge this producer dead (see the lifeline).
+            meta["heartbeat_ttl"] = self._heartbeat_ttl
+        return meta
 
     def meta_json(self) -> str:
         return json.dumps(self.meta())

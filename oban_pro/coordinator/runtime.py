@@ -29,7 +29,7 @@ from ..queries import Queries
 from ..worker import cron_entries
 from .acker import Acker
 from .executor import Executor
-from .heartbeat import Heartbeat
+from .heartbeat import Heartbeat, LostJob, reconnect_bound
 from .leader import Leader
 from .notifier import Notifier
 from .periodic import Periodic
@@ -66,6 +66,7 @@ class Runtime:
         self._executor: Executor | None = None
         self._worker_pool: WorkerPool | None = None
         self._leader: Leader | None = None
+        self._heartbeat: Heartbeat | None = None
         self._scheduler: Scheduler | None = None
         self._last_db_error = -float("inf")  # monotonic time of this node's last db error
 
@@ -127,7 +128,7 @@ class Runtime:
             m.track_pool(lambda: self._worker_pool.stats)
             m.track_producers(self._producer_gauges)
         self._notifier = Notifier(
-            cfg.dsn or "", cfg.prefix, on_reconnect=self._on_notifier_reconnect
+            self._conninfo(), cfg.prefix, on_reconnect=self._on_notifier_reconnect
         )
         self._notifier.listen("insert", self._on_insert)
         self._notifier.listen("signal", self._on_signal)
@@ -140,6 +141,10 @@ class Runtime:
         for producer in self.producers.values():
             producer.start()
         self._start_loops(pool)
+
+    def _conninfo(self) -> str:
+        # A pool the application passed in knows where the database is; the config may not.
+        return self.config.dsn or getattr(self._pool, "conninfo", "") or ""
 
     def _make_producer(self, queue: str, limit: int, pool: AsyncConnectionPool) -> Producer:
         assert self._executor is not None and self._acker is not None
@@ -163,6 +168,7 @@ class Runtime:
             # With window 1 every free child is worth a fetch (fairness); with larger windows a
             # fetch waits until a quarter of the pool's slots (and of the limit) are free.
             min_batch=min(self.config.processes * self.config.window, limit) // 4,
+            heartbeat_ttl=self.config.heartbeat_ttl,
         )
 
     def _start_loops(self, pool: AsyncConnectionPool) -> None:
@@ -182,18 +188,28 @@ class Runtime:
         leader_loop = Periodic("leader", election_every, self._leader.elect, on_error=on_error)
         assert self._notifier is not None
         self._notifier.listen("leader", lambda p: self._leader.on_notice(p, leader_loop.trigger))  # type: ignore[union-attr]
-        heartbeat = Heartbeat(
-            pool,
-            self.queries,
-            lambda: list(self.producers.values()),
+        assert self._executor is not None
+        self._heartbeat = Heartbeat(
+            conninfo=self._conninfo(),
+            connect_kwargs=dict(getattr(pool, "kwargs", None) or {}),
+            queries=self.queries,
+            name=self.name,
+            node=self.node,
+            interval=cfg.heartbeat_interval,
+            producers=lambda: list(self.producers.values()),
+            running=self._executor.running,
+            on_lost=self._on_lost_jobs,
             on_beat=m.heartbeat_sent if m else None,
+            on_error=on_error,
         )
         stager = Stager(pool, self.queries, self._wake_queue)
         lifeline = Lifeline(
             pool,
             self.queries,
             heartbeat_ttl=cfg.heartbeat_ttl,
+            reconnect_bound=reconnect_bound(cfg.heartbeat_interval),
             rescue_after=cfg.rescue_after,
+            is_leader=lambda: self.is_leader,
             on_rescued=self._on_rescued,
             healthy_for=self.seconds_since_db_error,
         )
@@ -202,12 +218,10 @@ class Runtime:
         gossip = Gossip(pool, self.queries, lambda: list(self.producers.values()))
         self._loops = [
             leader_loop,
-            Periodic("heartbeat", cfg.heartbeat_interval, heartbeat.step, on_error=on_error),
             Periodic("gossip", cfg.gossip_interval, gossip.step, on_error=on_error),
             Periodic("stage", cfg.stage_interval, self._if_leader(stager.step), on_error=on_error),
-            Periodic(
-                "rescue", cfg.lifeline_interval, self._if_leader(lifeline.step), on_error=on_error
-            ),
+            # Every node observes producers (a new leader then knows them); the leader rescues.
+            Periodic("rescue", cfg.lifeline_interval, lifeline.step, on_error=on_error),
             Periodic("prune", cfg.prune_interval, self._if_leader(pruner.step), on_error=on_error),
             Periodic("cron", 1.0, self._cron_step, on_error=on_error),
         ]
@@ -216,6 +230,7 @@ class Runtime:
             self._loops.append(
                 Periodic("gauge", 5.0, self._if_leader(gauges.step), on_error=on_error)
             )
+        self._heartbeat.start()
         for loop in self._loops:
             loop.start()
 
@@ -248,6 +263,8 @@ class Runtime:
             self._executor.release(list(unfinished) + self._executor.running_job_ids())
         for loop in self._loops:
             await loop.stop()
+        if self._heartbeat is not None:
+            await self._heartbeat.stop()
         if self._acker is not None:
             await self._acker.stop(timeout=max(5.0, self.config.shutdown_timeout))
         await self._cleanup_rows()
@@ -337,6 +354,14 @@ class Runtime:
             self.metrics.notifier_reconnect()
         for producer in self.producers.values():
             producer.notice()  # notices may have been missed while disconnected
+
+    def _on_lost_jobs(self, lost: list[LostJob]) -> None:
+        assert self._executor is not None
+        for job in lost:
+            where = f" and executing on {job.node}" if job.node else ""
+            self._executor.abandon(
+                job.job_id, f"its row is now {job.state}{where}", attempt=job.attempt
+            )
 
     def _on_rescued(self, count: int, queues: set[str]) -> None:
         if self.metrics is not None:

@@ -1,28 +1,40 @@
-"""Lifeline: heartbeat-based orphan rescue (leader only).
+"""Lifeline: heartbeat-based orphan rescue.
 
 An ``executing`` job comes back to ``available`` (or ``discarded`` with no attempts left), with
 ``meta.rescued += 1`` and an error entry naming the node that stopped answering, only when its
-producer is known to heartbeat and has stopped: its ``oban_producers`` row is older than
-``heartbeat_ttl``, or missing while its queue is served by heartbeating producers. Jobs of
-engines that never heartbeat fall back to a long time-based rule (``rescue_after``). A job whose
-producer is alive is never rescued, however long it runs. Dead producer rows are deleted once
-none of their jobs is still executing.
+producer is **known to heartbeat** and has been silent for its ttl. Known means its
+``oban_producers`` row exists, or this node remembers having seen that row (a row can vanish
+while its jobs still execute: another engine's cleanup deletes it, crash recovery empties the
+unlogged table). Jobs whose producer was never seen heartbeating — Elixir's open-source engine
+writes no producer rows, yet may serve the same queue — fall back to the long time-based rule
+(``rescue_after``), whatever queue they are on. A job whose producer is alive is never rescued,
+however long it runs.
 
-A database outage stops every node's heartbeats at once, so staleness is measured from the
-later of the last heartbeat and the server's start (a restarted server gives every producer a
-fresh ttl to check in), and a leader that itself lost the database rescues nothing until it has
-been connected for a ttl again.
+Silence is counted from no earlier than the server's start plus the slowest reconnect a live
+node's heartbeat can take (:func:`~oban_pro.coordinator.heartbeat.reconnect_bound`): an outage
+stops every heartbeat at once. For the same reason a leader that itself lost the database
+rescues nothing until it has been connected again for the ttl plus that bound.
+
+Every node observes the producer rows at each step (so a new leader starts with a memory); only
+the leader rescues and deletes dead producer rows (once none of their jobs executes).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
+
+from .. import telemetry
 
 log = logging.getLogger(__name__)
 
 RESCUE_LIMIT = 1000
+#: Oban.py's refresher deletes producer rows silent for 60 s: the least silence that proves a
+#: row of another engine dead.
+FOREIGN_TTL = 60.0
 
 
 class Lifeline:
@@ -32,31 +44,72 @@ class Lifeline:
         queries: Any,
         *,
         heartbeat_ttl: float,
+        reconnect_bound: float,
         rescue_after: float,
+        foreign_ttl: float = FOREIGN_TTL,
+        is_leader: Callable[[], bool] = lambda: True,
         on_rescued: Callable[[int, set[str]], None] | None = None,
         healthy_for: Callable[[], float] = lambda: float("inf"),
     ) -> None:
         self._pool = pool
         self._queries = queries
         self._ttl = heartbeat_ttl
+        self._grace = reconnect_bound
         self._rescue_after = rescue_after
+        self._foreign_ttl = foreign_ttl
+        self._is_leader = is_leader
         self._on_rescued = on_rescued
         self._healthy_for = healthy_for
+        # uuid -> (last heartbeat seen, its ttl, monotonic time it was last seen)
+        self._known: dict[str, tuple[datetime, float, float]] = {}
+
+    @property
+    def known_producers(self) -> set[str]:
+        """Producer uuids this node has seen heartbeating (and still remembers)."""
+        return set(self._known)
 
     async def step(self, now: Any = None) -> int:
-        """Rescue orphans and delete dead producer rows; returns the number of jobs rescued."""
-        if self._healthy_for() < self._ttl:
-            # This node lost the database less than a ttl ago; other nodes probably did too and
-            # have not had the chance to heartbeat since. Judging them now would rescue live jobs.
-            log.info(
-                "lifeline waits: the database connection recovered less than %ss ago", self._ttl
-            )
+        """Observe producers; on the leader, rescue orphans and delete dead producer rows.
+        Returns the number of jobs rescued."""
+        await self.observe()
+        if not self._is_leader():
             return 0
+        if self._healthy_for() < self._ttl + self._grace:
+            # This node lost the database moments ago; other nodes probably did too and have
+            # not had the chance to heartbeat since. Judging them now would rescue live jobs.
+            log.info("lifeline waits: the database connection recovered less than %ss ago",
+                     self._ttl + self._grace)  # fmt: skip
+            return 0
+        with telemetry.span("oban.lifeline.rescue", {}) as context:
+            total = await self._rescue(now)
+            context.add({"rescued_count": total})
+        await self._delete_dead(now)
+        return total
+
+    async def observe(self) -> None:
+        """Remember every producer row there is now, with its last heartbeat and ttl."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(self._queries.producer_beats, self._ttls())
+            rows = await cur.fetchall()
+        seen = time.monotonic()
+        for uuid, updated_at, ttl in rows:
+            self._known[uuid] = (updated_at, ttl, seen)
+        # Forget rows gone for longer than the time fallback: by then rescue_after covers them.
+        horizon = seen - max(self._rescue_after, self._ttl)
+        for uuid in [u for u, (_, _, at) in self._known.items() if at < horizon]:
+            del self._known[uuid]
+
+    async def _rescue(self, now: Any) -> int:
+        known = list(self._known.items())
         params = {
-            "ttl": self._ttl,
+            **self._ttls(),
+            "grace": self._grace,
             "rescue_after": self._rescue_after,
             "limit": RESCUE_LIMIT,
             "now": now,
+            "known_uuids": [uuid for uuid, _ in known],
+            "known_beats": [beat for _, (beat, _, _) in known],
+            "known_ttls": [ttl for _, (_, ttl, _) in known],
         }
         total = 0
         while True:
@@ -71,11 +124,16 @@ class Lifeline:
                     )
             total += len(rows)
             if len(rows) < RESCUE_LIMIT:
-                break
+                return total
+
+    async def _delete_dead(self, now: Any) -> None:
         async with self._pool.connection() as conn:
             cur = await conn.execute(
-                self._queries.delete_dead_producers, {"ttl": self._ttl, "now": now}
+                self._queries.delete_dead_producers,
+                {**self._ttls(), "grace": self._grace, "now": now},
             )
             for uuid, node in await cur.fetchall():
                 log.info("deleted dead producer %s of node %s", uuid, node)
-        return total
+
+    def _ttls(self) -> dict[str, float]:
+        return {"ttl": self._ttl, "foreign_ttl": self._foreign_ttl}

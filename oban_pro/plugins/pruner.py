@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import telemetry
+
 
 class Pruner:
     def __init__(self, pool: Any, queries: Any, *, max_age: float, limit: int) -> None:
@@ -16,9 +18,11 @@ class Pruner:
         """Delete one batch (at most ``limit`` rows); returns how many were deleted."""
         if self._max_age <= 0:
             return 0
-        async with self._pool.connection() as conn:
-            cur = await conn.execute(
-                self._queries.prune_jobs,
-                {"max_age": self._max_age, "limit": self._limit, "now": now},
-            )
-            return cur.rowcount
+        with telemetry.span("oban.pruner.prune", {}) as context:
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(
+                    self._queries.prune_jobs,
+                    {"max_age": self._max_age, "limit": self._limit, "now": now},
+                )
+            context.add({"pruned_count": cur.rowcount})
+        return cur.rowcount

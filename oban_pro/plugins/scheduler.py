@@ -10,6 +10,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
+from .. import telemetry
 from ..cron import CronEntry, cron_meta
 from ..job import Job
 from ..unique import ALL_STATES
@@ -35,15 +36,15 @@ class Scheduler:
         if minute == self._last_minute:
             return []
         self._last_minute = minute
-        jobs = [
-            self.build(entry, minute)
-            for entry in self.entries
-            if not entry.is_reboot and entry.matches(minute)
-        ]
-        if not jobs:
-            return []
-        inserted = await self._insert(jobs)
-        fresh = [job for job in inserted if not job.conflict]
+        with telemetry.span("oban.scheduler.evaluate", {"cron_at": minute}) as context:
+            jobs = [
+                self.build(entry, minute)
+                for entry in self.entries
+                if not entry.is_reboot and entry.matches(minute)
+            ]
+            inserted = await self._insert(jobs) if jobs else []
+            fresh = [job for job in inserted if not job.conflict]
+            context.add({"enqueued_count": len(fresh)})
         if fresh:
             log.info("cron inserted %d jobs for %s", len(fresh), minute.isoformat())
         return fresh

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .. import telemetry
 from ..naming import channel
 
 STAGE_LIMIT = 5000
@@ -22,7 +23,13 @@ class Stager:
 
     async def step(self, now: Any = None) -> int:
         """Stage due jobs; returns how many became available."""
-        total = 0
+        with telemetry.span("oban.stager.stage", {}) as context:
+            total, queues = await self._stage(now)
+            context.add({"staged_count": total, "available_queues": sorted(queues)})
+        return total
+
+    async def _stage(self, now: Any) -> tuple[int, set[str]]:
+        total, queues = 0, set()
         while True:
             async with self._pool.connection() as conn:
                 cur = await conn.execute(
@@ -32,7 +39,8 @@ class Stager:
                 rows = await cur.fetchall()
             staged = sum(n for _queue, n, _ in rows)
             for queue, _n, _ in rows:
+                queues.add(queue)
                 self._on_staged(queue)  # local producers need not wait for the notice
             total += staged
             if staged < STAGE_LIMIT:
-                return total
+                return total, queues

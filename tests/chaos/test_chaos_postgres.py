@@ -128,3 +128,32 @@ def test_outage_longer_than_heartbeat_ttl_rescues_nothing_alive(
     wait_for(lambda: all_done(dsn, prefix, ids), 60,
              f"long jobs completed (now {dict(job_states(dsn, prefix, ids))})")  # fmt: skip
     _check_exactly_once(dsn, prefix, ids, log)
+
+
+def test_outage_with_a_pool_that_reconnects_late_rescues_nothing_alive(
+    oban_dsn, oban_prefix, tmp_path, nodes, client, embedded
+):
+    """Issue 9's cause, on purpose: node c's database pool reconnects 8 s after the server is
+    back (psycopg_pool's backoff was seen doing that), longer than heartbeat_ttl. Its heartbeat
+    has a connection of its own that retries every second, so c is never judged dead and none
+    of the long jobs runs twice."""
+    dsn, prefix, log = oban_dsn, oban_prefix, tmp_path / "runs"
+    ttl = 3.0
+    settings = {"heartbeat_interval": 1.0, "heartbeat_ttl": ttl, "lifeline_interval": 0.1,
+                "leader_ttl": 3.0}  # fmt: skip
+    a = nodes.start("a", settings=settings)
+    wait_for(lambda: leader(dsn, prefix) == "a", 15, "a to lead")
+    b = nodes.start("b", settings=settings)
+    slow = {**settings, "test_pool_reconnect_delay": 8.0}
+    c = nodes.start("c", settings=slow, imports=["chaos.chaos_workers", "chaos.slow_pool"])
+    long_jobs = client.enqueue_many([Nap.new({"log": str(log), "seconds": 16.0}) for _ in range(6)])
+    ids = [j.id for j in long_jobs]
+    wait_for(lambda: job_states(dsn, prefix, ids).get("executing") == 6, 30, "6 long jobs running")
+    assert "c" in {r["attempted_by"][0] for r in rows_by_id(dsn, prefix, ids).values()}
+    client.close()
+    outage = _restart(embedded, [a, b, c], down_for=ttl + 2.0)
+    print(f"\npostgres down for {outage:.2f}s (heartbeat_ttl {ttl}s)")
+    wait_for(lambda: all_done(dsn, prefix, ids), 60,
+             f"long jobs completed (now {dict(job_states(dsn, prefix, ids))})")  # fmt: skip
+    _check_exactly_once(dsn, prefix, ids, log)
+    assert "registered it again" not in c.log_text()

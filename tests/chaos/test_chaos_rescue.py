@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections import Counter
 
 import pytest
 
-from chaos.chaos_workers import Burn, Nap, Quick, read_runs
+from chaos.chaos_workers import Burn, Hang, Nap, Quick, read_runs
 
 from .conftest import (
     all_done,
@@ -150,3 +152,51 @@ def test_long_jobs_on_live_nodes_never_run_twice(oban_dsn, oban_prefix, tmp_path
     assert all(len(runs[i]) == 1 and rows[i]["attempt"] == 1 for i in ids)
     for node in (a, b):
         assert "rescued" not in node.log_text(), node.log_text()[-3000:]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def test_a_node_that_learns_its_job_was_rescued_stops_its_copy(
+    oban_dsn, oban_prefix, tmp_path, nodes, client
+):
+    """Node a is frozen (SIGSTOP) for longer than heartbeat_ttl while running a job: by every
+    rule a silent node is gone, so the leader b rescues the job and runs it again. When a wakes,
+    its first heartbeat learns that the row is no longer its attempt and stops its local copy at
+    once, so the two copies never both finish; its stale state writes nothing to the row."""
+    dsn, prefix, log = oban_dsn, oban_prefix, tmp_path / "runs"
+    release = tmp_path / "release"
+    b = nodes.start("b", settings={"heartbeat_ttl": HEARTBEAT_TTL})
+    wait_for(lambda: leader(dsn, prefix) == "b", 15, "b to lead")
+    a = nodes.start("a", queues="default:1", settings={"heartbeat_ttl": HEARTBEAT_TTL})
+    # b may take it first: pause b's queue locally by giving it nothing until a holds the job.
+    b.proc.send_signal(signal.SIGSTOP)
+    try:
+        job = client.enqueue(Hang.new({"log": str(log), "release": str(release)}))
+        wait_for(lambda: executing_on(dsn, prefix, "a"), 15, "a to run the job")
+        wait_for(lambda: read_runs(log), 15, "the first copy to start")
+    finally:
+        b.proc.send_signal(signal.SIGCONT)
+    first_pid = read_runs(log)[0][2]
+    a.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: executing_on(dsn, prefix, "b"), 30, "b to rescue and run the job")
+    finally:
+        a.proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: not _pid_alive(first_pid), 15, "a to stop its rescued copy")
+    assert "stopping its local copy" in a.log_text()
+    row = rows_by_id(dsn, prefix, [job.id])[job.id]
+    assert row["state"] == "executing" and row["attempted_by"][0] == "b" and row["attempt"] == 2
+    release.write_text("go")
+    wait_for(lambda: all_done(dsn, prefix, [job.id]), 15, "the second copy to complete")
+    row = rows_by_id(dsn, prefix, [job.id])[job.id]
+    assert row["meta"]["rescued"] == 1 and row["attempt"] == 2
+    assert [(attempt, pid) for attempt, pid, _ in runs_by_id(read_runs(log))[job.id]][0] == (
+        1,
+        first_pid,
+    )

@@ -1,0 +1,153 @@
+"""Global limits across nodes: a queue's options, and the fetch that honours them.
+
+``global_limit`` caps the queue's jobs executing at once across every node (and every engine:
+the count is read from ``oban_jobs`` itself, so Elixir's and Oban.py's executing jobs count
+too). With a ``partition`` the cap applies to each partition (by worker, by named ``args`` keys
+or by named ``meta`` keys), so one tenant's backlog cannot take another's share: within a fetch
+every partition's first job comes before any partition's second.
+
+Correctness under races: every fetch of a limited queue runs in one transaction that first
+takes a transaction-scoped advisory lock for the queue, then counts and fetches in a second
+statement (whose snapshot is therefore taken after the previous holder committed). Nodes racing
+on the same queue are serialised there and no more than the limit is ever admitted. Acks and
+rescues only lower the count, so they need no lock. The share of a node that died stays counted
+until the lifeline rescues its jobs, then comes back. Queues without these options never take
+the lock and fetch exactly as before.
+
+Options are written as Oban Pro writes them (and Oban Web reads them from gossip checks)::
+
+    {"global_limit": 10}
+    {"global_limit": {"allowed": 10, "partition": {"fields": ["args"], "keys": ["tenant"]}}}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ValidationError
+
+PARTITION_FIELDS = ("worker", "args", "meta")
+#: Far above any real cluster's concurrency; refuses absurd values that would hide a typo.
+MAX_LIMIT = 1_000_000
+#: Advisory-lock class of limited fetches (the two-int4 key space, apart from unique inserts).
+LOCK_CLASS = 0x0BA7
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    """How jobs of a queue are grouped for a limit: by worker, and/or by ``args`` or ``meta``
+    (all of it, or only the listed ``keys``)."""
+
+    fields: tuple[str, ...]
+    keys: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, spec: Any, field: str) -> Partition:
+        if isinstance(spec, str):  # shorthand: partition = "worker"
+            spec = {"fields": [spec]}
+        if isinstance(spec, (list, tuple)) and all(isinstance(p, (list, tuple)) for p in spec):
+            spec = dict(spec)  # Oban Web's form: [["fields", [...]], ["keys", [...]]]
+        if not isinstance(spec, Mapping):
+            raise ValidationError(field, f"must be a dict with fields (and keys), got {spec!r}")
+        unknown = set(spec) - {"fields", "keys"}
+        if unknown:
+            raise ValidationError(field, f"unknown option {sorted(unknown)[0]!r}; use fields, keys")
+        fields = _names(spec.get("fields"), f"{field}.fields")
+        bad = [f for f in fields if f not in PARTITION_FIELDS]
+        if not fields or bad:
+            raise ValidationError(
+                f"{field}.fields",
+                f"must be a non-empty list drawn from {', '.join(PARTITION_FIELDS)}, got "
+                f"{spec.get('fields')!r}",
+            )
+        keys = _names(spec.get("keys", []), f"{field}.keys")
+        if keys and not ({"args", "meta"} & set(fields)):
+            raise ValidationError(f"{field}.keys", "keys need fields to include args or meta")
+        return cls(fields=fields, keys=keys)
+
+    def params(self) -> dict[str, Any]:
+        """The statement parameters that build the partition key of a job row."""
+        return {
+            "by_worker": "worker" in self.fields,
+            "by_args": "args" in self.fields,
+            "by_meta": "meta" in self.fields,
+            "keys": list(self.keys),
+        }
+
+    def to_json(self) -> dict[str, list[str]]:
+        return {"fields": list(self.fields), "keys": list(self.keys)}
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalLimit:
+    """At most ``allowed`` of the queue's jobs executing at once across all nodes (per
+    partition when ``partition`` is set)."""
+
+    allowed: int
+    partition: Partition | None = None
+
+    @classmethod
+    def parse(cls, spec: Any, field: str = "global_limit") -> GlobalLimit:
+        if isinstance(spec, Mapping):
+            unknown = set(spec) - {"allowed", "partition"}
+            if unknown:
+                raise ValidationError(
+                    field, f"unknown option {sorted(unknown)[0]!r}; use allowed, partition"
+                )
+            if "allowed" not in spec:
+                raise ValidationError(f"{field}.allowed", "is required")
+            allowed = _limit(spec["allowed"], f"{field}.allowed")
+            partition = spec.get("partition")
+            return cls(allowed, Partition.parse(partition, f"{field}.partition")
+                       if partition is not None else None)  # fmt: skip
+        return cls(_limit(spec, field))
+
+    def to_json(self) -> dict[str, Any]:
+        """As Oban Pro's producers show it (``global_limit`` in gossip checks)."""
+        out: dict[str, Any] = {"allowed": self.allowed}
+        if self.partition is not None:
+            out["partition"] = self.partition.to_json()
+        return out
+
+
+def fetch_params(limit: GlobalLimit, prefix: str, queue: str) -> dict[str, Any]:
+    """Parameters shared by the lock and the fetch statements of a limited queue."""
+    params: dict[str, Any] = {
+        "lock_class": LOCK_CLASS,
+        "lock_name": f"{prefix}.{queue}",
+        "global_limit": limit.allowed,
+    }
+    if limit.partition is not None:
+        params.update(limit.partition.params())
+    return params
+
+
+async def fetch_limited(
+    conn: Any, queries: Any, limit: GlobalLimit, params: dict[str, Any]
+) -> list[tuple[Any, ...]]:
+    """Fetch up to ``params["demand"]`` jobs of a globally limited queue, in one transaction:
+    the queue's advisory lock first, then count and fetch (see the module docstring). Returns
+    rows shaped like ``fetch_jobs``."""
+    statement = queries.fetch_partitioned_jobs if limit.partition else queries.fetch_global_jobs
+    async with conn.transaction():
+        await conn.execute(queries.lock_limited_queue, params)
+        cur = await conn.execute(statement, params)
+        return await cur.fetchall()
+
+
+def _limit(value: Any, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LIMIT:
+        raise ValidationError(field, f"must be an integer from 1 to {MAX_LIMIT:,}, got {value!r}")
+    return value
+
+
+def _names(value: Any, field: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(v, str) and v.strip() for v in value
+    ):
+        raise ValidationError(field, f"must be a list of names, got {value!r}")
+    return tuple(dict.fromkeys(v.strip() for v in value))
