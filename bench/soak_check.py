@@ -190,9 +190,13 @@ class Faults:
     """The injector's record, indexed for the questions the rules ask."""
 
     def __init__(
-        self, faults: Sequence[Mapping[str, Any]], deaths: Sequence[Mapping[str, Any]] = ()
+        self,
+        faults: Sequence[Mapping[str, Any]],
+        deaths: Sequence[Mapping[str, Any]] = (),
+        wake: float = 10.0,
     ):
         self.all = list(faults)
+        self.wake = wake
         self.node_kills = sorted(
             (f for f in faults if f["kind"] == "node_kill"), key=lambda f: f["at"]
         )
@@ -222,9 +226,11 @@ class Faults:
 
     def pause(self, node: str, running_from: float, running_to: float, rerun: float) -> Any:
         """A pause of ``node`` that overlaps [running_from, running_to] and began before
-        ``rerun`` (the later execution)."""
+        ``rerun`` (the later execution). The pause lasts until the node has heartbeated again
+        after SIGCONT (``wake`` s at most): jobs it starts in between may still be rescued."""
         for f in self.pauses:
-            if f["node"] == node and running_from <= f["until"] and f["at"] <= running_to:
+            awake = f["until"] + self.wake
+            if f["node"] == node and running_from <= awake and f["at"] <= running_to:
                 if f["at"] <= rerun:
                     return f
         return None
@@ -390,11 +396,11 @@ def explain_error(
                 continue
             if e.outcome == "crash":
                 return None
-            if faults.child_kill(e.node, pid, e.start - 1.0, at):
+            if faults.child_kill(e.node, pid, e.start - 1.0, at + 1.0):
                 return None
             if deaths.killer(e, at) is not None:
                 return None
-        if not mine and any(f["pid"] == pid and f["at"] <= at for f in faults.child_kills):
+        if not mine and any(f["pid"] == pid and f["at"] <= at + 1.0 for f in faults.child_kills):
             return None  # killed after the fetch, before the job's first line
         return f"pid {pid} died with no crash or kill the log or the injector knows of"
     if kind == "rescue":
@@ -426,7 +432,7 @@ def check(
     settings: CheckSettings | None = None,
 ) -> dict[str, Any]:
     s = settings or CheckSettings()
-    fx = Faults(faults, deaths)
+    fx = Faults(faults, deaths, wake=s.rescue_slack)
     pd = ProcessDeaths(execs, s.timeout)
     v = Verdict(s)
     for line in log_anomalies:

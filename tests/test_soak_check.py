@@ -165,3 +165,15 @@ def test_a_copy_a_paused_node_held_and_started_after_sigcont_is_explained_but_no
     # with no pause, an older attempt starting after a newer one is reported
     got = run(lines, rows)
     assert got["duplicates"]["unexplained"] == 1 and not got["ok"]
+
+
+def test_a_job_the_paused_node_starts_just_after_sigcont_may_still_be_rescued():
+    # SIGCONT at 9.4; c starts a job it fetched before the pause at 9.45, before its first
+    # heartbeat; the leader rescues it at 9.5 and b runs it (attempt 2).
+    lines = [S(1, 1, "c", 30, 9.45), E(1, 1, "c", 30, 9.5), S(1, 2, "b", 20, 9.6),
+             E(1, 2, "b", 20, 9.7)]  # fmt: skip
+    rows = [row(1, attempt=2, node="b", done=9.8, errors=[rescue(1, "c", 9.5)])]
+    got = run(lines, rows, [{"kind": "pause", "node": "c", "at": 1.0, "until": 9.4}])
+    assert got["ok"], got["failures"]
+    got = run(lines, rows, [{"kind": "pause", "node": "c", "at": 1.0, "until": 9.4 - 30}])
+    assert not got["ok"]
