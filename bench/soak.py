@@ -18,6 +18,9 @@ coordinator stopped with SIGSTOP for longer than the ttl, then SIGCONT. The ``--
 descriptors and worker processes can be compared with their level after warm-up; it is the one
 paused.
 
+``--processes`` counts worker processes per node (6 by default here); ``--window`` stays at the
+engine's default of 1 (bench/README.md says what window 2 shows today).
+
 After the drain the checker (``bench/soak_check.py``) classifies every re-execution, checks each
 row against the log, and measures the ack loss window at each node kill: the jobs the node had
 finished (END line) whose rows were still ``executing`` just after it died, and how long before
@@ -95,7 +98,7 @@ class SoakConfig:
     jobs: int = DEFAULT_SIZE
     minutes: float = 10.0  # enqueueing lasts this long; the drain follows
     nodes: int = 3
-    processes: int = 4  # worker processes per node
+    processes: int = 6  # worker processes per node
     window: int = 1  # the engine's default (see bench/README.md on window 2)
     limits: dict[str, int] = field(
         default_factory=lambda: {"soak": 8, "soak_io": 8, "soak_risky": 2}
@@ -296,6 +299,41 @@ class Incarnation:
         return f"{self.name}#{self.number}"
 
 
+class Gate:
+    """A readers-writer lock: inserts share it; a PostgreSQL restart waits for them to end and
+    holds it alone (an insert that fails mid-commit could not tell whether it committed)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+
+    @contextlib.contextmanager
+    def shared(self) -> Any:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._exclusive)
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Any:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._exclusive)
+            self._exclusive = True
+            self._cond.wait_for(lambda: self._shared == 0)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
 class Soak:
     """One run: nodes, enqueuer, fault injector, sampler; then the checks."""
 
@@ -315,7 +353,7 @@ class Soak:
         self.restart_db = restart_db
         self.rng = random.Random(cfg.seed)
         self.lock = threading.RLock()
-        self.gate = threading.Lock()  # held by the enqueuer per batch, by the injector per restart
+        self.gate = Gate()  # shared by the inserts of a batch, exclusive for a restart
         self.stop = threading.Event()
         self.live: dict[str, Incarnation] = {}
         self.incarnations: list[Incarnation] = []
@@ -324,6 +362,8 @@ class Soak:
         self.enqueued: dict[int, str] = {}
         self.uniques: dict[str, list[tuple[int, bool]]] = {}
         self.enqueue_errors: list[str] = []
+        self.insert_seconds: list[float] = []  # per batch
+        self.enqueued_until = 0.0  # when the last batch went in
         self.timeline: list[dict[str, Any]] = []
         self.t0 = 0.0
         self.enqueue_done = threading.Event()
@@ -433,9 +473,9 @@ class Soak:
         elif kind == "record":
             args["ms"] = round(rng.uniform(1, 3), 1)
         elif kind in ("sync_io", "async_io"):
-            args["ms"] = round(rng.uniform(2, 50), 1)
+            args["ms"] = round(rng.uniform(1, 25), 1)
         elif kind == "slow_io":
-            args["ms"] = round(rng.uniform(200, 1000), 1)
+            args["ms"] = round(rng.uniform(100, 500), 1)
         elif kind == "flaky":
             args["fails"] = rng.choice((1, 2))
         elif kind == "doomed":
@@ -491,6 +531,7 @@ class Soak:
                     self._insert(clients, plain, fresh, repeat_jobs, batch)
                     again += [(now + self.rng.uniform(0.5, 3.0), j.args["u"]) for j in fresh]
                     done = target
+                    self.enqueued_until = time.time()
                 if done >= cfg.jobs and not again:
                     break
                 time.sleep(0.25)
@@ -505,57 +546,54 @@ class Soak:
     def _insert(
         self, clients: list[Any], plain: list[Any], fresh: list[Any], repeat: list[Any], batch: int
     ) -> None:
-        """One batch: plain jobs and the unique repeats in one enqueue_many; then each new
-        unique key inserted by two clients at once (their advisory locks must make one row)."""
-        jobs = self._retry(batch, lambda: clients[0].enqueue_many(plain + repeat), plain, clients)
-        racers: list[list[Any]] = [[], []]
-        if fresh:
+        """One batch, three connections at once: the plain jobs; the new unique keys and the
+        repeats of earlier ones; a quarter of the new keys again, racing the first insert
+        (their advisory locks must make one row of each key)."""
+        racing = [self._clone(j) for j in fresh[: (len(fresh) + 3) // 4]]
+        steps = [
+            (plain, lambda: clients[0].enqueue_many(plain) if plain else []),
+            ([], lambda: clients[1].enqueue_many(fresh + repeat) if fresh or repeat else []),
+            ([], lambda: clients[2].enqueue_many(racing) if racing else []),
+        ]
+        results: list[Any] = [None] * len(steps)
 
-            def race() -> list[list[Any]]:
-                got: list[Any] = [None, None]
-                copies = [[self._clone(j) for j in fresh] for _ in range(2)]
+        def one(i: int) -> None:
+            try:
+                results[i] = self._retry(batch, steps[i][1], steps[i][0], clients[i])
+            except Exception as exc:  # noqa: BLE001 - re-raised below
+                results[i] = exc
 
-                def one(i: int) -> None:
-                    try:
-                        got[i] = clients[i + 1].enqueue_many(copies[i])
-                    except Exception as exc:  # noqa: BLE001 - re-raised below
-                        got[i] = exc
-
-                threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join()
-                for g in got:
-                    if isinstance(g, BaseException):
-                        raise g
-                return got
-
-            racers = self._retry(batch, race, [], clients)
+        started = time.perf_counter()
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(steps))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.insert_seconds.append(time.perf_counter() - started)
+        for got in results:
+            if isinstance(got, BaseException):
+                raise got
         with self.lock:
-            for job in jobs:
-                if job.args["k"] == "unique":
-                    self.uniques.setdefault(job.args["u"], []).append((job.id, job.conflict))
-                else:
-                    self.enqueued[job.id] = job.args["k"]
-            for got in racers:
+            for got in results:
                 for job in got:
+                    if job.args["k"] != "unique":
+                        self.enqueued[job.id] = job.args["k"]
+                        continue
                     self.uniques.setdefault(job.args["u"], []).append((job.id, job.conflict))
                     if not job.conflict:
                         self.enqueued[job.id] = "unique"
 
-    def _retry(self, batch: int, step: Callable[[], Any], plain: list[Any], clients: list[Any]):
-        """Run one insert step under the gate; after a database error reconnect and retry,
-        unless the plain jobs turn out to have committed after all."""
+    def _retry(self, batch: int, step: Callable[[], Any], plain: list[Any], client: Any) -> Any:
+        """Run one insert step (sharing the gate with the other inserts); after a database
+        error reconnect and retry, unless the plain jobs turn out to have committed after all."""
         for attempt in range(60):
-            with self.gate:
+            with self.gate.shared():
                 try:
                     return step()
                 except (psycopg.Error, OSError) as exc:
                     self.enqueue_errors.append(f"batch {batch} attempt {attempt}: {exc!r}")
-                    for c in clients:
-                        with contextlib.suppress(Exception):
-                            c.close()
+                    with contextlib.suppress(Exception):
+                        client.close()
                     if self._recover(batch, plain):
                         return []
             time.sleep(0.5)
@@ -688,7 +726,7 @@ class Soak:
             self._record({"kind": "pg_restart_skipped", "at": time.time(),
                           "why": "external server and no --restart-command"})  # fmt: skip
             return
-        with self.gate:
+        with self.gate.exclusive():
             at = time.time()
             self.restart_db(float(outage or 0.0))
             until = time.time()
@@ -893,6 +931,13 @@ class Soak:
             "engine_deaths": len(deaths),
             "metrics": dict(metrics),
             "enqueue_errors": self.enqueue_errors[:50],
+            "enqueue": {
+                "window_s": cfg.duration,
+                "last_batch_at_s": round(self.enqueued_until - self.t0, 1),
+                "batches": len(self.insert_seconds),
+                "batch_p50_s": soak_check.percentile(self.insert_seconds, 50),
+                "batch_p99_s": soak_check.percentile(self.insert_seconds, 99),
+            },
             "driver_errors": self.thread_errors,
             "timeline": self.timeline,
             "incarnations": [
@@ -1203,7 +1248,7 @@ def config_from(opts: common.Options) -> SoakConfig:
         jobs=opts.size_or(DEFAULT_SIZE),
         minutes=float(ex.get("minutes", 10.0)),
         nodes=int(ex.get("nodes", 3)),
-        processes=opts.processes or 4,
+        processes=opts.processes or 6,
         window=int(ex.get("window", 1)),
         warmup=float(ex.get("warmup", 30.0)),
         fault_interval=float(ex.get("fault_interval", 20.0)),
