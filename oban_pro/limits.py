@@ -1,10 +1,15 @@
-"""Global limits across nodes: a queue's options, and the fetch that honours them.
+"""Limits across nodes: a queue's options, and the fetch that honours them.
 
 ``global_limit`` caps the queue's jobs executing at once across every node (and every engine:
 the count is read from ``oban_jobs`` itself, so Elixir's and Oban.py's executing jobs count
-too). With a ``partition`` the cap applies to each partition (by worker, by named ``args`` keys
-or by named ``meta`` keys), so one tenant's backlog cannot take another's share: within a fetch
-every partition's first job comes before any partition's second.
+too). ``rate_limit`` caps the jobs *started* per ``period`` seconds across every node, over a
+sliding window: the window's counts live in ``oban_rate_limits`` (a logged table), so neither a
+node nor a database restart lets a queue burst past it. The estimate is the usual sliding
+window, ``prev * (1 - elapsed / period) + curr``. With a ``partition`` each limit applies to each
+partition (by worker, by named ``args`` keys or by named ``meta`` keys), so one tenant's backlog
+cannot take another's share: within a fetch every partition's first job comes before any
+partition's second. When both limits are set they must partition alike (or only one of them
+may have a partition, and the other none at all).
 
 Correctness under races: every fetch of a limited queue runs in one transaction that first
 takes a transaction-scoped advisory lock for the queue, then counts and fetches in a second
@@ -18,6 +23,7 @@ Options are written as Oban Pro writes them (and Oban Web reads them from gossip
 
     {"global_limit": 10}
     {"global_limit": {"allowed": 10, "partition": {"fields": ["args"], "keys": ["tenant"]}}}
+    {"rate_limit": {"allowed": 60, "period": 60}}
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from .errors import ValidationError
 PARTITION_FIELDS = ("worker", "args", "meta")
 #: Far above any real cluster's concurrency; refuses absurd values that would hide a typo.
 MAX_LIMIT = 1_000_000
+#: A rate window longer than a week is a typo, not a rate.
+MAX_PERIOD = 7 * 24 * 3600.0
 #: Advisory-lock class of limited fetches (the two-int4 key space, apart from unique inserts).
 LOCK_CLASS = 0x0BA7
 
@@ -112,25 +120,110 @@ class GlobalLimit:
         return out
 
 
-def fetch_params(limit: GlobalLimit, prefix: str, queue: str) -> dict[str, Any]:
-    """Parameters shared by the lock and the fetch statements of a limited queue."""
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """At most ``allowed`` of the queue's jobs started per ``period`` seconds across all nodes
+    (per partition when ``partition`` is set), over a sliding window."""
+
+    allowed: int
+    period: float
+    partition: Partition | None = None
+
+    @classmethod
+    def parse(cls, spec: Any, field: str = "rate_limit") -> RateLimit:
+        if not isinstance(spec, Mapping):
+            raise ValidationError(field, f"must be a dict with allowed and period, got {spec!r}")
+        unknown = set(spec) - {"allowed", "period", "partition"}
+        if unknown:
+            raise ValidationError(
+                field, f"unknown option {sorted(unknown)[0]!r}; use allowed, period, partition"
+            )
+        for required in ("allowed", "period"):
+            if required not in spec:
+                raise ValidationError(f"{field}.{required}", "is required")
+        period = spec["period"]
+        if (
+            isinstance(period, bool)
+            or not isinstance(period, (int, float))
+            or not 0.001 <= period <= MAX_PERIOD
+        ):
+            raise ValidationError(
+                f"{field}.period", f"must be seconds from 0.001 to {MAX_PERIOD:.0f}, got {period!r}"
+            )
+        partition = spec.get("partition")
+        return cls(
+            _limit(spec["allowed"], f"{field}.allowed"),
+            float(period),
+            Partition.parse(partition, f"{field}.partition") if partition is not None else None,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """As Oban Pro's producers show it (``rate_limit`` in gossip checks)."""
+        out: dict[str, Any] = {"allowed": self.allowed, "period": self.period}
+        if self.partition is not None:
+            out["partition"] = self.partition.to_json()
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class QueueLimits:
+    """The limits of one queue beyond its local ``limit``; None when it has neither."""
+
+    global_limit: GlobalLimit | None = None
+    rate_limit: RateLimit | None = None
+
+    @classmethod
+    def parse(cls, options: Mapping[str, Any], queue: str) -> QueueLimits | None:
+        """From a queue's options (``global_limit``, ``rate_limit``; other keys are not ours)."""
+        field = f"queues[{queue}]"
+        limits = cls(
+            GlobalLimit.parse(options["global_limit"], f"{field}.global_limit")
+            if options.get("global_limit") is not None else None,
+            RateLimit.parse(options["rate_limit"], f"{field}.rate_limit")
+            if options.get("rate_limit") is not None else None,
+        )  # fmt: skip
+        if limits.global_limit is None and limits.rate_limit is None:
+            return None
+        partitions = {lim.partition for lim in (limits.global_limit, limits.rate_limit) if lim}
+        if len(partitions) > 1 and limits.global_limit and limits.rate_limit:
+            raise ValidationError(
+                field,
+                "global_limit and rate_limit must partition alike (or set a partition on one "
+                "of them only when the other is absent)",
+            )
+        return limits
+
+    @property
+    def partition(self) -> Partition | None:
+        return next((lim.partition for lim in (self.global_limit, self.rate_limit)
+                     if lim is not None and lim.partition is not None), None)  # fmt: skip
+
+
+def fetch_params(limits: QueueLimits, prefix: str, queue: str) -> dict[str, Any]:
+    """Parameters shared by the lock and the fetch statements of a limited queue (add
+    ``demand``, ``node``, ``uuid``)."""
+    rate = limits.rate_limit
     params: dict[str, Any] = {
         "lock_class": LOCK_CLASS,
         "lock_name": f"{prefix}.{queue}",
-        "global_limit": limit.allowed,
+        "queue": queue,
+        "global_limit": limits.global_limit.allowed if limits.global_limit else None,
+        "rate_allowed": rate.allowed if rate else None,
+        "rate_period": rate.period if rate else None,
+        "now": None,
     }
-    if limit.partition is not None:
-        params.update(limit.partition.params())
+    if limits.partition is not None:
+        params.update(limits.partition.params())
     return params
 
 
 async def fetch_limited(
-    conn: Any, queries: Any, limit: GlobalLimit, params: dict[str, Any]
+    conn: Any, queries: Any, limits: QueueLimits, params: dict[str, Any]
 ) -> list[tuple[Any, ...]]:
-    """Fetch up to ``params["demand"]`` jobs of a globally limited queue, in one transaction:
-    the queue's advisory lock first, then count and fetch (see the module docstring). Returns
-    rows shaped like ``fetch_jobs``."""
-    statement = queries.fetch_partitioned_jobs if limit.partition else queries.fetch_global_jobs
+    """Fetch up to ``params["demand"]`` jobs of a limited queue, in one transaction: the
+    queue's advisory lock first, then count, fetch and record (see the module docstring).
+    Returns rows shaped like ``fetch_jobs``."""
+    statement = queries.fetch_partitioned_jobs if limits.partition else queries.fetch_limited_jobs
     async with conn.transaction():
         await conn.execute(queries.lock_limited_queue, params)
         cur = await conn.execute(statement, params)

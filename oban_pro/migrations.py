@@ -4,7 +4,8 @@ The SQL lives in versioned files (``migrations/vNNN_<name>.sql`` in a source che
 inside the wheel as ``oban_pro/_migrations``). Each file names the objects it creates in header
 lines (``-- creates: table oban_peers``) and creates each one only when it is missing, so every
 file is idempotent on its own. On an empty schema they build exactly Elixir Oban's version-14
-layout (compat.md §1) plus Oban.py's ``oban_leaders`` and ``oban_producers``.
+layout (compat.md §1) plus Oban.py's ``oban_leaders`` and ``oban_producers``, and oban_pro's
+``oban_rate_limits`` (the windows of rate-limited queues).
 
 Rules, and why:
 
@@ -25,12 +26,12 @@ Rules, and why:
   ``'oban_pro:<migration name>'``: on the *primary-key constraint* of each table it creates, on the
   enum type, and on the schema when it had to create the schema. ``down`` drops exactly the
   objects carrying such a marker, nothing else; there is no bookkeeping table, so adopting an
-  Elixir schema adds only ``oban_leaders`` and ``oban_producers``. The marker never goes on
-  ``oban_jobs`` itself or its columns: Elixir looks its version up by joining ``pg_description``
-  on the table's oid alone, and a second comment row with that oid (a column comment) would make
-  it read version 0 and re-run every migration.
+  Elixir schema adds only ``oban_leaders``, ``oban_producers`` and ``oban_rate_limits``. The
+  marker never goes on ``oban_jobs`` itself or its columns: Elixir looks its version up by
+  joining ``pg_description`` on the table's oid alone, and a second comment row with that oid
+  (a column comment) would make it read version 0 and re-run every migration.
 - **Data is safe.** ``down`` refuses to drop an ``oban_jobs`` that holds rows unless
-  ``force=True`` (``--force``). The other tables hold only leases and heartbeats.
+  ``force=True`` (``--force``). The other tables hold only leases, heartbeats and rate windows.
 - **One at a time.** ``up`` and ``down`` run in one transaction holding
   ``pg_advisory_xact_lock`` on a key derived from the prefix, so nodes that migrate at the same
   time queue up and all but the first find nothing to do. Given an open connection already inside

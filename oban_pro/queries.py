@@ -102,6 +102,11 @@ RETURNING j.id, j.worker, j.args::text, coalesce(j.meta, '{}'::jsonb)::text, j.a
   extract(epoch FROM j.inserted_at)::float8, extract(epoch FROM j.scheduled_at)::float8,
   extract(epoch FROM j.attempted_at)::float8"""
 
+# Limited fetches stamp attempted_at with the clock time their rate window used.
+TAKE_NEXT_CLOCK = TAKE_NEXT.replace(
+    "attempted_at = timezone('UTC', now())", "attempted_at = (SELECT t FROM clock)"
+)
+
 FETCH_JOBS = """
 WITH next AS (
   SELECT id FROM {p}.oban_jobs
@@ -117,17 +122,50 @@ WITH next AS (
 
 LOCK_LIMITED_QUEUE = "SELECT pg_advisory_xact_lock(%(lock_class)s::int, hashtext(%(lock_name)s))"
 
-# At most global_limit of the queue's jobs executing, whichever node or engine runs them.
-FETCH_GLOBAL_JOBS = """
-WITH next AS (
+# Rate windows are exact sliding logs: a row keeps the start times of the queue's (or
+# partition's) most recent jobs within the period, at most `allowed` of them, and a fetch takes
+# no more than allowed minus those. Any period-long window then holds at most `allowed` starts.
+# Times come from clock_timestamp(), not now(): a transaction that waited for the queue's lock
+# must not stamp its starts earlier than those of the holder it waited for.
+RATE_NOW = "coalesce(%(now)s::timestamp, timezone('UTC', clock_timestamp()))"
+
+RATE_LEFT = """CASE WHEN %(rate_allowed)s::int IS NULL THEN 2147483647
+    ELSE %(rate_allowed)s::int - (SELECT count(*) FROM unnest(w.starts) AS t
+      WHERE t > clock.t - make_interval(secs => %(rate_period)s::float8))::int END"""
+
+# The log after `n` more starts at clock.t: the ones still within the period, oldest first.
+RATE_LOG = """ARRAY(SELECT t FROM unnest(w.starts || array_fill(clock.t, ARRAY[n])) AS t
+    WHERE t > clock.t - make_interval(secs => %(rate_period)s::float8) ORDER BY t)"""
+
+# A queue with a global limit and/or a rate limit, not partitioned: take no more than what
+# either leaves (global: minus the queue's executing jobs, whichever node or engine runs them;
+# rate: what the sliding window leaves), then count what was taken into the window.
+FETCH_LIMITED_JOBS = """
+WITH clock AS (
+  SELECT {rate_now} AS t
+), w AS (
+  SELECT coalesce((SELECT starts FROM {p}.oban_rate_limits
+    WHERE queue = %(queue)s AND key = ''), '{}') AS starts
+), next AS (
   SELECT id FROM {p}.oban_jobs
   WHERE state = 'available' AND queue = %(queue)s
   ORDER BY priority, scheduled_at, id
-  LIMIT greatest(0, least(%(demand)s::int, %(global_limit)s::int - (
-    SELECT count(*) FROM {p}.oban_jobs WHERE state = 'executing' AND queue = %(queue)s)::int))
+  LIMIT greatest(0, least(
+    %(demand)s::int,
+    coalesce(%(global_limit)s::int - (SELECT count(*) FROM {p}.oban_jobs
+      WHERE state = 'executing' AND queue = %(queue)s)::int, 2147483647),
+    (SELECT {rate_left} FROM w, clock)))
   FOR UPDATE SKIP LOCKED
+), taken AS (
+  {take_next_clock}
+), counted AS (
+  INSERT INTO {p}.oban_rate_limits AS r (queue, key, starts)
+  SELECT %(queue)s, '', {rate_log}
+  FROM w, clock, (SELECT count(*)::int AS n FROM taken) AS c
+  WHERE %(rate_allowed)s::int IS NOT NULL
+  ON CONFLICT (queue, key) DO UPDATE SET starts = excluded.starts
 )
-{take_next}
+SELECT * FROM taken
 """
 
 # A job's partition: a JSON array of its worker, its args and its meta (each only if chosen;
@@ -139,35 +177,55 @@ PARTITION_KEY = """jsonb_build_array(
     CASE WHEN %(by_meta)s::bool THEN CASE WHEN cardinality(%(keys)s::text[]) = 0
       THEN coalesce(j.meta, '{}'::jsonb) - 'uniq_key'
       ELSE (SELECT jsonb_object_agg(k, j.meta -> k) FROM unnest(%(keys)s::text[]) AS k) END END
-  )"""
+  )::text"""
 
-# At most global_limit executing per partition. Every partition's n-th job comes before any
-# partition's (n+1)-th, so a tenant with most of the backlog cannot starve the others. This
-# ranks the queue's whole available backlog on each fetch: the price of fairness, paid only by
-# partitioned queues.
+# The same per partition: each partition has its own global limit and its own rate window.
+# Every partition's n-th job comes before any partition's (n+1)-th, so a tenant with most of
+# the backlog cannot starve the others. This ranks the queue's whole available backlog on each
+# fetch: the price of fairness, paid only by partitioned queues.
 FETCH_PARTITIONED_JOBS = """
-WITH running AS (
+WITH clock AS (
+  SELECT {rate_now} AS t
+), running AS (
   SELECT {partition_key} AS key, count(*) AS n FROM {p}.oban_jobs AS j
   WHERE j.state = 'executing' AND j.queue = %(queue)s
   GROUP BY 1
 ), keyed AS (
   SELECT j.id, j.priority, j.scheduled_at, {partition_key} AS key FROM {p}.oban_jobs AS j
   WHERE j.state = 'available' AND j.queue = %(queue)s
+), w AS (
+  SELECT k.key, coalesce(r.starts, '{}') AS starts
+  FROM (SELECT DISTINCT key FROM keyed) AS k
+  LEFT JOIN {p}.oban_rate_limits AS r ON r.queue = %(queue)s AND r.key = k.key
+), allowance AS (
+  SELECT w.key, w.starts, least(
+    coalesce(%(global_limit)s::int - coalesce(x.n, 0)::int, 2147483647), {rate_left}) AS n
+  FROM w CROSS JOIN clock LEFT JOIN running AS x ON x.key = w.key
 ), ranked AS (
   SELECT k.*, row_number() OVER (PARTITION BY k.key ORDER BY k.priority, k.scheduled_at, k.id)
     AS rn
   FROM keyed AS k
 ), chosen AS (
-  SELECT r.id FROM ranked AS r LEFT JOIN running AS x ON x.key = r.key
-  WHERE r.rn <= %(global_limit)s::int - coalesce(x.n, 0)
+  SELECT r.id, r.key FROM ranked AS r JOIN allowance AS a ON a.key = r.key
+  WHERE r.rn <= a.n
   ORDER BY r.rn, r.priority, r.scheduled_at, r.id
   LIMIT %(demand)s
 ), next AS (
   SELECT j.id FROM {p}.oban_jobs AS j JOIN chosen AS c ON c.id = j.id
   WHERE j.state = 'available'
   FOR UPDATE OF j SKIP LOCKED
+), taken AS (
+  {take_next_clock}
+), counted AS (
+  INSERT INTO {p}.oban_rate_limits AS r (queue, key, starts)
+  SELECT %(queue)s, w.key, {rate_log}
+  FROM (SELECT c.key, count(*)::int AS n FROM taken AS t JOIN chosen AS c ON c.id = t.id
+        GROUP BY c.key) AS per
+  JOIN (SELECT key, starts FROM allowance) AS w ON w.key = per.key CROSS JOIN clock
+  WHERE %(rate_allowed)s::int IS NOT NULL
+  ON CONFLICT (queue, key) DO UPDATE SET starts = excluded.starts
 )
-{take_next}
+SELECT * FROM taken
 """
 
 REGISTER_PRODUCER = """
@@ -464,8 +522,12 @@ class Queries:
         self.prefix = prefix
         tokens = {
             # Fragments that hold tokens themselves come first.
+            "{take_next_clock}": TAKE_NEXT_CLOCK,
             "{take_next}": TAKE_NEXT,
             "{partition_key}": PARTITION_KEY,
+            "{rate_now}": RATE_NOW,
+            "{rate_left}": RATE_LEFT,
+            "{rate_log}": RATE_LOG,
             "{p}": quoted_prefix(prefix),
             "{now}": NOW,
             "{server_start}": SERVER_START,
@@ -487,7 +549,7 @@ class Queries:
     missing_tables: str
     fetch_jobs: str
     lock_limited_queue: str
-    fetch_global_jobs: str
+    fetch_limited_jobs: str
     fetch_partitioned_jobs: str
     register_producer: str
     heartbeat: str

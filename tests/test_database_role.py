@@ -32,7 +32,8 @@ def app_role(oban_dsn, oban_empty_prefix):
         conn.execute(f'GRANT USAGE ON SCHEMA "{prefix}" TO "{role}"')
         conn.execute(
             f'GRANT SELECT, INSERT, UPDATE, DELETE ON "{prefix}".oban_jobs, '
-            f'"{prefix}".oban_producers, "{prefix}".oban_leaders TO "{role}"'
+            f'"{prefix}".oban_producers, "{prefix}".oban_leaders, "{prefix}".oban_rate_limits '
+            f'TO "{role}"'
         )
         conn.execute(f'GRANT USAGE ON SEQUENCE "{prefix}".oban_jobs_id_seq TO "{role}"')
     dsn = psycopg.conninfo.make_conninfo(oban_dsn, user=role)

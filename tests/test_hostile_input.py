@@ -591,7 +591,8 @@ async def test_node_needs_only_the_documented_grants(oban_dsn, oban_prefix, tmp_
         query(oban_dsn, f'GRANT CONNECT ON DATABASE "{database}" TO "{role}"')
         query(oban_dsn, f'GRANT USAGE ON SCHEMA {p} TO "{role}"')
         query(oban_dsn, f"GRANT SELECT, INSERT, UPDATE, DELETE ON {p}.oban_jobs, "
-                        f'{p}.oban_producers, {p}.oban_leaders TO "{role}"')  # fmt: skip
+                        f'{p}.oban_producers, {p}.oban_leaders, {p}.oban_rate_limits '
+                        f'TO "{role}"')  # fmt: skip
         query(oban_dsn, f'GRANT USAGE ON SEQUENCE {p}.oban_jobs_id_seq TO "{role}"')
         dsn = make_conninfo(oban_dsn, user=role)
         assert query(dsn, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user") == [

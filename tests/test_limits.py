@@ -18,7 +18,14 @@ from helpers import query
 from psycopg_pool import AsyncConnectionPool
 
 from oban_pro import ValidationError
-from oban_pro.limits import GlobalLimit, Partition, fetch_limited, fetch_params
+from oban_pro.limits import (
+    GlobalLimit,
+    Partition,
+    QueueLimits,
+    RateLimit,
+    fetch_limited,
+    fetch_params,
+)
 from oban_pro.queries import Queries
 
 
@@ -88,11 +95,12 @@ def _insert(dsn, prefix, n, queue="api", args=lambda i: {}, state="available"):
             )
 
 
-async def _fetch(pool, prefix, limit, demand, queue="api"):
-    params = {**fetch_params(limit, prefix, queue), "queue": queue, "demand": demand,
-              "node": "n", "uuid": str(uuid.uuid4())}  # fmt: skip
+async def _fetch(pool, prefix, limit, demand, queue="api", now=None):
+    limits = limit if isinstance(limit, QueueLimits) else QueueLimits(global_limit=limit)
+    params = {**fetch_params(limits, prefix, queue), "demand": demand, "node": "n",
+              "uuid": str(uuid.uuid4()), "now": now}  # fmt: skip
     async with pool.connection() as conn:
-        return await fetch_limited(conn, Queries(prefix), limit, params)
+        return await fetch_limited(conn, Queries(prefix), limits, params)
 
 
 def _executing(dsn, prefix, queue="api"):
@@ -139,9 +147,25 @@ async def test_partitioned_limit_holds_per_tenant_and_serves_every_tenant(
 RACE_LIMIT = 4
 
 
+def _race(target, args, processes: int = 3) -> None:
+    """Run ``target(*args)`` in ``processes`` fresh processes at once; each must exit 0."""
+    ctx = get_context("spawn")
+    procs = [ctx.Process(target=target, args=args) for _ in range(processes)]
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+            assert p.exitcode == 0
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+
+
 def _race_worker(dsn: str, prefix: str, log: str, seconds: float) -> None:
     """Fetch with the lock, hold each job a little, complete it; log start/end per job."""
-    queries, limit = Queries(prefix), GlobalLimit(RACE_LIMIT)
+    queries, limits = Queries(prefix), QueueLimits(global_limit=GlobalLimit(RACE_LIMIT))
 
     async def main() -> None:
         async with AsyncConnectionPool(dsn, min_size=1, max_size=2, open=False,
@@ -150,10 +174,10 @@ def _race_worker(dsn: str, prefix: str, log: str, seconds: float) -> None:
             held: list[tuple[int, float]] = []
             with open(log, "a") as out:
                 while time.monotonic() < deadline:
-                    params = {**fetch_params(limit, prefix, "api"), "queue": "api",
-                              "demand": 10, "node": "race", "uuid": str(uuid.uuid4())}  # fmt: skip
+                    params = {**fetch_params(limits, prefix, "api"), "demand": 10,
+                              "node": "race", "uuid": str(uuid.uuid4())}  # fmt: skip
                     async with pool.connection() as conn:
-                        rows = await fetch_limited(conn, queries, limit, params)
+                        rows = await fetch_limited(conn, queries, limits, params)
                     now = time.time()
                     held += [(r[0], now) for r in rows]
                     await asyncio.sleep(random.uniform(0, 0.01))
@@ -190,21 +214,11 @@ def test_three_racing_processes_never_exceed_the_global_limit(oban_dsn, oban_pre
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    ctx = get_context("spawn")
-    procs = [ctx.Process(target=_race_worker, args=(oban_dsn, oban_prefix, str(log), 4.0))
-             for _ in range(3)]  # fmt: skip
     try:
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(60)
-            assert p.exitcode == 0
+        _race(_race_worker, (oban_dsn, oban_prefix, str(log), 4.0))
     finally:
         stop.set()
         sampler.join(10)
-        for p in procs:
-            if p.is_alive():
-                p.kill()
     assert max(samples) <= RACE_LIMIT, f"over-admitted: {max(samples)} executing"
     # and from the jobs' own log: never more than the limit held at once
     events = []
@@ -218,3 +232,127 @@ def test_three_racing_processes_never_exceed_the_global_limit(oban_dsn, oban_pre
     assert peak <= RACE_LIMIT
     # the limit was used, not just respected: the processes did hold the whole of it
     assert max(samples) == RACE_LIMIT and len(events) // 2 > 100
+
+
+# -- rate limits ------------------------------------------------------------------------------
+
+
+def test_rate_limit_forms_and_hostile_options():
+    assert RateLimit.parse({"allowed": 60, "period": 60}) == RateLimit(60, 60.0)
+    both = QueueLimits.parse({"global_limit": 3, "rate_limit": {"allowed": 5, "period": 1}}, "q")
+    assert both == QueueLimits(GlobalLimit(3), RateLimit(5, 1.0))
+    assert QueueLimits.parse({"limit": 10}, "q") is None
+    for spec, field in [
+        ({"allowed": 5}, "queues[q].rate_limit.period"),
+        ({"period": 5}, "queues[q].rate_limit.allowed"),
+        ({"allowed": 0, "period": 5}, "queues[q].rate_limit.allowed"),
+        ({"allowed": 5, "period": 0}, "queues[q].rate_limit.period"),
+        ({"allowed": 5, "period": -1}, "queues[q].rate_limit.period"),
+        ({"allowed": 5, "period": 10**9}, "queues[q].rate_limit.period"),
+        ({"allowed": 5, "period": "1m"}, "queues[q].rate_limit.period"),
+        ({"allowed": 5, "period": 1, "window": 2}, "queues[q].rate_limit"),
+        (5, "queues[q].rate_limit"),
+    ]:
+        with pytest.raises(ValidationError) as info:
+            QueueLimits.parse({"rate_limit": spec}, "q")
+        assert info.value.field == field, (spec, str(info.value))
+    with pytest.raises(ValidationError, match="partition alike"):
+        QueueLimits.parse({"global_limit": {"allowed": 2, "partition": "worker"},
+                           "rate_limit": {"allowed": 5, "period": 1,
+                                          "partition": {"fields": ["args"]}}}, "q")  # fmt: skip
+
+
+async def test_rate_limit_is_an_exact_sliding_window(oban_dsn, oban_prefix, pool):
+    """allowed 10 per 10 s; the clock is moved through the `now` parameter, never slept."""
+    from datetime import UTC, datetime, timedelta
+
+    _insert(oban_dsn, oban_prefix, 100)
+    limits = QueueLimits(rate_limit=RateLimit(10, 10.0))
+    t0 = datetime.now(UTC).replace(tzinfo=None)
+
+    async def take(seconds: float, demand: int = 100) -> int:
+        now = t0 + timedelta(seconds=seconds)
+        return len(await _fetch(pool, oban_prefix, limits, demand, now=now))
+
+    assert await take(0, demand=4) == 4
+    assert await take(1) == 6  # the rest of the allowance
+    assert await take(5) == 0
+    assert await take(10.5) == 4  # the 4 of t=0 left the window, the 6 of t=1 did not
+    assert await take(10.9) == 0
+    assert await take(11.5) == 6
+    assert await take(30) == 10  # an idle period later, the whole allowance again
+    # starts counted regardless of how the jobs ended: completing them frees nothing
+    query(oban_dsn, f"UPDATE \"{oban_prefix}\".oban_jobs SET state = 'completed' "
+                    f"WHERE state = 'executing'")  # fmt: skip
+    assert await take(35) == 0
+    log = query(oban_dsn, f'SELECT cardinality(starts) FROM "{oban_prefix}".oban_rate_limits')
+    assert log == [(10,)]  # bounded by allowed: only the starts within the period are kept
+
+
+async def test_partitioned_rate_limit_and_global_limit_together(oban_dsn, oban_prefix, pool):
+    from datetime import UTC, datetime
+
+    _insert(oban_dsn, oban_prefix, 60, args=lambda i: {"tenant": f"t{i % 3}"})
+    partition = {"fields": ["args"], "keys": ["tenant"]}
+    limits = QueueLimits.parse({"rate_limit": {"allowed": 3, "period": 60,
+                                               "partition": partition}}, "api")  # fmt: skip
+    now = datetime.now(UTC).replace(tzinfo=None)
+    rows = await _fetch(pool, oban_prefix, limits, demand=100, now=now)
+    assert sorted(json.loads(r[2])["tenant"] for r in rows) == ["t0"] * 3 + ["t1"] * 3 + ["t2"] * 3
+    assert await _fetch(pool, oban_prefix, limits, demand=100, now=now) == []
+    # a global limit with the rate: the smaller wins
+    both = QueueLimits.parse({"global_limit": 2, "rate_limit": {"allowed": 50, "period": 60}},
+                             "other")  # fmt: skip
+    _insert(oban_dsn, oban_prefix, 10, queue="other")
+    assert len(await _fetch(pool, oban_prefix, both, demand=100, queue="other", now=now)) == 2
+
+
+RATE_ALLOWED, RATE_PERIOD = 20, 1.0
+
+
+def _rate_worker(dsn: str, prefix: str, log: str, seconds: float) -> None:
+    """Fetch from the rate-limited queue as fast as it can; log each job's start time."""
+    queries = Queries(prefix)
+    limits = QueueLimits(rate_limit=RateLimit(RATE_ALLOWED, RATE_PERIOD))
+
+    async def main() -> None:
+        async with AsyncConnectionPool(dsn, min_size=1, max_size=1, open=False,
+                                       kwargs={"autocommit": True}) as pool:  # fmt: skip
+            deadline = time.monotonic() + seconds
+            with open(log, "a") as out:
+                while time.monotonic() < deadline:
+                    params = {**fetch_params(limits, prefix, "api"), "demand": 7,
+                              "node": "race", "uuid": str(uuid.uuid4())}  # fmt: skip
+                    async with pool.connection() as conn:
+                        rows = await fetch_limited(conn, queries, limits, params)
+                    for row in rows:
+                        out.write(f"{row[0]}\n")
+                    await asyncio.sleep(random.uniform(0, 0.005))
+
+    asyncio.run(main())
+
+
+def test_three_racing_processes_never_exceed_the_rate(oban_dsn, oban_prefix, tmp_path):
+    """From the rows' own start times: a limited fetch stamps attempted_at with the clock time
+    its rate window was judged at."""
+    _insert(oban_dsn, oban_prefix, 2000)
+    log = tmp_path / "starts"
+    _race(_rate_worker, (oban_dsn, oban_prefix, str(log), 3.5))
+    starts = sorted(
+        r[0] for r in query(
+            oban_dsn,
+            f"SELECT extract(epoch FROM attempted_at)::float8 "
+            f"FROM \"{oban_prefix}\".oban_jobs WHERE state = 'executing'",
+        )
+    )  # fmt: skip
+    ids = Path(log).read_text().split()
+    assert len(ids) == len(set(ids)) == len(starts)
+    # no window of RATE_PERIOD holds more than allowed (two pointers over sorted times)
+    worst, lo = 0, 0
+    for hi, t in enumerate(starts):
+        while starts[lo] <= t - RATE_PERIOD:
+            lo += 1
+        worst = max(worst, hi - lo + 1)
+    assert worst <= RATE_ALLOWED, f"{worst} starts within {RATE_PERIOD}s"
+    # and the rate was used: about allowed per period over the run
+    assert len(starts) >= RATE_ALLOWED * 3

@@ -198,6 +198,11 @@ EXPECTED_SIDE_COLUMNS = {
         ("started_at", "timestamp without time zone", True, "timezone('UTC'::text, now())"),
         ("updated_at", "timestamp without time zone", True, "timezone('UTC'::text, now())"),
     ],
+    "oban_rate_limits": [
+        ("queue", "text", True, ""),
+        ("key", "text", True, "''::text"),
+        ("starts", "timestamp without time zone[]", True, "'{}'::timestamp without time zone[]"),
+    ],
 }
 
 EXPECTED_INDEXES = {
@@ -228,6 +233,11 @@ EXPECTED_INDEXES = {
         "oban_producers_pkey",
         "CREATE UNIQUE INDEX oban_producers_pkey ON {p}.oban_producers USING btree (uuid)",
     ),
+    (
+        "oban_rate_limits_pkey",
+        "CREATE UNIQUE INDEX oban_rate_limits_pkey ON {p}.oban_rate_limits "
+        "USING btree (queue, key)",
+    ),
 }
 
 # (table, name, definition as pg_get_constraintdef(oid, true) prints it, validated)
@@ -251,6 +261,7 @@ EXPECTED_CONSTRAINTS = {
     ("oban_peers", "oban_peers_pkey", "PRIMARY KEY (name)", True),
     ("oban_leaders", "oban_leaders_pkey", "PRIMARY KEY (name)", True),
     ("oban_producers", "oban_producers_pkey", "PRIMARY KEY (uuid)", True),
+    ("oban_rate_limits", "oban_rate_limits_pkey", "PRIMARY KEY (queue, key)", True),
 }
 
 ELIXIR_STATES = [
@@ -373,6 +384,7 @@ def test_persistence_and_no_triggers(oban_dsn: str, oban_prefix: str) -> None:
         "oban_peers": "u",
         "oban_leaders": "u",
         "oban_producers": "u",
+        "oban_rate_limits": "p",
     }
     assert snap["triggers"] == set()
     assert snap["functions"] == set()
@@ -387,6 +399,7 @@ def test_up_reports_actions_and_is_idempotent(oban_dsn: str, oban_empty_prefix: 
         f"create table {p}.oban_peers (UNLOGGED) [v002_oban_peers]",
         f"create table {p}.oban_leaders (UNLOGGED) [v003_oban_leaders_producers]",
         f"create table {p}.oban_producers (UNLOGGED) [v003_oban_leaders_producers]",
+        f"create table {p}.oban_rate_limits [v004_oban_rate_limits]",
         f"set the Elixir version comment on {p}.oban_jobs to '14'",
     ]
     before = snapshot(oban_dsn, p)
@@ -437,18 +450,19 @@ def test_adopts_elixir_v14_adding_only_python_tables(oban_dsn: str, oban_empty_p
     assert actions == [
         f"create table {p}.oban_leaders (UNLOGGED) [v003_oban_leaders_producers]",
         f"create table {p}.oban_producers (UNLOGGED) [v003_oban_leaders_producers]",
+        f"create table {p}.oban_rate_limits [v004_oban_rate_limits]",
     ]
     diff = snapshot_diff(before, snapshot(oban_dsn, p))
     assert all(not change["removed"] for change in diff.values()), diff
     assert relations_added(diff) == {
         "oban_leaders", "oban_leaders_pkey", "oban_producers", "oban_producers_pkey",
+        "oban_rate_limits", "oban_rate_limits_pkey",
     }  # fmt: skip
-    assert tables_of(diff, "columns") == {"oban_leaders", "oban_producers"}
-    assert tables_of(diff, "constraints") == {"oban_leaders", "oban_producers"}
-    # the only new types are the two tables' row types (and their array types)
-    assert {row[0].lstrip("_") for row in diff["types"]["added"]} == {
-        "oban_leaders", "oban_producers",
-    }  # fmt: skip
+    python_tables = {"oban_leaders", "oban_producers", "oban_rate_limits"}
+    assert tables_of(diff, "columns") == python_tables
+    assert tables_of(diff, "constraints") == python_tables
+    # the only new types are the new tables' row types (and their array types)
+    assert {row[0].lstrip("_") for row in diff["types"]["added"]} == python_tables
     assert set(diff) <= {"relations", "columns", "constraints", "indexes", "types"}
     assert table_comment(oban_dsn, p) == "14"
     assert m.detect_layout(oban_dsn, p) == "elixir"
@@ -475,11 +489,16 @@ def test_adopts_obanpy_without_rewriting_types(oban_dsn: str, oban_empty_prefix:
 
     actions = m.migrate_up(oban_dsn, prefix=p)
 
-    assert actions == [f"create table {p}.oban_peers (UNLOGGED) [v002_oban_peers]"]
+    assert actions == [
+        f"create table {p}.oban_peers (UNLOGGED) [v002_oban_peers]",
+        f"create table {p}.oban_rate_limits [v004_oban_rate_limits]",
+    ]
     diff = snapshot_diff(before, snapshot(oban_dsn, p))
     assert all(not change["removed"] for change in diff.values()), diff
-    assert relations_added(diff) == {"oban_peers", "oban_peers_pkey"}
-    assert tables_of(diff, "columns") == {"oban_peers"}
+    assert relations_added(diff) == {
+        "oban_peers", "oban_peers_pkey", "oban_rate_limits", "oban_rate_limits_pkey"
+    }  # fmt: skip
+    assert tables_of(diff, "columns") == {"oban_peers", "oban_rate_limits"}
     jobs_after = columns(oban_dsn, p, "oban_jobs")
     assert jobs_after == jobs_before
     types = {name: type_ for name, type_, _null, _default in jobs_after}
@@ -576,7 +595,7 @@ def test_four_concurrent_migrations(oban_dsn: str, oban_prefix: str, fresh_prefi
                 racer.kill()
     assert [racer.returncode for racer in racers] == [0] * 4, [err for _, err in outputs]
     results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
-    assert sorted(len(actions) for actions in results) == [0, 0, 0, 7]  # schema + 5 + comment
+    assert sorted(len(actions) for actions in results) == [0, 0, 0, 8]  # schema + 6 + comment
     single, raced = snapshot(oban_dsn, oban_prefix), snapshot(oban_dsn, fresh_prefix)
     del single["schema"], raced["schema"]  # only the raced schema was created by oban_pro
     assert raced == single
@@ -598,7 +617,7 @@ def test_hostile_prefixes_are_refused(oban_dsn: str, prefix: str) -> None:
 def test_accepts_an_open_connection(oban_dsn: str, oban_empty_prefix: str) -> None:
     p = oban_empty_prefix
     with psycopg.connect(oban_dsn) as conn:  # not autocommit: idle, then its own transaction
-        assert len(m.migrate_up(conn, p)) == 6
+        assert len(m.migrate_up(conn, p)) == 7
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     assert m.detect_layout(oban_dsn, p) == "oban_pro"  # committed, seen from elsewhere
 
@@ -626,6 +645,7 @@ def test_down_removes_everything_it_created(oban_dsn: str, oban_prefix: str) -> 
     p = oban_prefix
     actions = m.migrate_down(oban_dsn, p)
     assert actions == [
+        f"drop table {p}.oban_rate_limits",
         f"drop table {p}.oban_producers",
         f"drop table {p}.oban_leaders",
         f"drop table {p}.oban_peers",
@@ -644,18 +664,22 @@ def test_down_on_elixir_removes_only_python_tables(oban_dsn: str, oban_empty_pre
     before = snapshot(oban_dsn, p)
     m.migrate_up(oban_dsn, p)
     assert m.migrate_down(oban_dsn, p) == [
+        f"drop table {p}.oban_rate_limits",
         f"drop table {p}.oban_producers",
         f"drop table {p}.oban_leaders",
     ]
     assert snapshot_diff(before, snapshot(oban_dsn, p)) == {}
 
 
-def test_down_on_obanpy_removes_only_peers(oban_dsn: str, oban_empty_prefix: str) -> None:
+def test_down_on_obanpy_removes_only_what_it_added(oban_dsn: str, oban_empty_prefix: str) -> None:
     p = oban_empty_prefix
     load_fixture(oban_dsn, p, "obanpy")
     before = snapshot(oban_dsn, p)
     m.migrate_up(oban_dsn, p)
-    assert m.migrate_down(oban_dsn, p) == [f"drop table {p}.oban_peers"]
+    assert m.migrate_down(oban_dsn, p) == [
+        f"drop table {p}.oban_rate_limits",
+        f"drop table {p}.oban_peers",
+    ]
     assert snapshot_diff(before, snapshot(oban_dsn, p)) == {}
 
 
@@ -666,7 +690,7 @@ def test_down_refuses_to_drop_jobs_without_force(oban_dsn: str, oban_prefix: str
     with pytest.raises(MigrationError, match="force=True"):
         m.migrate_down(oban_dsn, p)
     assert snapshot_diff(before, snapshot(oban_dsn, p)) == {}  # nothing dropped, not even peers
-    assert len(m.migrate_down(oban_dsn, p, force=True)) == 5
+    assert len(m.migrate_down(oban_dsn, p, force=True)) == 6
     assert m.detect_layout(oban_dsn, p) == "empty"
 
 
@@ -694,7 +718,7 @@ def test_down_keeps_a_created_schema_that_holds_other_objects(
 def test_status_empty(oban_dsn: str, oban_empty_prefix: str) -> None:
     status = m.migration_status(oban_dsn, oban_empty_prefix)
     assert (status.layout, status.version, status.errors_column_type) == ("empty", None, None)
-    assert len(status.pending) == 6 and not status.problems and not status.up_to_date
+    assert len(status.pending) == 7 and not status.problems and not status.up_to_date
 
 
 def test_status_missing_schema_changes_nothing(oban_dsn: str, fresh_prefix: str) -> None:
@@ -709,7 +733,7 @@ def test_status_oban_pro(oban_dsn: str, oban_prefix: str) -> None:
     assert status.up_to_date and status.enum_labels == ELIXIR_STATES
     assert status.created_by_oban_pro == [
         "type oban_job_state", "table oban_jobs", "table oban_peers",
-        "table oban_leaders", "table oban_producers",
+        "table oban_leaders", "table oban_producers", "table oban_rate_limits",
     ]  # fmt: skip
 
 
@@ -721,6 +745,7 @@ def test_status_elixir(oban_dsn: str, oban_empty_prefix: str) -> None:
     assert status.pending == [
         f"create table {p}.oban_leaders (UNLOGGED) [v003_oban_leaders_producers]",
         f"create table {p}.oban_producers (UNLOGGED) [v003_oban_leaders_producers]",
+        f"create table {p}.oban_rate_limits [v004_oban_rate_limits]",
     ]
     assert status.created_by_oban_pro == []
 
@@ -730,7 +755,10 @@ def test_status_obanpy(oban_dsn: str, oban_empty_prefix: str) -> None:
     load_fixture(oban_dsn, p, "obanpy")
     status = m.migration_status(oban_dsn, p)
     assert (status.layout, status.version, status.errors_column_type) == ("obanpy", None, "jsonb")
-    assert status.pending == [f"create table {p}.oban_peers (UNLOGGED) [v002_oban_peers]"]
+    assert status.pending == [
+        f"create table {p}.oban_peers (UNLOGGED) [v002_oban_peers]",
+        f"create table {p}.oban_rate_limits [v004_oban_rate_limits]",
+    ]
     assert status.enum_labels == OBANPY_STATES
 
 
