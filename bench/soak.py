@@ -683,14 +683,21 @@ class Soak:
         if not targets:
             return
         inc = self.rng.choice(targets)
-        workers = node_processes(inc.proc.pid)["workers"]
-        if not workers:
-            return
-        inc.proc.remember_tree()
-        busy = sorted(set(workers) & self._busy_pids(inc.name))
-        pid = self.rng.choice(busy or sorted(workers))
-        at = time.time()  # before the kill: the engine may log the death before we look again
-        os.kill(pid, signal.SIGKILL)
+        for _ in range(5):  # the worker picked may die by itself (a crash job) meanwhile
+            workers = node_processes(inc.proc.pid)["workers"]
+            if not workers:
+                return
+            inc.proc.remember_tree()
+            busy = sorted(set(workers) & self._busy_pids(inc.name))
+            pid = self.rng.choice(busy or sorted(workers))
+            at = time.time()  # before the kill: the engine may log the death before we look
+            try:
+                os.kill(pid, signal.SIGKILL)
+                break
+            except ProcessLookupError:
+                time.sleep(0.05)
+        else:
+            raise RuntimeError(f"every worker of node {inc.name} picked died before the kill")
         self._record(
             {
                 "kind": "child_kill",

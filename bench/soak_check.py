@@ -195,6 +195,7 @@ class Faults:
         deaths: Sequence[Mapping[str, Any]] = (),
         wake: float = 10.0,
     ):
+        faults = [f for f in faults if "failed" not in f]  # injections that did not happen
         self.all = list(faults)
         self.wake = wake
         self.node_kills = sorted(
