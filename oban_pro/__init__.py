@@ -27,12 +27,24 @@ from .errors import (
     UnknownWorkerError,
     ValidationError,
 )
-from .job import Cancel, Job, JobState, Record, Snooze
+from .job import Cancel, Job, JobState, Record, Snooze, current_job
 from .worker import Worker, job, worker
 
 if TYPE_CHECKING:
     from .client import Client
-    from .oban import Oban
+    from .oban import Oban, QueueInfo
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("oban-pro")
+    except PackageNotFoundError:  # running from a source tree
+        return "0+unknown"
+
+
+__version__ = _version()
 
 __all__ = [
     "Cancel",
@@ -45,12 +57,14 @@ __all__ = [
     "MigrationError",
     "Oban",
     "ObanError",
+    "QueueInfo",
     "SchemaNotReadyError",
     "Record",
     "Snooze",
     "UnknownWorkerError",
     "ValidationError",
     "Worker",
+    "current_job",
     "job",
     "load_config",
     "migrate",
@@ -64,6 +78,10 @@ def __getattr__(name: str) -> Any:
         from .oban import Oban
 
         return Oban
+    if name == "QueueInfo":
+        from .oban import QueueInfo
+
+        return QueueInfo
     if name == "Client":
         from .client import Client
 

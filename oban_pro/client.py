@@ -12,9 +12,17 @@ from typing import Any
 import psycopg
 
 from .database import resolve_dsn
-from .enqueue import insert_steps, run_sync
+from .enqueue import insert_steps, jobs_list, run_sync, unwrap_sync_conn
 from .job import Job
-from .operations import cancel_steps, delete_steps, get_job_steps, list_jobs_steps, retry_steps
+from .operations import (
+    Changes,
+    cancel_steps,
+    delete_steps,
+    get_job_steps,
+    list_jobs_steps,
+    retry_steps,
+    update_steps,
+)
 from .queries import Queries
 
 
@@ -37,7 +45,7 @@ class Client:
 
     def _connection(self, conn: Any) -> Any:
         if conn is not None:
-            return conn
+            return unwrap_sync_conn(conn)
         if self._conn is None or self._conn.closed:
             self._dsn = self._dsn or resolve_dsn(None)
             self._conn = psycopg.connect(self._dsn, autocommit=True)
@@ -50,9 +58,12 @@ class Client:
         """Insert one job; see :meth:`oban_pro.Oban.enqueue`."""
         return self._run(insert_steps(self.queries, [job]), conn)[0]
 
-    def enqueue_many(self, jobs: Iterable[Job], *, conn: Any = None) -> list[Job]:
-        """Insert many jobs in one round trip; ids are set in the given order."""
-        return self._run(insert_steps(self.queries, list(jobs)), conn)
+    def enqueue_many(
+        self, jobs_or_first: Iterable[Job] | Job, /, *rest: Job, conn: Any = None
+    ) -> list[Job]:
+        """Insert many jobs in one round trip; ids are set in the given order. Takes an
+        iterable of jobs or the jobs themselves (``enqueue_many(job1, job2)``)."""
+        return self._run(insert_steps(self.queries, jobs_list(jobs_or_first, rest)), conn)
 
     def get_job(self, job_id: int, *, conn: Any = None) -> Job | None:
         found = self._run(get_job_steps(self.queries, job_id), conn)
@@ -68,6 +79,12 @@ class Client:
     ) -> list[Job]:
         return self._run(list_jobs_steps(self.queries, state=state, queue=queue, limit=limit), conn)
 
+    def update_jobs(
+        self, jobs: Iterable[Job | int], changes: Changes, *, conn: Any = None
+    ) -> list[Job]:
+        """See :meth:`oban_pro.Oban.update_many_jobs`."""
+        return self._run(update_steps(self.queries, list(jobs), changes), conn)
+
     def retry_jobs(self, jobs: Iterable[Job | int], *, conn: Any = None) -> list[int]:
         return self._run(retry_steps(self.queries, jobs), conn)
 
@@ -80,4 +97,4 @@ class Client:
 
 def enqueue_sync(job: Job, *, conn: Any, prefix: str = "public") -> Job:
     """Insert ``job`` inside ``conn``'s transaction from synchronous code."""
-    return run_sync(conn, insert_steps(Queries(prefix), [job]))[0]
+    return run_sync(unwrap_sync_conn(conn), insert_steps(Queries(prefix), [job]))[0]

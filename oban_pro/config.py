@@ -3,17 +3,26 @@
 Sources, highest first: CLI flags > environment (``OBAN_<FIELD>``, e.g. ``OBAN_PROCESSES``) >
 ``oban.toml`` (top level or an ``[oban]`` table) or ``[tool.oban]`` in ``pyproject.toml`` >
 the defaults below. Every value is validated; an error names the field and the bad value.
+
+Oban.py's settings are accepted under its own names too (:data:`OBANPY_SETTINGS`), in every
+source and as ``Config(...)``/``Oban(...)`` keywords: ``shutdown_grace_period``, the
+``pool_*`` settings, ``leadership``, ``[queues.NAME]`` tables (``limit``, ``paused``) and the
+``[pruner]``, ``[lifeline]``, ``[stager]``, ``[refresher]``, ``[scheduler]``, ``[metrics]`` and
+``[notifier]`` tables. Each is applied through the oban_pro field it means; the few that have
+no meaning here are accepted with a logged warning that says why (never silently).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 import os
 import re
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import InitVar, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +30,11 @@ from .errors import ConfigError
 from .naming import validate_name, validate_prefix
 
 ENV_PREFIX = "OBAN_"
+
+log = logging.getLogger(__name__)
+
+#: Marks an Oban.py-named keyword that was not given (``None`` means something for some).
+_UNSET: Any = type("_Unset", (), {"__repr__": lambda self: "<unset>"})()
 
 
 def default_node() -> str:
@@ -101,8 +115,59 @@ class Config:
     log_level: str = "info"
     #: Log format for the CLI: text or json.
     log_format: str = "text"
+    #: Whether this node takes part in leader election (the leader runs cron, staging, rescue
+    #: and pruning). None: every node that runs queues does. Oban.py's ``leadership``.
+    leadership: bool | None = None
+    #: Queues that start paused (Oban.py's ``[queues.NAME] paused = true``); resume them with
+    #: ``resume_queue``.
+    paused_queues: list[str] = field(default_factory=list)
+    #: IANA timezone of cron expressions whose entry names none (Oban.py's
+    #: ``scheduler.timezone``).
+    cron_timezone: str = "Etc/UTC"
+    #: Modules with cron workers to import at start (Oban.py's ``--cron-modules``).
+    cron_modules: list[str] = field(default_factory=list)
+    #: Folders to search for modules with ``@worker``/``@job`` cron workers, imported at start
+    #: (Oban.py's ``--cron-paths``).
+    cron_paths: list[str] = field(default_factory=list)
+    #: Connections the pool keeps open (``pool_size`` is the most it opens).
+    pool_min_size: int = 1
+    #: Seconds to wait for a connection from the pool.
+    pool_timeout: float = 30.0
+    #: Seconds after which a pooled connection is replaced.
+    pool_max_lifetime: float = 3600.0
+    #: Seconds an idle pooled connection is kept above ``pool_min_size``.
+    pool_max_idle: float = 600.0
+    #: Check each connection before handing it out of the pool.
+    pool_check: bool = False
 
-    def __post_init__(self) -> None:
+    # Oban.py's names, accepted as keywords and mapped onto the fields above (not stored).
+    shutdown_grace_period: InitVar[Any] = _UNSET
+    pool_max_size: InitVar[Any] = _UNSET
+    pruner: InitVar[Any] = _UNSET
+    lifeline: InitVar[Any] = _UNSET
+    stager: InitVar[Any] = _UNSET
+    refresher: InitVar[Any] = _UNSET
+    scheduler: InitVar[Any] = _UNSET
+    metrics: InitVar[Any] = _UNSET
+    notifier: InitVar[Any] = _UNSET
+
+    def __post_init__(self, *obanpy: Any) -> None:
+        given = {
+            name: value
+            for name, value in zip(OBANPY_SETTINGS, obanpy, strict=True)
+            if value is not _UNSET
+        }
+        defaults = _field_defaults()
+        for name, value in translate_obanpy(given).items():
+            current = getattr(self, name)
+            if current != defaults[name] and current != value:
+                raise ConfigError(
+                    name, current, f"one value: it was also given as {value!r} by Oban.py's name"
+                )
+            setattr(self, name, value)
+        if any(isinstance(limit, Mapping) for limit in self.queues.values()):
+            self.queues, paused = parse_queue_specs(self.queues)
+            self.paused_queues = sorted({*self.paused_queues, *paused})
         self.validate()
 
     def validate(self) -> None:
@@ -156,6 +221,48 @@ class Config:
             f"more than heartbeat_interval ({self.heartbeat_interval})",
         )
         _check(self.log_format in ("text", "json"), "log_format", self.log_format, "text or json")
+        self._validate_compat()
+
+    def _validate_compat(self) -> None:
+        _check(
+            str(self.log_level).lower() in ("debug", "info", "warning", "error", "critical"),
+            "log_level",
+            self.log_level,
+            "debug, info, warning, error or critical",
+        )
+        _check(
+            self.leadership in (None, True, False),
+            "leadership",
+            self.leadership,
+            "true, false or unset",
+        )
+        for name in ("paused_queues", "cron_modules", "cron_paths"):
+            value = getattr(self, name)
+            _check(
+                isinstance(value, list) and all(isinstance(v, str) and v for v in value),
+                name,
+                value,
+                "a list of names",
+            )
+        for queue in self.paused_queues:
+            validate_name("queue", queue)
+        _check(_is_zone(self.cron_timezone), "cron_timezone", self.cron_timezone, "an IANA zone")
+        _check(_positive_int(self.pool_min_size), "pool_min_size", self.pool_min_size, ">= 1")
+        _check(
+            self.pool_min_size <= self.pool_size,
+            "pool_min_size",
+            self.pool_min_size,
+            f"at most pool_size / pool_max_size ({self.pool_size})",
+        )
+        for name in ("pool_timeout", "pool_max_lifetime", "pool_max_idle"):
+            value = getattr(self, name)
+            _check(
+                isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0,
+                name,
+                value,
+                "seconds > 0",
+            )
+        _check(isinstance(self.pool_check, bool), "pool_check", self.pool_check, "true or false")
 
     def replace(self, **changes: Any) -> Config:
         """A copy with ``changes`` applied (and validated)."""
@@ -203,10 +310,14 @@ def parse_size(value: str | int) -> int:
     return int(float(number) * _SIZE_UNITS[unit.lower() if unit else None])
 
 
-def parse_queues(value: str | Mapping[str, int]) -> dict[str, int]:
-    """``"default:10,media:4"`` -> ``{"default": 10, "media": 4}``."""
+def parse_queues(value: str | Mapping[str, Any]) -> dict[str, int]:
+    """``"default:10,media:4"`` -> ``{"default": 10, "media": 4}``.
+
+    A mapping may also give a queue as a table (Oban.py's ``[queues.media] limit = 5``); see
+    :func:`parse_queue_specs`, which also returns the queues that start paused.
+    """
     if isinstance(value, Mapping):
-        return {str(k): _queue_limit(str(k), v) for k, v in value.items()}
+        return parse_queue_specs(value)[0]
     queues: dict[str, int] = {}
     for part in filter(None, (p.strip() for p in str(value).split(","))):
         name, sep, limit = part.rpartition(":")
@@ -217,10 +328,62 @@ def parse_queues(value: str | Mapping[str, int]) -> dict[str, int]:
 
 
 def _queue_limit(name: str, limit: object) -> int:
+    if isinstance(limit, bool) or isinstance(limit, float) and not limit.is_integer():
+        raise ConfigError(f"queues[{name}]", limit, "an integer limit")
     try:
         return int(limit)  # type: ignore[call-overload]
     except (TypeError, ValueError):
         raise ConfigError(f"queues[{name}]", limit, "an integer limit") from None
+
+
+#: Options of a queue table that Oban Pro (the Elixir/Python commercial engine) reads; oban_pro
+#: accepts them with a warning, since it has no global or rate limits.
+_PRO_QUEUE_OPTIONS = frozenset({"global_limit", "rate_limit", "partition"})
+
+
+def parse_queue_specs(value: Mapping[str, Any]) -> tuple[dict[str, int], list[str]]:
+    """Queues given as ``{name: limit}`` or ``{name: {"limit": n, "paused": bool}}`` ->
+    (limits, queues that start paused).
+
+    As in Oban.py, a table without ``limit`` gets 10. ``debounce_interval`` and Oban Pro's
+    ``global_limit`` / ``rate_limit`` / ``partition`` are accepted with a warning (they do not
+    apply to oban_pro); any other key is an error naming it.
+    """
+    limits: dict[str, int] = {}
+    paused: list[str] = []
+    for key, spec in value.items():
+        name = str(key)
+        if not isinstance(spec, Mapping):
+            limits[name] = _queue_limit(name, spec)
+            continue
+        options = dict(spec)
+        limits[name] = _queue_limit(name, options.pop("limit", 10))
+        flag = options.pop("paused", False)
+        if not isinstance(flag, bool):
+            raise ConfigError(f"queues[{name}].paused", flag, "true or false")
+        if flag:
+            paused.append(name)
+        if "debounce_interval" in options:
+            _not_applied(
+                f"queues[{name}].debounce_interval",
+                options.pop("debounce_interval"),
+                "oban_pro fetches as soon as a slot frees and coalesces fetches itself",
+            )
+        for option in sorted(set(options) & _PRO_QUEUE_OPTIONS):
+            _not_applied(
+                f"queues[{name}].{option}",
+                options.pop(option),
+                "global and rate limits are Oban Pro features oban_pro does not have; the "
+                "queue runs with its local limit",
+            )
+        if options:
+            bad = sorted(options)[0]
+            raise ConfigError(
+                f"queues[{name}].{bad}",
+                options[bad],
+                "a known queue option (limit, paused, debounce_interval)",
+            )
+    return limits, paused
 
 
 def parse_list(value: str | list[str]) -> list[str]:
@@ -235,8 +398,22 @@ def _parse_bool_or_none_int(value: object) -> int | None:
     return int(value)  # type: ignore[call-overload]
 
 
+def _parse_bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(value)
+
+
 _PARSERS: dict[str, Callable[[Any], Any]] = {
     "queues": parse_queues,
+    "paused_queues": parse_list,
+    "cron_modules": parse_list,
+    "cron_paths": parse_list,
     "imports": parse_list,
     "max_memory": parse_size,
     "metrics_port": _parse_bool_or_none_int,
@@ -248,15 +425,25 @@ def coerce(name: str, raw: Any) -> Any:
     if name in _PARSERS:
         return _PARSERS[name](raw)
     default = _field_defaults()[name]
+    if name == "leadership":
+        default = False  # a bool, unset by default
+    if name == "shutdown_timeout" and raw is None:
+        return math.inf  # Oban.py's shutdown_grace_period = None: wait for running jobs
     try:
         if isinstance(default, bool):
-            return str(raw).lower() in ("1", "true", "yes", "on")
+            return _parse_bool(raw)
         if isinstance(default, int):
             return int(raw)
         if isinstance(default, float):
             return float(raw)
     except (TypeError, ValueError):
-        kind = "an integer" if isinstance(default, int) else "a number"
+        kind = (
+            "true or false"
+            if isinstance(default, bool)
+            else "an integer"
+            if isinstance(default, int)
+            else "a number"
+        )
         raise ConfigError(name, raw, kind) from None
     return raw if raw is None else str(raw)
 
@@ -302,13 +489,17 @@ def _load_toml(path: Path, required: bool = False) -> dict:
     return dict(data.get("oban", data))
 
 
-def env_settings(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+def env_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``OBAN_<FIELD>`` for every field, and Oban.py's variables (``OBAN_SHUTDOWN_GRACE_PERIOD``,
+    ``OBAN_POOL_MAX_SIZE``, ``OBAN_NOTIFIER``) under their own names."""
     environ = os.environ if environ is None else environ
-    out = {}
-    for name in field_names():
+    out: dict[str, Any] = {}
+    for name in [*field_names(), *OBANPY_ENV]:
         key = ENV_PREFIX + name.upper()
         if key in environ and environ[key] != "":
             out[name] = environ[key]
+    if "notifier" in out:
+        out["notifier"] = {"type": out["notifier"]}
     return out
 
 
@@ -323,14 +514,163 @@ def load_config(
     merged: dict[str, Any] = {}
     known = set(field_names())
     for source in (read_file_settings(cwd, config_file), env_settings(environ)):
-        for key, raw in source.items():
+        for key, raw in translate_settings(source).items():
             if key not in known:
-                raise ConfigError(key, raw, f"a known setting ({', '.join(sorted(known))})")
+                names = ", ".join(sorted(known | set(OBANPY_SETTINGS)))
+                raise ConfigError(key, raw, f"a known setting ({names})")
             merged[key] = coerce(key, raw)
-    for key, raw in (overrides or {}).items():
-        if raw is None:
-            continue
+    given = {key: raw for key, raw in (overrides or {}).items() if raw is not None}
+    for key, raw in translate_settings(given).items():
         if key not in known:
             raise ConfigError(key, raw, "a known setting")
         merged[key] = coerce(key, raw)
     return Config(**merged)
+
+
+# -- Oban.py's settings -------------------------------------------------------------------------
+
+#: Oban.py's setting names that are not oban_pro field names (keywords of ``Config``/``Oban``,
+#: keys and tables of ``oban.toml``), in the order of ``Config``'s keyword-only InitVars.
+OBANPY_SETTINGS = (
+    "shutdown_grace_period",
+    "pool_max_size",
+    "pruner",
+    "lifeline",
+    "stager",
+    "refresher",
+    "scheduler",
+    "metrics",
+    "notifier",
+)
+#: Oban.py's environment variables that are not ``OBAN_<FIELD>`` of an oban_pro field.
+OBANPY_ENV = ("shutdown_grace_period", "pool_max_size", "notifier")
+
+# table -> {key: oban_pro field, or None when the key does not apply (warned)}
+_TABLES: dict[str, dict[str, str | None]] = {
+    "pruner": {"max_age": "prune_max_age", "interval": "prune_interval", "limit": "prune_limit"},
+    "lifeline": {"interval": "lifeline_interval", "rescue_after": "rescue_after"},
+    "stager": {"interval": "stage_interval", "limit": None},
+    "refresher": {"interval": "heartbeat_interval", "max_age": "heartbeat_ttl"},
+    "scheduler": {"timezone": "cron_timezone"},
+    "metrics": {
+        "interval": "gossip_interval",
+        "counts_enabled": None,
+        "cronitor_interval": None,
+        "estimate_limit": None,
+    },
+    "notifier": {
+        "type": None,
+        "beat_interval": None,
+        "connect_timeout": None,
+        "notify_timeout": None,
+    },
+}
+
+_WHY_NOT: dict[str, str] = {
+    "stager.limit": "oban_pro stages every due job, in batches of 5000, on each stage_interval",
+    "metrics.counts_enabled": "oban_pro sends Oban Web's queue checks (gossip), not job counts",
+    "metrics.cronitor_interval": "oban_pro does not send Oban Web's crontab broadcasts",
+    "metrics.estimate_limit": "oban_pro sends Oban Web's queue checks (gossip), not job counts",
+    "notifier.beat_interval": "oban_pro's notifier keeps its own LISTEN connection and reconnects",
+    "notifier.connect_timeout": "oban_pro's notifier reconnects with backoff on its own",
+    "notifier.notify_timeout": "oban_pro sends notices inside the inserting transaction",
+}
+
+
+def _not_applied(name: str, value: object, why: str) -> None:
+    log.warning("oban_pro: setting %s=%r is accepted but does not apply: %s", name, value, why)
+
+
+def translate_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings with Oban.py's names (and queue tables) turned into oban_pro field names.
+
+    Values stay raw (strings from the environment are coerced later); keys oban_pro does not
+    know are passed through for the caller to reject.
+    """
+    plain = {key: raw for key, raw in settings.items() if key not in OBANPY_SETTINGS}
+    out = dict(plain)
+    if isinstance(plain.get("queues"), Mapping):
+        out["queues"], paused = parse_queue_specs(plain["queues"])
+        if paused:
+            out["paused_queues"] = sorted({*parse_list(plain.get("paused_queues", [])), *paused})
+    out.update(translate_obanpy({k: v for k, v in settings.items() if k in OBANPY_SETTINGS}))
+    return out
+
+
+def translate_obanpy(given: Mapping[str, Any]) -> dict[str, Any]:
+    """Oban.py-named settings -> oban_pro fields (see the module docstring)."""
+    out: dict[str, Any] = {}
+    for name, value in given.items():
+        if name == "shutdown_grace_period":
+            out["shutdown_timeout"] = math.inf if value is None else value
+        elif name == "pool_max_size":
+            if value is not None:
+                out["pool_size"] = value
+        elif name == "metrics":
+            out.update(_translate_metrics(value))
+        elif name == "notifier":
+            out.update(_translate_table(name, _notifier_table(value)))
+        elif value is not None:
+            out.update(_translate_table(name, value))
+    return out
+
+
+def _translate_table(table: str, value: object) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(table, value, f"a table (dict) of {', '.join(_TABLES[table])}")
+    out: dict[str, Any] = {}
+    for key, raw in value.items():
+        if key not in _TABLES[table]:
+            raise ConfigError(f"{table}.{key}", raw, f"one of {', '.join(_TABLES[table])}")
+        target = _TABLES[table][key]
+        if target is not None:
+            out[target] = raw
+        elif f"{table}.{key}" in _WHY_NOT:
+            _not_applied(f"{table}.{key}", raw, _WHY_NOT[f"{table}.{key}"])
+    return out
+
+
+def _translate_metrics(value: object) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if isinstance(value, bool) or isinstance(value, str):
+        flag = _parse_bool(value) if isinstance(value, str) else value
+        _not_applied(
+            "metrics",
+            flag,
+            "oban_pro always sends Oban Web's queue checks (gossip, every gossip_interval) and "
+            "does not send its job-count and timing broadcasts; Prometheus metrics are served "
+            "with metrics_port",
+        )
+        return {}
+    out = _translate_table("metrics", value)
+    _not_applied(
+        "metrics",
+        dict(value),  # type: ignore[call-overload]
+        "only metrics.interval applies (as gossip_interval, the period of Oban Web's queue "
+        "checks); job-count and timing broadcasts are not sent",
+    )
+    return out
+
+
+def _notifier_table(value: object) -> object:
+    if value is None:
+        return {}
+    table = {"type": value} if isinstance(value, str) else value
+    if isinstance(table, Mapping):
+        kind = table.get("type", "postgres")
+        if kind != "postgres":
+            raise ConfigError("notifier.type", kind, "postgres (the only notifier oban_pro has)")
+    return table
+
+
+def _is_zone(name: object) -> bool:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    if not isinstance(name, str) or not name:
+        return False
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True

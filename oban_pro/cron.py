@@ -26,8 +26,9 @@ in Elixir Oban).
 from __future__ import annotations
 
 import calendar
+import dataclasses
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any
@@ -36,7 +37,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from .errors import ObanError, ValidationError
 from .naming import validate_name
 
-__all__ = ["CronEntry", "CronError", "CronExpression", "cron_meta"]
+__all__ = ["CronEntry", "CronError", "CronExpression", "cron_meta", "with_default_timezone"]
 
 
 class CronError(ValidationError):
@@ -357,6 +358,16 @@ def _instants(wall: datetime, zone: tzinfo) -> list[datetime]:
 _OPT_KEYS = frozenset({"queue", "priority", "max_attempts", "tags", "meta", "unique"})
 
 
+class _DefaultZone(str):
+    """The zone of an entry that named none: UTC, unless the node's ``cron_timezone`` (Oban.py's
+    ``scheduler.timezone``) says otherwise (see :func:`with_default_timezone`)."""
+
+    __slots__ = ()
+
+
+DEFAULT_TIMEZONE = _DefaultZone("Etc/UTC")
+
+
 @dataclass(frozen=True)
 class CronEntry:
     """One crontab line: enqueue ``worker`` with ``args`` whenever ``expression`` matches.
@@ -371,7 +382,7 @@ class CronEntry:
     worker: str
     args: dict[str, Any] = field(default_factory=dict)
     name: str = ""
-    timezone: str = "Etc/UTC"
+    timezone: str = DEFAULT_TIMEZONE
     opts: dict[str, Any] = field(default_factory=dict)
     parsed: CronExpression = field(init=False, repr=False, compare=False)
     zone: ZoneInfo = field(init=False, repr=False, compare=False)
@@ -405,13 +416,25 @@ class CronEntry:
         return now_utc.astimezone(self.zone)
 
 
+def with_default_timezone(entries: Sequence[CronEntry], timezone: str | None) -> list[CronEntry]:
+    """``entries``, those that named no timezone read in ``timezone`` (None/UTC: unchanged)."""
+    if not timezone or timezone == DEFAULT_TIMEZONE:
+        return list(entries)
+    return [
+        dataclasses.replace(entry, timezone=timezone)
+        if isinstance(entry.timezone, _DefaultZone)
+        else entry
+        for entry in entries
+    ]
+
+
 def cron_meta(entry: CronEntry) -> dict[str, Any]:
     """The ``meta`` keys a cron-inserted job carries (read by Oban Web and Elixir Oban)."""
     return {
         "cron": True,
         "cron_expr": entry.expression,
         "cron_name": entry.name,
-        "cron_tz": entry.timezone,
+        "cron_tz": str(entry.timezone),
     }
 
 

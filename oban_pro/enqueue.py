@@ -7,11 +7,12 @@ rows, and run by a sync or an async driver, so ``enqueue`` from asyncio code and
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from datetime import UTC
 from typing import Any
 
 import msgspec
+from psycopg.rows import tuple_row
 
 from .job import Job
 from .naming import channel
@@ -24,6 +25,21 @@ Step = tuple[str, dict[str, Any]]
 # Job fields were validated (and NaN refused) when each Job was built; msgspec encodes fast.
 _encode = msgspec.json.Encoder().encode
 Steps = Generator[Step, list[tuple[Any, ...]], list[Job]]
+
+
+def jobs_list(jobs_or_first: Iterable[Job] | Job, rest: Sequence[Job]) -> list[Job]:
+    """``enqueue_many``'s arguments (an iterable of jobs, or jobs) as a list."""
+    if isinstance(jobs_or_first, Job):
+        return [jobs_or_first, *rest]
+    if rest:
+        raise TypeError(
+            "enqueue_many takes either one iterable of jobs or the jobs themselves, not both"
+        )
+    if isinstance(jobs_or_first, (str, bytes, Mapping)) or not isinstance(jobs_or_first, Iterable):
+        raise TypeError(
+            f"enqueue_many takes Job objects (from Worker.new(...)), got {jobs_or_first!r:.80}"
+        )
+    return list(jobs_or_first)
 
 
 def insert_steps(queries: Queries, jobs: Sequence[Job]) -> Steps:
@@ -84,6 +100,7 @@ def _bulk_params(jobs: Sequence[Job]) -> dict[str, Any]:
             j.scheduled_at.astimezone(UTC).replace(tzinfo=None).isoformat()
             if j.scheduled_at
             else None,
+            str(j.state),
         )
         for j in jobs
     ]
@@ -110,7 +127,7 @@ def run_sync(conn: Any, steps: Steps) -> list[Job]:
 
 
 def _drive_sync(conn: Any, steps: Steps) -> list[Job]:
-    with conn.cursor() as cur:
+    with conn.cursor(row_factory=tuple_row) as cur:
         try:
             sql, params = next(steps)
             while True:
@@ -130,7 +147,7 @@ async def run_async(conn: Any, steps: Steps) -> list[Job]:
 
 
 async def _drive_async(conn: Any, steps: Steps) -> list[Job]:
-    async with conn.cursor() as cur:
+    async with conn.cursor(row_factory=tuple_row) as cur:
         try:
             sql, params = next(steps)
             while True:
@@ -139,3 +156,64 @@ async def _drive_async(conn: Any, steps: Steps) -> list[Job]:
                 sql, params = steps.send(rows)
         except StopIteration as done:
             return done.value
+
+
+# -- connections callers pass as ``conn=`` ----------------------------------------------------
+#
+# As in Oban.py, ``conn`` may be a psycopg connection or cursor, or a SQLAlchemy session or
+# connection on the psycopg driver (``postgresql+psycopg://``): the job is inserted on the
+# psycopg connection underneath, inside the transaction the caller has open there.
+
+
+def _driver_of(raw: Any) -> Any:
+    driver = getattr(raw, "driver_connection", None) or getattr(raw, "dbapi_connection", None)
+    if driver is None:
+        return raw
+    # SQLAlchemy's async adapters wrap the driver's connection once more.
+    return getattr(driver, "_connection", None) or driver
+
+
+def _not_psycopg(conn: Any, original: Any, kind: str) -> TypeError:
+    return TypeError(
+        f"conn= must be a psycopg {kind}Connection or {kind}Cursor, or a SQLAlchemy "
+        f"{kind}Session/{kind}Connection using the psycopg driver (postgresql+psycopg://); got "
+        f"{type(original).__module__}.{type(original).__qualname__}"
+        + (f" (its driver connection is {type(conn).__qualname__})" if conn is not original else "")
+    )
+
+
+async def unwrap_async_conn(conn: Any) -> Any:
+    """The psycopg ``AsyncConnection`` behind ``conn`` (see above); TypeError for others."""
+    import psycopg
+
+    original = conn
+    if isinstance(conn, psycopg.AsyncCursor):
+        conn = conn.connection
+    if isinstance(conn, psycopg.AsyncConnection):
+        return conn
+    if hasattr(conn, "get_bind") and callable(getattr(conn, "connection", None)):
+        conn = await conn.connection()  # SQLAlchemy AsyncSession -> AsyncConnection
+    if hasattr(conn, "get_raw_connection"):
+        conn = _driver_of(await conn.get_raw_connection())  # SQLAlchemy AsyncConnection
+    if isinstance(conn, psycopg.AsyncConnection):
+        return conn
+    raise _not_psycopg(conn, original, "Async")
+
+
+def unwrap_sync_conn(conn: Any) -> Any:
+    """The psycopg ``Connection`` behind ``conn`` (a sync SQLAlchemy Session/Connection too)."""
+    import psycopg
+
+    original = conn
+    if isinstance(conn, psycopg.Cursor):
+        conn = conn.connection
+    if isinstance(conn, psycopg.Connection):
+        return conn
+    if hasattr(conn, "get_bind") and callable(getattr(conn, "connection", None)):
+        conn = conn.connection()  # SQLAlchemy Session -> Connection
+    if hasattr(conn, "get_raw_connection") or hasattr(conn, "connection"):
+        raw = conn.get_raw_connection() if hasattr(conn, "get_raw_connection") else conn.connection
+        conn = _driver_of(raw)
+    if isinstance(conn, psycopg.Connection):
+        return conn
+    raise _not_psycopg(conn, original, "")

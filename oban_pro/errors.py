@@ -64,6 +64,10 @@ class UnknownWorkerError(ObanError, LookupError):
     """A job names a worker this process cannot import or find."""
 
 
+class JobNotFoundError(ObanError, LookupError, ValueError):
+    """No job has the id an operation was given (a ``ValueError``, as Oban.py raises)."""
+
+
 class JobTimeoutError(ObanError, TimeoutError):
     """A job ran longer than its timeout and its child process was killed."""
 

@@ -3,35 +3,88 @@
 With ``queues`` it starts a :class:`~oban_pro.coordinator.runtime.Runtime` (design.md "Picture":
 producers, worker processes, acker, heartbeats, leadership and maintenance). Without queues it
 is a client that only enqueues and manages jobs.
+
+Every method of Oban.py's ``Oban`` is here with its call shape and return type (README,
+"Compatibility with Oban.py"); oban_pro's own additions (``list_jobs``, ``dsn=``, ``Client``,
+unique jobs, ...) come on top.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
-from collections.abc import Iterable, Sequence
+import os
+import sys
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from .config import Config
+from .config import Config, load_config
 from .coordinator.notifier import notify_params
 from .coordinator.producer import Producer
 from .coordinator.runtime import Runtime
 from .coordinator.signals import apply_signal
 from .cron import CronEntry
 from .database import resolve_dsn
-from .enqueue import insert_steps, run_async
+from .enqueue import insert_steps, jobs_list, run_async, unwrap_async_conn
 from .errors import NotRunningError, SchemaNotReadyError, ValidationError
 from .job import Job
 from .naming import validate_name
-from .operations import cancel_steps, delete_steps, get_job_steps, list_jobs_steps, retry_steps
+from .operations import (
+    Changes,
+    cancel_steps,
+    delete_steps,
+    get_job_steps,
+    job_id_of,
+    list_jobs_steps,
+    retry_steps,
+    update_steps,
+)
 from .queries import Queries
 
 log = logging.getLogger(__name__)
 
 _instances: dict[str, Oban] = {}
+
+#: Oban.py keywords whose ``None`` means something (the others' ``None`` means "the default").
+_NONE_MEANS_SOMETHING = frozenset({"shutdown_grace_period"})
+
+
+@dataclass(frozen=True, slots=True)
+class QueueInfo:
+    """One queue as this node runs it (Oban.py's ``QueueInfo``), from :meth:`Oban.check_queue`.
+
+    ``info["limit"]`` also works (the dict :meth:`Oban.check_queue` returned before).
+    """
+
+    #: The concurrency limit on this node.
+    limit: int
+    #: The producer's state as it shows it to peers (``local_limit``, ``paused``, ``running``).
+    meta: dict[str, Any]
+    #: The node running the queue.
+    node: str
+    #: Whether the queue is paused here.
+    paused: bool
+    #: The queue's name.
+    queue: str
+    #: Ids of the queue's jobs running on this node.
+    running: list[int]
+    #: When this node started the queue.
+    started_at: datetime | None
+    #: The producer's uuid (``attempted_by[2]`` of the jobs it fetches).
+    uuid: str
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return getattr(self, key)
+        except AttributeError:
+            raise KeyError(key) from None
 
 
 class Oban:
@@ -39,8 +92,12 @@ class Oban:
 
     Either pass ``config=Config(...)`` or the same fields as keyword arguments, e.g.
     ``Oban(dsn=..., queues={"default": 10}, processes=4, imports=["myapp.workers"])``.
-    ``pool`` may be an existing psycopg ``AsyncConnectionPool``; ``crontab`` adds cron entries
-    to those declared with ``@worker(cron=...)``.
+    ``pool`` may be an existing psycopg ``AsyncConnectionPool`` (``Oban.create_pool()`` makes
+    one, as in Oban.py); ``crontab`` adds cron entries to those declared with
+    ``@worker(cron=...)``. Oban.py's keywords are accepted too: ``leadership``, ``lifeline``,
+    ``metrics``, ``notifier``, ``pruner``, ``refresher``, ``scheduler``,
+    ``shutdown_grace_period``, ``stager`` and ``queues={"media": {"limit": 5, "paused": True}}``
+    (see :class:`~oban_pro.config.Config`); ``None`` for any of them means its default.
     """
 
     def __init__(
@@ -49,11 +106,24 @@ class Oban:
         config: Config | None = None,
         pool: AsyncConnectionPool | None = None,
         crontab: Sequence[CronEntry] = (),
+        dispatcher: Any = None,
         **fields: Any,
     ) -> None:
+        fields = {k: v for k, v in fields.items() if v is not None or k in _NONE_MEANS_SOMETHING}
         if config is not None and fields:
             raise ValidationError("config", "pass either config= or keyword fields, not both")
+        if dispatcher is not None:
+            log.warning(
+                "oban_pro: Oban(dispatcher=%r) is accepted but does not apply: oban_pro always "
+                "runs jobs on its own pool of worker processes (see processes=)",
+                dispatcher,
+            )
         self.config = config or Config(**fields)
+        if self.config.leadership and not self.config.queues:
+            log.warning(
+                "oban_pro: leadership=True on an instance without queues does not apply: only "
+                "nodes that run queues take part in leadership and run cron, staging and pruning"
+            )
         self.name = self.config.name
         self.node = self.config.node
         self.queries = Queries(self.config.prefix)
@@ -65,9 +135,34 @@ class Oban:
         self.metrics: Any = None
         self.metrics_port: int | None = None
         self._runtime: Runtime | None = None
+        self._queue_tasks: set[asyncio.Task[Any]] = set()
+        self._starting: set[str] = set()
+        self._stopping: set[Any] = set()
         _instances[self.name] = self
 
     # -- instances ------------------------------------------------------------------------
+
+    @staticmethod
+    async def create_pool(
+        dsn: str | None = None,
+        *,
+        min_size: int | None = None,
+        max_size: int | None = None,
+        timeout: float | None = None,
+    ) -> AsyncConnectionPool:
+        """An open connection pool for ``Oban(pool=...)`` (Oban.py's ``create_pool``).
+
+        Settings come from ``oban.toml`` < environment (``OBAN_DSN``, ``OBAN_POOL_MIN_SIZE``,
+        ``OBAN_POOL_MAX_SIZE``, ``OBAN_POOL_TIMEOUT``, ``OBAN_POOL_MAX_LIFETIME``,
+        ``OBAN_POOL_MAX_IDLE``, ``OBAN_POOL_CHECK``) < these arguments. With no DSN anywhere
+        the embedded PostgreSQL is started (as the CLI does). The caller closes the pool.
+        """
+        config = load_config(
+            {"dsn": dsn, "pool_min_size": min_size, "pool_size": max_size, "pool_timeout": timeout}
+        )
+        pool = make_pool(config, config.dsn or resolve_dsn(None))
+        await pool.open(wait=True, timeout=config.pool_timeout)
+        return pool
 
     @classmethod
     def get_instance(cls, name: str = "Oban") -> Oban:
@@ -105,20 +200,13 @@ class Oban:
         if self._pool is None:
             dsn = self.config.dsn or resolve_dsn(None)
             self.config.dsn = dsn
-            self._pool = AsyncConnectionPool(
-                dsn,
-                min_size=1,
-                max_size=self.config.pool_size,
-                open=False,
-                kwargs={"autocommit": True},
-                name=f"oban-{self.name}",
-            )
+            self._pool = make_pool(self.config, dsn, name=f"oban-{self.name}")
         if self._owns_pool and self._pool.closed:
             # One direct connection first: a wrong DSN fails at once with libpq's own message
             # instead of a pool timeout 30 s later.
             probe = await psycopg.AsyncConnection.connect(self.config.dsn or "", connect_timeout=10)
             await probe.close()
-            await self._pool.open(wait=True, timeout=30)
+            await self._pool.open(wait=True, timeout=self.config.pool_timeout)
         return self._pool
 
     async def start(self) -> Oban:
@@ -134,6 +222,7 @@ class Oban:
                 raise
         for module in self.config.imports:
             importlib.import_module(module)
+        import_cron_modules(self.config.cron_modules, self.config.cron_paths)
         if self.config.metrics_port is not None:
             self._start_metrics()
         if self.config.queues:
@@ -168,6 +257,9 @@ class Oban:
         """Graceful stop (see :meth:`Runtime.stop`), then close metrics and the pool."""
         if self._started:
             self._started = False
+            for task in list(self._queue_tasks):
+                task.cancel()
+            await asyncio.gather(*self._queue_tasks, return_exceptions=True)
             if self._runtime is not None:
                 await self._runtime.stop()
             if self.metrics is not None:
@@ -184,7 +276,10 @@ class Oban:
             self._runtime.stop_now()
 
     def _on_signal(self, payload: dict[str, Any]) -> None:
-        apply_signal(self, payload)
+        if payload.get("action") in ("start", "stop"):
+            self._queue_signal(payload)
+        else:
+            apply_signal(self, payload)
 
     def seconds_since_db_error(self) -> float:
         """How long this node has talked to the database without an error."""
@@ -194,7 +289,7 @@ class Oban:
 
     async def _insert_jobs(self, jobs: list[Job], conn: Any = None) -> list[Job]:
         if conn is not None:
-            return await run_async(conn, insert_steps(self.queries, jobs))
+            return await run_async(await unwrap_async_conn(conn), insert_steps(self.queries, jobs))
         pool = await self._ensure_pool()
         async with pool.connection() as own:
             return await run_async(own, insert_steps(self.queries, jobs))
@@ -202,13 +297,28 @@ class Oban:
     async def enqueue(self, job: Job, *, conn: Any = None) -> Job:
         """Insert one job (inside ``conn``'s transaction when given); returns it with its id.
 
-        A unique job that matches an existing one returns that job with ``conflict = True``.
+        ``conn`` may be a psycopg ``AsyncConnection`` (or cursor), or a SQLAlchemy
+        ``AsyncSession`` / ``AsyncConnection`` on the psycopg driver, as in Oban.py. A unique job
+        that matches an existing one returns that job with ``conflict = True``.
         """
         return (await self._insert_jobs([job], conn))[0]
 
-    async def enqueue_many(self, jobs: Iterable[Job], *, conn: Any = None) -> list[Job]:
-        """Insert many jobs in one round trip per batch; ids are set in the given order."""
-        return await self._insert_jobs(list(jobs), conn)
+    async def enqueue_many(
+        self, jobs_or_first: Iterable[Job] | Job, /, *rest: Job, conn: Any = None
+    ) -> list[Job]:
+        """Insert many jobs in one round trip per batch; ids are set in the given order.
+
+        Takes an iterable of jobs, or the jobs themselves: ``enqueue_many(job1, job2)``.
+        """
+        return await self._insert_jobs(jobs_list(jobs_or_first, rest), conn)
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Any]:
+        """A connection from this instance's pool (Oban.py's ``oban._connection()``), e.g. to
+        enqueue inside your own transaction: ``async with oban._connection() as conn``."""
+        pool = await self._ensure_pool()
+        async with pool.connection() as conn:
+            yield conn
 
     async def _ensure_pool(self) -> AsyncConnectionPool:
         if self._pool is None or (self._owns_pool and self._pool.closed):
@@ -231,21 +341,41 @@ class Oban:
     ) -> list[Job]:
         return await self._run(list_jobs_steps(self.queries, state=state, queue=queue, limit=limit))
 
+    async def update_job(self, job: Job | int, changes: Changes) -> Job:
+        """Change a job's ``args``, ``max_attempts``, ``meta``, ``priority``, ``queue``,
+        ``scheduled_at`` (or ``scheduled_in``), ``tags`` or ``worker``; returns the job as now
+        stored. ``changes`` is a dict or a callable given the job (as Oban.py's update_job).
+        Raises :class:`~oban_pro.errors.JobNotFoundError` for a missing job and
+        :class:`~oban_pro.errors.ValidationError` for a bad change; nothing is written then.
+        """
+        return (await self.update_many_jobs([job], changes))[0]
+
+    async def update_many_jobs(self, jobs: Iterable[Job | int], changes: Changes) -> list[Job]:
+        """:meth:`update_job` for many jobs, in one transaction with the rows locked."""
+        jobs = list(jobs)
+        fresh = await self._run(update_steps(self.queries, jobs, changes))
+        for given, now in zip(jobs, fresh, strict=True):
+            if isinstance(given, Job) and given is not now:  # the caller's object follows too
+                for name in now.to_dict():
+                    if name not in ("unique", "conflict", "extra"):
+                        setattr(given, name, getattr(now, name))
+        return fresh
+
     async def retry_job(self, job: Job | int) -> None:
-        await self.retry_many_jobs([job])
+        await self.retry_many_jobs([job_id_of(job)])
 
     async def retry_many_jobs(self, jobs: Iterable[Job | int]) -> int:
         return len(await self._run(retry_steps(self.queries, jobs)))
 
     async def cancel_job(self, job: Job | int) -> None:
-        await self.cancel_many_jobs([job])
+        await self.cancel_many_jobs([job_id_of(job)])
 
     async def cancel_many_jobs(self, jobs: Iterable[Job | int]) -> int:
         """Cancel jobs in any non-final state; executing ones are also stopped (pkill)."""
         return len(await self._run(cancel_steps(self.queries, jobs)))
 
     async def delete_job(self, job: Job | int) -> None:
-        await self.delete_many_jobs([job])
+        await self.delete_many_jobs([job_id_of(job)])
 
     async def delete_many_jobs(self, jobs: Iterable[Job | int]) -> int:
         """Delete jobs in any state but ``executing``."""
@@ -255,7 +385,9 @@ class Oban:
 
     async def _signal(self, payload: dict[str, Any], node: str | None) -> None:
         payload = {**payload, "ident": f"{self.name}.{node}" if node else "any"}
-        apply_signal(self, payload)
+        self._on_signal(dict(payload))
+        if node is not None and node == self.node and self._runtime is not None:
+            return  # for this node only: done here (as Oban.py does)
         await self._run_notify("signal", payload)
 
     async def _run_notify(self, event: str, payload: dict[str, Any]) -> None:
@@ -277,32 +409,214 @@ class Oban:
     async def resume_all_queues(self, *, node: str | None = None) -> None:
         await self._signal({"action": "resume", "queue": "*"}, node)
 
-    async def scale_queue(self, queue: str, *, limit: int, node: str | None = None) -> None:
+    async def scale_queue(
+        self, queue: str, *, limit: int | None = None, node: str | None = None, **options: Any
+    ) -> None:
+        """Change ``queue``'s limit on every node (or on ``node``).
+
+        As in Oban.py, other keyword options travel in the signal for nodes that read them
+        (Oban Pro's ``global_limit``, ``rate_limit``, ``partition``); oban_pro nodes apply only
+        ``limit`` and log that the others do not apply.
+        """
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValidationError("limit", f"must be an integer >= 1, got {limit!r}")
+        if options:
+            log.warning(
+                "oban_pro: scale_queue options %s are sent to other nodes but do not apply on "
+                "oban_pro nodes (only limit does)",
+                ", ".join(sorted(options)),
+            )
         await self._signal(
-            {"action": "scale", "queue": validate_name("queue", queue), "limit": limit}, node
+            {"action": "scale", **options, "queue": validate_name("queue", queue), "limit": limit},
+            node,
         )
 
-    def check_queue(self, queue: str) -> dict[str, Any] | None:
-        """This node's view of ``queue``: limit, paused, running job ids; None if not run here."""
+    async def start_queue(
+        self, *, queue: str, limit: int, paused: bool = False, node: str | None = None
+    ) -> None:
+        """Start running ``queue`` on every node (or only on ``node``), as Oban.py does.
+
+        A node already running the queue ignores it. An instance without queues (a client)
+        starts no queue itself: the signal goes to the nodes.
+        """
+        validate_name("queue", queue)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValidationError("limit", f"must be an integer >= 1, got {limit!r}")
+        if not isinstance(paused, bool):
+            raise ValidationError("paused", f"must be True or False, got {paused!r}")
+        payload = {"action": "start", "queue": queue, "limit": limit, "paused": paused}
+        if node is None or node == self.node:
+            await self._start_queue_local(queue, limit, paused)
+        if node != self.node or self._runtime is None:
+            payload["ident"] = f"{self.name}.{node}" if node else "any"
+            await self._run_notify("signal", payload)
+
+    async def stop_queue(self, queue: str, *, node: str | None = None) -> None:
+        """Stop running ``queue`` on every node (or only on ``node``).
+
+        The queue stops fetching at once; its running jobs get up to ``shutdown_timeout``
+        seconds here and keep their producer (and its heartbeat) until they finish.
+        """
+        validate_name("queue", queue)
+        if node is None or node == self.node:
+            await self._stop_queue_local(queue)
+        if node != self.node or self._runtime is None:
+            ident = f"{self.name}.{node}" if node else "any"
+            await self._run_notify("signal", {"action": "stop", "queue": queue, "ident": ident})
+
+    def _queue_signal(self, payload: dict[str, Any]) -> None:
+        """A start/stop signal from another instance (or echoed from this one)."""
+        if payload.get("ident", "any") not in ("any", self.ident):
+            return
+        queue, limit = payload.get("queue"), payload.get("limit", 10)
+        paused = payload.get("paused", False)
+        try:
+            queue = validate_name("queue", queue)
+            if payload["action"] == "start" and (
+                isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
+            ):
+                raise ValidationError("limit", f"must be an integer >= 1, got {limit!r}")
+        except ValidationError as exc:
+            log.warning("ignored %s signal: %s (%r)", payload.get("action"), exc, payload)
+            return
+        if payload["action"] == "start":
+            coro = self._start_queue_local(queue, limit, paused is True)
+        else:
+            coro = self._stop_queue_local(queue)
+        task = asyncio.get_running_loop().create_task(coro)
+        self._queue_tasks.add(task)
+        task.add_done_callback(self._queue_task_done)
+
+    def _queue_task_done(self, task: asyncio.Task[Any]) -> None:
+        self._queue_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("queue signal failed: %s", task.exception(), exc_info=task.exception())
+
+    async def _start_queue_local(self, queue: str, limit: int, paused: bool) -> None:
+        runtime = self._runtime
+        if runtime is None or queue in runtime.producers or queue in self._starting:
+            return
+        self._starting.add(queue)
+        try:
+            pool = await self._ensure_pool()
+            producer = runtime._make_producer(queue, limit, pool)
+            producer.paused = paused
+            await producer.register()
+            runtime.producers[queue] = producer
+            producer.start()
+            log.info("started queue %s (limit %d%s)", queue, limit, ", paused" if paused else "")
+        finally:
+            self._starting.discard(queue)
+
+    async def _stop_queue_local(self, queue: str) -> None:
+        runtime = self._runtime
+        producer = runtime.producers.get(queue) if runtime is not None else None
+        if producer is None or producer in self._stopping:
+            return
+        self._stopping.add(producer)
+        producer.pause()
+        await producer.stop()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.shutdown_timeout
+        while producer.running and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if producer.running:
+            # Jobs still running keep the producer (and its heartbeat) until they end, so that
+            # no node takes them for orphans; check_queue shows the queue paused meanwhile.
+            task = loop.create_task(self._retire(queue, producer))
+            self._queue_tasks.add(task)
+            task.add_done_callback(self._queue_task_done)
+            return
+        await self._retire(queue, producer)
+
+    async def _retire(self, queue: str, producer: Any) -> None:
+        uuid = producer.uuid
+        try:
+            while producer.running:
+                await asyncio.sleep(0.1)
+            runtime = self._runtime
+            if runtime is not None and runtime.producers.get(queue) is producer:
+                del runtime.producers[queue]
+                pool = await self._ensure_pool()
+                async with pool.connection() as conn:
+                    await conn.execute(self.queries.delete_producers, {"uuids": [uuid]})
+                log.info("stopped queue %s", queue)
+        finally:
+            self._stopping.discard(producer)
+
+    def check_queue(self, queue: str) -> QueueInfo | None:
+        """This node's view of ``queue`` (a :class:`QueueInfo`); None if not run here."""
         producer = self.producers.get(queue)
         if producer is None:
             return None
-        return {
-            "queue": queue,
-            "limit": producer.limit,
-            "paused": producer.paused,
-            "running": sorted(producer.running),
-            "node": self.node,
-            "uuid": producer.uuid,
-        }
+        return QueueInfo(
+            limit=producer.limit,
+            meta=producer.meta(),
+            node=self.node,
+            paused=producer.paused,
+            queue=queue,
+            running=sorted(producer.running),
+            started_at=datetime.fromtimestamp(producer.started_at, UTC),
+            uuid=producer.uuid,
+        )
 
-    def check_all_queues(self) -> list[dict[str, Any]]:
-        return [info for q in self.producers if (info := self.check_queue(q)) is not None]
+    def check_all_queues(self) -> list[QueueInfo]:
+        """:meth:`check_queue` for every queue this node runs."""
+        return [info for q in list(self.producers) if (info := self.check_queue(q)) is not None]
 
     # -- used by signals ------------------------------------------------------------------
 
     def kill_job(self, job_id: int) -> bool:
         """Stop the child running ``job_id`` on this node (pkill); False if not running here."""
         return bool(self._runtime and self._runtime.kill_job(job_id))
+
+
+def make_pool(config: Config, dsn: str, *, name: str | None = None) -> AsyncConnectionPool:
+    """A closed pool built from the ``pool_*`` settings (autocommit connections)."""
+    return AsyncConnectionPool(
+        dsn,
+        min_size=config.pool_min_size,
+        max_size=config.pool_size,
+        timeout=config.pool_timeout,
+        max_lifetime=config.pool_max_lifetime,
+        max_idle=config.pool_max_idle,
+        check=AsyncConnectionPool.check_connection if config.pool_check else None,
+        open=False,
+        kwargs={"autocommit": True},
+        name=name,
+    )
+
+
+def import_cron_modules(modules: Sequence[str], paths: Sequence[str]) -> list[str]:
+    """Import ``modules`` and the modules found under ``paths`` that declare cron workers
+    (Oban.py's ``--cron-modules`` / ``--cron-paths``); returns the modules imported.
+
+    A named module that fails to import raises; a discovered one is logged and skipped, as in
+    Oban.py.
+    """
+    from .discovery import find_cron_modules
+    from .errors import ConfigError
+
+    if (modules or paths) and os.getcwd() not in sys.path:
+        # Module names are relative to the current directory, which a console script (unlike
+        # ``python -m``) does not put on sys.path; appended, so it never shadows a package.
+        sys.path.append(os.getcwd())
+    imported = []
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError("cron_modules", module, f"an importable module ({exc})") from exc
+        imported.append(module)
+    for module in find_cron_modules(paths) if paths else []:
+        if module in imported:
+            continue
+        try:
+            importlib.import_module(module)
+        except Exception:
+            log.exception("failed to import cron module %s (skipped)", module)
+            continue
+        imported.append(module)
+    if modules or paths:
+        log.info("imported %d cron modules: %s", len(imported), ", ".join(imported) or "none")
+    return imported

@@ -30,12 +30,16 @@ FRAGMENTS = (
 # -- enqueue ----------------------------------------------------------------------------------
 
 # The batch travels as one JSON array of [queue, worker, args, meta, tags, max_attempts,
-# priority, scheduled_at or null] (one msgspec-encoded parameter instead of eight typed arrays).
+# priority, scheduled_at or null, state] (one msgspec-encoded parameter instead of nine typed
+# arrays). As in Oban.py, the state is the one asked for, except that an ``available`` job with a
+# scheduled_at is inserted ``scheduled`` (the stager makes it available when it is due).
 INSERT_JOBS = """
 INSERT INTO {p}.oban_jobs
   (state, queue, worker, args, meta, tags, max_attempts, priority, scheduled_at)
 SELECT
-  (CASE WHEN r.v->>7 IS NULL THEN 'available' ELSE 'scheduled' END)::{p}.oban_job_state,
+  (CASE WHEN coalesce(r.v->>8, 'available') = 'available'
+     THEN CASE WHEN r.v->>7 IS NULL THEN 'available' ELSE 'scheduled' END
+     ELSE r.v->>8 END)::{p}.oban_job_state,
   r.v->>0, r.v->>1, r.v->2, r.v->3,
   ARRAY(SELECT jsonb_array_elements_text(r.v->4)),
   (r.v->>5)::int, (r.v->>6)::int,
@@ -463,6 +467,37 @@ JOB_COLUMNS = """id, state::text, queue, worker, args, to_jsonb(errors) AS error
 
 GET_JOB = "SELECT {job_columns} FROM {p}.oban_jobs WHERE id = %(id)s"
 
+# Oban.py's update_job: lock the rows (the caller computes the changes from what it read).
+LOCK_JOBS = """
+SELECT {job_columns} FROM {p}.oban_jobs WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id FOR UPDATE
+"""
+
+# Writes the updatable fields of each job (one JSON array of [id, args, meta, tags, max_attempts,
+# priority, queue, worker, scheduled_at]); as in Oban.py, an available job moved to the future
+# becomes scheduled and a scheduled one moved to the past (or now) becomes available. The clock,
+# not the transaction's start: the rows were locked before the new times were computed.
+UPDATE_JOBS = """
+WITH u AS (
+  SELECT (r.v->>0)::bigint AS uid, r.v->1 AS uargs, r.v->2 AS umeta,
+    ARRAY(SELECT jsonb_array_elements_text(r.v->3)) AS utags, (r.v->>4)::int AS umax_attempts,
+    (r.v->>5)::int AS upriority, r.v->>6 AS uqueue, r.v->>7 AS uworker,
+    (r.v->>8)::timestamp AS uscheduled_at
+  FROM jsonb_array_elements(%(jobs)s::jsonb) AS r(v)
+)
+UPDATE {p}.oban_jobs AS j SET
+  args = u.uargs, meta = u.umeta, tags = u.utags, max_attempts = u.umax_attempts,
+  priority = u.upriority, queue = u.uqueue, worker = u.uworker,
+  scheduled_at = coalesce(u.uscheduled_at, j.scheduled_at),
+  state = (CASE
+    WHEN j.state = 'available' AND u.uscheduled_at > timezone('UTC', clock_timestamp())
+      THEN 'scheduled'
+    WHEN j.state = 'scheduled' AND u.uscheduled_at <= timezone('UTC', clock_timestamp())
+      THEN 'available'
+    ELSE j.state::text END)::{p}.oban_job_state
+FROM u WHERE j.id = u.uid
+RETURNING j.id
+"""
+
 LIST_JOBS = """
 SELECT {job_columns} FROM {p}.oban_jobs
 WHERE (%(state)s::text IS NULL OR state::text = %(state)s)
@@ -565,6 +600,8 @@ class Queries:
     current_leader: str
     queue_counts: str
     get_job: str
+    lock_jobs: str
+    update_jobs: str
     list_jobs: str
     retry_jobs: str
     cancel_jobs: str

@@ -81,9 +81,19 @@ def test_blank_worker_and_unknown_option_are_rejected():
     assert err.value.field == "worker"
     with pytest.raises(TypeError):
         Job("app.Worker", colour="red")  # type: ignore[call-arg]
+
+
+def test_unknown_worker_options_go_to_extra_as_in_obanpy():
+    @worker(queue="x", colour="red")
+    class Painter:
+        def process(self, job):
+            return None
+
+    job_ = Painter.new({}, shade="dark")  # type: ignore[attr-defined]
+    assert job_.extra == {"colour": "red", "shade": "dark"} and job_.queue == "x"
     with pytest.raises(ValidationError) as err:
-        worker(queue="x", colour="red")
-    assert err.value.field == "colour"
+        worker(queue="x", timeout=-1)
+    assert err.value.field == "timeout"
 
 
 def test_oversized_args_are_rejected():

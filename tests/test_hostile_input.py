@@ -540,10 +540,13 @@ async def test_hostile_prefixes_are_rejected(oban_dsn):
         lambda bad: migrate_up(oban_dsn, prefix=bad),
     )
     for bad in HOSTILE_PREFIXES:
-        for make in makers:
+        for i, make in enumerate(makers):
+            if bad is None and i < 2:
+                continue  # Oban(prefix=None) means the default prefix, as in Oban.py (below)
             with pytest.raises(InvalidPrefixError) as err:
                 make(bad)
             assert err.value.field == "prefix"
+    assert Oban(dsn=oban_dsn, prefix=None, name="hostile-prefix").config.prefix == "public"
     assert query(oban_dsn, "SELECT count(*) FROM pg_namespace") == schemas
     # the CLI refuses it with a usage error naming the field, before touching anything
     for bad in ("x'; drop table x; --", "a.b", "with space"):

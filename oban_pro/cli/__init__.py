@@ -16,7 +16,17 @@ from collections.abc import Sequence
 
 from ..errors import ObanError
 
-SUBCOMMANDS = ("start", "migrate", "status", "jobs", "demo", "bench", "version")
+SUBCOMMANDS = (
+    "start",
+    "install",
+    "uninstall",
+    "migrate",
+    "status",
+    "jobs",
+    "demo",
+    "bench",
+    "version",
+)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -37,8 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
             "130 stopped by a second interrupt"
         ),
     )
+    from .version import package_version
+
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"%(prog)s {package_version()}",
+        help="print the version and exit",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
+        if name == "uninstall":
+            continue  # registered by the install module
         try:
             module = importlib.import_module(f".{name}", __name__)
         except ModuleNotFoundError as exc:

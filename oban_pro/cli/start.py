@@ -4,6 +4,11 @@ SIGTERM or a first SIGINT stops gracefully: no more fetching, running jobs get u
 ``--shutdown-timeout`` seconds, then children stop, finished work is acked, unfinished jobs go
 back to ``available`` at once, producer rows are deleted and leadership is resigned (exit 0).
 A second SIGINT stops immediately (exit 130): children are killed and their jobs released.
+
+Cron workers (Oban.py's behaviour): modules named by ``--cron-modules`` are imported, and those
+found under ``--cron-paths`` that declare ``@worker``/``@job`` with ``cron=``. With neither, and
+no ``--import``, the current directory is searched. ``--dry-run`` checks the configuration and
+imports those modules, then exits without touching the database.
 """
 
 from __future__ import annotations
@@ -40,6 +45,10 @@ FLAGS: dict[str, tuple[str, str]] = {
     "--start-method": ("start_method", "forkserver (default), spawn or fork"),
     "--metrics-port": ("metrics_port", "serve Prometheus /metrics on this port"),
     "--metrics-host": ("metrics_host", "address for /metrics (127.0.0.1)"),
+    "--pool-min-size": ("pool_min_size", "connections the pool keeps open (1)"),
+    "--pool-max-size": ("pool_size", "most connections the pool opens (4; env OBAN_POOL_MAX_SIZE)"),
+    "--cron-modules": ("cron_modules", "modules with cron workers, comma-separated"),
+    "--cron-paths": ("cron_paths", "folders to search for cron workers, comma-separated"),
     "--log-level": ("log_level", "debug, info, warning, error (info)"),
     "--log-format": ("log_format", "text or json (text)"),
 }
@@ -71,22 +80,51 @@ def add_node_args(parser: argparse.ArgumentParser) -> None:
     )
     for flag, (_field, text) in FLAGS.items():
         parser.add_argument(flag, default=None, help=text)
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the configuration and import the cron modules, then exit (no database)",
+    )
 
 
 def config_from_args(args: argparse.Namespace, **extra: Any) -> Config:
     overrides: dict[str, Any] = {"dsn": args.dsn, "prefix": args.prefix, **extra}
     if getattr(args, "imports", None):
         overrides["imports"] = args.imports
-    for _flag, (field, _text) in FLAGS.items():
-        value = getattr(args, field, None)
+    for flag, (field, _text) in FLAGS.items():
+        value = getattr(args, flag.lstrip("-").replace("-", "_"), None)
         if value is not None:
             overrides[field] = value
-    return load_config(overrides, config_file=args.config)
+    config = load_config(overrides, config_file=args.config)
+    if not (config.imports or config.cron_modules or config.cron_paths):
+        # As Oban.py's `oban start`: look for cron workers in the current directory.
+        config.cron_paths = ["."]
+    return config
+
+
+def dry_run(config: Config) -> int:
+    """Import what a start would import (workers and cron modules), then report."""
+    import importlib
+
+    from ..oban import import_cron_modules
+    from ..worker import cron_entries
+
+    for module in config.imports:
+        importlib.import_module(module)
+    modules = import_cron_modules(config.cron_modules, config.cron_paths)
+    queues = ", ".join(f"{q}:{n}" for q, n in config.queues.items()) or "none"
+    print(
+        f"dry run: configuration is valid; queues {queues}; {len(modules)} cron modules "
+        f"imported ({', '.join(modules) or 'none'}); {len(cron_entries())} cron entries"
+    )
+    return EXIT_OK
 
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     configure_logging(config.log_level, config.log_format, config.node)
+    if getattr(args, "dry_run", False):
+        return dry_run(config)
     if not config.queues:
         print(
             "oban-pro start: no queues configured (use --queues default:10 or OBAN_QUEUES)",

@@ -26,7 +26,10 @@ class Leader:
         node: str,
         ttl: float,
         on_change: Callable[[bool], None] | None = None,
+        enabled: bool = True,
     ) -> None:
+        #: False (Oban.py's ``leadership=False``): this node never takes the lease.
+        self.enabled = enabled
         self._pool = pool
         self._queries = queries
         self.name = name
@@ -37,6 +40,8 @@ class Leader:
 
     async def elect(self) -> bool:
         """Take or refresh the lease; returns whether this node leads."""
+        if not self.enabled:
+            return False
         with telemetry.span("oban.leader.election", {"name": self.name, "node": self.node}) as ctx:
             async with self._pool.connection() as conn:
                 cur = await conn.execute(

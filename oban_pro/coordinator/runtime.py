@@ -136,6 +136,7 @@ class Runtime:
         self._acker.start()
         for queue, limit in cfg.queues.items():
             producer = self._make_producer(queue, limit, pool)
+            producer.paused = queue in cfg.paused_queues  # compat hook: [queues.q] paused = true
             await producer.register()
             self.producers[queue] = producer
         for producer in self.producers.values():
@@ -181,6 +182,7 @@ class Runtime:
             node=self.node,
             ttl=cfg.leader_ttl,
             on_change=self._on_leader_change,
+            enabled=cfg.leadership is not False,  # compat hook: Oban.py's leadership=False
         )
         # Followers look for an expired lease at least every heartbeat, so a dead leader is
         # replaced within leader_ttl + heartbeat_interval, and the new one rescues at once.
@@ -214,7 +216,9 @@ class Runtime:
             healthy_for=self.seconds_since_db_error,
         )
         pruner = Pruner(pool, self.queries, max_age=cfg.prune_max_age, limit=cfg.prune_limit)
-        self._scheduler = Scheduler([*cron_entries(), *self._crontab], self._insert_jobs)
+        self._scheduler = Scheduler(  # compat hook: cron_timezone (Oban.py's scheduler.timezone)
+            [*cron_entries(), *self._crontab], self._insert_jobs, cfg.cron_timezone
+        )
         gossip = Gossip(pool, self.queries, lambda: list(self.producers.values()))
         self._loops = [
             leader_loop,

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 from .. import telemetry
-from ..cron import CronEntry, cron_meta
+from ..cron import CronEntry, cron_meta, with_default_timezone
 from ..job import Job
 from ..unique import ALL_STATES
 
@@ -20,9 +20,13 @@ log = logging.getLogger(__name__)
 
 class Scheduler:
     def __init__(
-        self, entries: Sequence[CronEntry], insert: Callable[[list[Job]], Awaitable[list[Job]]]
+        self,
+        entries: Sequence[CronEntry],
+        insert: Callable[[list[Job]], Awaitable[list[Job]]],
+        default_timezone: str | None = None,
     ) -> None:
-        self.entries = list(entries)
+        # Entries that named no timezone are read in the node's cron_timezone.
+        self.entries = with_default_timezone(entries, default_timezone)
         self._insert = insert
         self._last_minute: datetime | None = None
 
