@@ -299,6 +299,15 @@ class Incarnation:
         return f"{self.name}#{self.number}"
 
 
+def _in_chunks(client: Any, jobs: list[Any], size: int = 50) -> list[Any]:
+    """Unique jobs, one transaction per ``size``: each holds its keys' advisory locks until it
+    commits, so a long batch would stall the racing connection (and the enqueue rate) for long."""
+    out: list[Any] = []
+    for i in range(0, len(jobs), size):
+        out += client.enqueue_many(jobs[i : i + size])
+    return out
+
+
 class Gate:
     """A readers-writer lock: inserts share it; a PostgreSQL restart waits for them to end and
     holds it alone (an insert that fails mid-commit could not tell whether it committed)."""
@@ -552,8 +561,8 @@ class Soak:
         racing = [self._clone(j) for j in fresh[: (len(fresh) + 3) // 4]]
         steps = [
             (plain, lambda: clients[0].enqueue_many(plain) if plain else []),
-            ([], lambda: clients[1].enqueue_many(fresh + repeat) if fresh or repeat else []),
-            ([], lambda: clients[2].enqueue_many(racing) if racing else []),
+            ([], lambda: _in_chunks(clients[1], fresh + repeat)),
+            ([], lambda: _in_chunks(clients[2], racing)),
         ]
         results: list[Any] = [None] * len(steps)
 
