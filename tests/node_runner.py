@@ -120,6 +120,7 @@ class NodeProcess:
         shutdown_timeout: float = 5.0,
         settings: Mapping[str, Any] | None = None,
         stdout: Any = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.dsn = dsn
         self.prefix = prefix
@@ -131,6 +132,7 @@ class NodeProcess:
         self.shutdown_timeout = shutdown_timeout
         self.settings = {**FAST_TIMINGS, **(settings or {})}
         self.stdout = stdout
+        self.env = dict(env or {})  # extra environment variables (besides OBAN_<FIELD>)
         self.proc: subprocess.Popen[bytes] | None = None
         self._known: dict[int, int] = {}  # every process of this node ever seen: pid -> start
         self._log_file: Any = None
@@ -164,7 +166,7 @@ class NodeProcess:
         self._log_file = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             self.argv(),
-            env=node_env(self.settings),
+            env={**node_env(self.settings), **self.env},
             stdin=subprocess.DEVNULL,
             stdout=self._log_file if self.stdout is None else self.stdout,
             stderr=self._log_file,
