@@ -72,11 +72,15 @@ class Dispatcher:
         *,
         default_timeout: float = 0.0,
         isolated_queues: Collection[str] = (),
+        threads_follow_limits: bool = False,
     ) -> None:
         self.acker = acker
         self.ledger = Ledger()
         self._default_timeout = default_timeout
         self._isolated_queues = frozenset(isolated_queues)
+        # threads not configured: each child may run every queue's limit of sync jobs at once,
+        # so the pool grows its children's thread cap when a queue is scaled up.
+        self._threads_follow_limits = threads_follow_limits
         self._producers: dict[str, Producer] = {}
         self._timeouts: dict[str, float] = {}
         self._isolated_workers: dict[str, bool] = {}
@@ -92,6 +96,14 @@ class Dispatcher:
         self._producers[producer.queue] = producer
 
     # -- limits -----------------------------------------------------------------------------
+
+    def limits_changed(self) -> None:
+        """A queue was scaled: let the children's threads reach the new limits."""
+        if not self._threads_follow_limits:
+            return
+        needed = sum(p.limit for p in self._producers.values())
+        if needed > self.pool.threads:
+            self.pool.set_threads(needed)
 
     def running_count(self, queue: str) -> int:
         return self.ledger.count(queue)

@@ -127,6 +127,7 @@ class Runtime:
             self._make_pool,
             default_timeout=cfg.job_timeout,
             isolated_queues=cfg.isolated_queues,
+            threads_follow_limits=not cfg.threads,
         )
         worker_pool = self._dispatcher.pool
         await worker_pool.start()
