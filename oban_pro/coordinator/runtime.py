@@ -29,7 +29,7 @@ from ..pool.pool import WorkerPool, default_threads
 from ..queries import Queries
 from ..registry import cron_entries
 from .acker import Acker
-from .dispatcher import Dispatcher
+from .dispatcher import Dispatcher, RunningJob
 from .heartbeat import Heartbeat
 from .leader import Leader
 from .notifier import Notifier
@@ -100,7 +100,7 @@ class Runtime:
         """Stop the local copy of ``job_id`` (see :meth:`Dispatcher.stop_job`)."""
         return self._dispatcher is not None and self._dispatcher.stop_job(job_id, reason)
 
-    def running(self) -> list[tuple[int, int, str]]:
+    def running(self) -> list[RunningJob]:
         """``(job_id, attempt, producer_uuid)`` of every job this node holds."""
         return self._dispatcher.running() if self._dispatcher is not None else []
 
