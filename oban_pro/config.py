@@ -76,7 +76,8 @@ class Config:
     #: Default per-job timeout in seconds for workers that set none (0 = no timeout).
     job_timeout: float = 0.0
     #: Threads per child for sync jobs, started only as needed (0 = the sum of the queues'
-    #: limits, so every queue can reach its limit whatever the placement).
+    #: limits, so every queue can reach its limit whatever the placement; raised when a queue
+    #: is scaled up).
     threads: int = 0
     #: Seconds a job asked to stop (timeout, cancel) gets before its child is killed; other jobs
     #: in that child are then given back (available, attempt returned).

@@ -44,6 +44,21 @@ async def test_limit_50_runs_50_at_once_on_2_processes(oban_dsn, oban_prefix, tm
     assert len({pid for _, _, pid in events}) == 2
 
 
+async def test_scaling_a_queue_up_lets_its_sync_jobs_reach_the_new_limit(
+    oban_dsn, oban_prefix, tmp_path
+):
+    log = tmp_path / "log"
+    async with node(oban_dsn, oban_prefix, processes=1, queues={"io": 2}) as oban:
+        jobs = await oban.enqueue_many(
+            [HoldIo.new({"log": str(log), "until": 20, "max_seconds": 30}) for _ in range(20)]
+        )
+        await wait_until(lambda: len(read_events(log)) == 2, message="2 running (the limit)")
+        await oban.scale_queue("io", limit=20)
+        await all_in(oban_dsn, oban_prefix, jobs, "completed")
+        assert oban.runtime.worker_pool.threads == 20
+    assert most_at_once(read_events(log)) == 20
+
+
 async def test_limit_1_never_runs_two_at_once(oban_dsn, oban_prefix, tmp_path):
     log = tmp_path / "log"
     async with node(oban_dsn, oban_prefix, queues={"io": 1}) as oban:

@@ -627,6 +627,21 @@ async def test_fifty_jobs_run_at_once_on_two_processes(tmp_path: Path, worker: s
 
 
 @async_test
+async def test_set_threads_lets_more_sync_jobs_run_at_once(tmp_path: Path) -> None:
+    from pool_workers import most_at_once
+
+    log = tmp_path / "log"
+    async with Harness(processes=1, threads=2) as h:
+        ids = [h.submit("Hold", {"log": str(log), "until": 6}) for _ in range(6)]
+        # Two threads: two start, and none ends before all six have started.
+        await wait_until_events(log, lambda e: len(e) == 2)
+        h.pool.set_threads(6)
+        for job_id in ids:
+            assert (await h.done(job_id)).kind == "completed"
+        assert most_at_once(await wait_until_events(log, lambda e: len(e) == 12)) == 6
+
+
+@async_test
 async def test_as_many_jobs_as_processes_get_a_process_each(tmp_path: Path) -> None:
     log = tmp_path / "log"
     async with Harness(processes=2) as h:

@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Collection
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from ..backoff import default_backoff
 from ..pool.ledger import Ledger
@@ -29,7 +29,7 @@ from .acker import Ack, Acker
 if TYPE_CHECKING:
     from .producer import FetchedRow, Producer
 
-__all__ = ["Dispatcher", "JobPool", "ISOLATE_META_KEY"]
+__all__ = ["Dispatcher", "JobPool", "RunningJob", "ISOLATE_META_KEY"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,14 @@ FAILURE_KINDS: dict[str, str | None] = {
     "crash": "crash", "memory": "crash", "timeout": "error", "cancelled": "cancel",
     "dispatch": "error", "rescued": None,
 }  # fmt: skip
+
+
+class RunningJob(NamedTuple):
+    """A job this node runs, as its row should still read (heartbeats check it)."""
+
+    job_id: int
+    attempt: int
+    producer_uuid: str
 
 
 class JobPool(Protocol):
@@ -72,11 +80,15 @@ class Dispatcher:
         *,
         default_timeout: float = 0.0,
         isolated_queues: Collection[str] = (),
+        threads_follow_limits: bool = False,
     ) -> None:
         self.acker = acker
         self.ledger = Ledger()
         self._default_timeout = default_timeout
         self._isolated_queues = frozenset(isolated_queues)
+        # threads not configured: each child may run every queue's limit of sync jobs at once,
+        # so the pool grows its children's thread cap when a queue is scaled up.
+        self._threads_follow_limits = threads_follow_limits
         self._producers: dict[str, Producer] = {}
         self._timeouts: dict[str, float] = {}
         self._isolated_workers: dict[str, bool] = {}
@@ -93,6 +105,14 @@ class Dispatcher:
 
     # -- limits -----------------------------------------------------------------------------
 
+    def limits_changed(self) -> None:
+        """A queue was scaled: let the children's threads reach the new limits."""
+        if not self._threads_follow_limits:
+            return
+        needed = sum(p.limit for p in self._producers.values())
+        if needed > self.pool.threads:
+            self.pool.set_threads(needed)
+
     def running_count(self, queue: str) -> int:
         return self.ledger.count(queue)
 
@@ -100,12 +120,12 @@ class Dispatcher:
         """How many jobs ``producer`` may fetch now: its limit minus its jobs running here."""
         return max(0, producer.limit - self.ledger.count(producer.queue))
 
-    def running(self) -> list[tuple[int, int, str]]:
+    def running(self) -> list[RunningJob]:
         """``(job_id, attempt, producer_uuid)`` of every job this node holds."""
         out = []
         for job in self.ledger:
             producer = self._producers.get(job.run.queue)
-            out.append((job.job_id, job.run.attempt, producer.uuid if producer else ""))
+            out.append(RunningJob(job.job_id, job.run.attempt, producer.uuid if producer else ""))
         return out
 
     def stop_job(self, job_id: int, reason: str = "cancelled") -> bool:
@@ -114,17 +134,17 @@ class Dispatcher:
         database gave it to someone else: nothing is acked). True if it was running here."""
         return bool(self.pool.stop_job(job_id, reason))
 
-    def abandon(self, job_id: int, attempt: int, why: str) -> bool:
-        """Stop the local copy of attempt ``attempt`` of a job whose row is no longer this
-        attempt's (rescued and maybe running elsewhere, cancelled, deleted). Nothing is acked:
-        the row belongs to someone else now. False if that attempt does not run here."""
+    def abandon(self, job_id: int, why: str, attempt: int | None = None) -> bool:
+        """Stop the local copy of a job whose row is no longer this attempt's (rescued and
+        maybe running elsewhere, cancelled, deleted); nothing is acked for it. With
+        ``attempt``, only that attempt is stopped. False if it does not run here."""
         job = self.ledger.get(job_id)
-        if job is None or job.run.attempt != attempt:
+        if job is None or (attempt is not None and job.run.attempt != attempt):
             return False
         log.warning(
             "job %s (%s, queue %s, attempt %d) is no longer this node's in the database (%s); "
-            "stopping its local copy", job_id, job.run.worker, job.run.queue, attempt, why,
-            extra={"job_id": job_id},
+            "stopping its local copy", job_id, job.run.worker, job.run.queue, job.run.attempt,
+            why, extra={"job_id": job_id},
         )  # fmt: skip
         return self.stop_job(job_id, "rescued")
 
@@ -137,9 +157,10 @@ class Dispatcher:
         for row in rows:
             if row[0] in self.ledger:
                 # An older attempt of this job still runs here: it was rescued (this node was
-                # judged dead) and fetched again. One copy per job: stop the old one and give
-                # this attempt back at once (attempt returned) for a later fetch.
-                self._give_back_refetched(producer, row)
+                # judged dead during an outage) and fetched again. One copy per job: stop the
+                # old one, give this attempt back to be fetched once the old one is gone.
+                self.abandon(row[0], "fetched again after a rescue")
+                self.acker.add(Ack(row[0], row[4], producer.uuid, "release"))
                 continue
             try:
                 run = self._run_message(producer, row)
@@ -163,14 +184,6 @@ class Dispatcher:
         except Exception as exc:  # the pool is closing: give the jobs back at once
             log.warning("could not hand %d jobs to the pool (%s); releasing them", len(runs), exc)
             self.release(runs)
-
-    def _give_back_refetched(self, producer: Producer, row: FetchedRow) -> None:
-        job_id, attempt = row[0], row[4]
-        old = self.ledger.get(job_id)
-        if old is not None:
-            self.abandon(job_id, old.run.attempt, "fetched again after a rescue")
-        self.acker.add(Ack(job_id, attempt, producer.uuid, "release",
-                           queue=producer.queue, worker=str(row[1])))  # fmt: skip
 
     def _run_message(self, producer: Producer, row: FetchedRow) -> Run:
         (job_id, worker, args, meta, attempt, max_attempts, priority, tags, errors,

@@ -30,6 +30,7 @@ from psycopg.rows import tuple_row
 
 from .. import telemetry
 from .._aio import wait_event
+from .dispatcher import RunningJob
 from .producer import Producer
 
 log = logging.getLogger(__name__)
@@ -47,15 +48,6 @@ def reconnect_bound(interval: float) -> float:
     """The longest a live node's heartbeat stays silent once the server accepts connections
     again: one retry delay, one connect timeout, and a second for the beat itself."""
     return retry_delay(interval) + CONNECT_TIMEOUT + 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class RunningJob:
-    """A job this node runs, as the database should still see it."""
-
-    job_id: int
-    attempt: int
-    producer_uuid: str
 
 
 @dataclass(frozen=True, slots=True)

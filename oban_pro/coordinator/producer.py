@@ -100,6 +100,7 @@ class Producer:
 
     def scale(self, limit: int) -> None:
         self.limit = limit
+        self._dispatcher.limits_changed()
         self.notice()
 
     async def register(self) -> None:

@@ -29,8 +29,8 @@ from ..pool.pool import WorkerPool, default_threads
 from ..queries import Queries
 from ..registry import cron_entries
 from .acker import Acker
-from .dispatcher import Dispatcher
-from .heartbeat import Heartbeat, LostJob, RunningJob, reconnect_bound
+from .dispatcher import Dispatcher, RunningJob
+from .heartbeat import Heartbeat, LostJob, reconnect_bound
 from .leader import Leader
 from .notifier import Notifier
 from .outcomes import JobOutcomes
@@ -101,7 +101,7 @@ class Runtime:
         """Stop the local copy of ``job_id`` (see :meth:`Dispatcher.stop_job`)."""
         return self._dispatcher is not None and self._dispatcher.stop_job(job_id, reason)
 
-    def running(self) -> list[tuple[int, int, str]]:
+    def running(self) -> list[RunningJob]:
         """``(job_id, attempt, producer_uuid)`` of every job this node holds."""
         return self._dispatcher.running() if self._dispatcher is not None else []
 
@@ -128,6 +128,7 @@ class Runtime:
             self._make_pool,
             default_timeout=cfg.job_timeout,
             isolated_queues=cfg.isolated_queues,
+            threads_follow_limits=not cfg.threads,
         )
         worker_pool = self._dispatcher.pool
         await worker_pool.start()
@@ -219,7 +220,7 @@ class Runtime:
             node=self.node,
             interval=cfg.heartbeat_interval,
             producers=lambda: list(self.producers.values()),
-            running=lambda: [RunningJob(*job) for job in dispatcher.running()],
+            running=dispatcher.running,
             on_lost=self._on_lost_jobs,
             on_beat=m.heartbeat_sent if m else None,
             on_error=on_error,
@@ -360,7 +361,9 @@ class Runtime:
         assert self._dispatcher is not None
         for job in lost:
             where = f" and executing on {job.node}" if job.node else ""
-            self._dispatcher.abandon(job.job_id, job.attempt, f"its row is now {job.state}{where}")
+            self._dispatcher.abandon(
+                job.job_id, f"its row is now {job.state}{where}", attempt=job.attempt
+            )
 
     def _on_rescued(self, count: int, queues: set[str]) -> None:
         if self.metrics is not None:

@@ -42,6 +42,7 @@ from .messages import (
     Done,
     Interrupt,
     Ready,
+    Resize,
     Run,
     Started,
     Stop,
@@ -242,6 +243,8 @@ class _Server:
             elif isinstance(message, Stop):
                 self._stopping = True
                 self._maybe_finish()
+            elif isinstance(message, Resize):
+                self._job_threads.resize(message.threads)
         self._start(starting)
 
     def _maybe_finish(self) -> None:

@@ -20,6 +20,7 @@ __all__ = [
     "Run",
     "Stop",
     "Interrupt",
+    "Resize",
     "Ready",
     "Started",
     "Done",
@@ -77,7 +78,13 @@ class Interrupt(msgspec.Struct, tag=True, array_like=True, gc=False):
     job_id: int
 
 
-ToChild = Run | Stop | Interrupt
+class Resize(msgspec.Struct, tag=True, array_like=True, gc=False):
+    """Allow up to ``threads`` threads for sync jobs (a queue was scaled up)."""
+
+    threads: int
+
+
+ToChild = Run | Stop | Interrupt | Resize
 
 
 # ---------------------------------------------------------------- child -> parent
@@ -138,12 +145,12 @@ _parent_encoder = msgspec.msgpack.Encoder()
 _parent_decoder = msgspec.msgpack.Decoder(list[ToParent])
 
 
-def encode_to_child(messages: list[Run | Stop | Interrupt]) -> bytes:
+def encode_to_child(messages: list[Run | Stop | Interrupt | Resize]) -> bytes:
     """Encode a frame payload for a child (the parent side)."""
     return _child_encoder.encode(messages)
 
 
-def decode_to_child(payload: bytes) -> list[Run | Stop | Interrupt]:
+def decode_to_child(payload: bytes) -> list[Run | Stop | Interrupt | Resize]:
     """Decode a frame payload from the parent (the child side)."""
     return _child_decoder.decode(payload)
 

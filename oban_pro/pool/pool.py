@@ -32,7 +32,7 @@ from .child import read_rss
 from .deadlines import Deadlines
 from .ledger import Ledger, PoolJob
 from .memory import MemoryWatch
-from .messages import Done, Interrupt, Ready, Run, Started, decode_to_parent
+from .messages import Done, Interrupt, Ready, Resize, Run, Started, decode_to_parent
 from .placement import Placement
 from .processes import (
     DEAD,
@@ -168,6 +168,19 @@ class WorkerPool:
     @property
     def kill_grace(self) -> float:
         return self._deadlines.kill_grace
+
+    @property
+    def threads(self) -> int:
+        """Threads each child may start for sync jobs."""
+        return self._supervisor.threads
+
+    def set_threads(self, threads: int) -> None:
+        """Let every child (and every replacement) start up to ``threads`` threads."""
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        self._supervisor.threads = threads
+        for child in self._supervisor.children:
+            child.send([Resize(threads)])
 
     # ================================================================ lifecycle
 
