@@ -359,10 +359,15 @@ PRODUCER_BEATS = "SELECT p.uuid::text, p.updated_at, {row_ttl} FROM {p}.oban_pro
 # known_*; a row may be gone: deleted by another engine's cleanup, or emptied with the unlogged
 # table by crash recovery). It is an orphan when that producer has been silent for its ttl,
 # counted from no earlier than the server's start plus the slowest reconnect of a live node
-# (%(grace)s). Jobs of producers never seen heartbeating (Elixir's open-source engine, older
+# (%(grace)s), and up to the freshest heartbeat in the table rather than the clock: when every
+# process stood still (a stalled machine or VM), nobody heartbeat, the judge included, so the
+# first lifeline to run after it must not take the common silence for death. Jobs of
+# producers never seen heartbeating (Elixir's open-source engine, older
 # Oban.py) are left to the time-only rescue_after fallback, whatever queue they are on.
 RESCUE_JOBS = """
-WITH known AS (
+WITH fresh AS (
+  SELECT least({now}, coalesce(max(updated_at), {now})) AS t FROM {p}.oban_producers
+), known AS (
   SELECT k.uuid, max(k.updated_at) AS updated_at, max(k.ttl) AS ttl FROM (
     SELECT p.uuid::text, p.updated_at, {row_ttl} FROM {p}.oban_producers AS p
     UNION ALL
@@ -381,11 +386,12 @@ WITH known AS (
     END AS reason
   FROM {p}.oban_jobs AS j
   LEFT JOIN known AS k ON k.uuid = j.attempted_by[2]
+  CROSS JOIN fresh
   WHERE j.state = 'executing'
     AND CASE
       WHEN k.uuid IS NOT NULL THEN
         greatest(k.updated_at, {server_start} + make_interval(secs => %(grace)s))
-          < {now} - make_interval(secs => k.ttl)
+          < fresh.t - make_interval(secs => k.ttl)
       ELSE j.attempted_at < {now} - make_interval(secs => %(rescue_after)s)
     END
   LIMIT %(limit)s
@@ -409,7 +415,8 @@ RETURNING j.id, j.queue, j.state::text
 DELETE_DEAD_PRODUCERS = """
 DELETE FROM {p}.oban_producers AS p
 WHERE greatest(p.updated_at, {server_start} + make_interval(secs => %(grace)s))
-    < {now} - make_interval(secs => {row_ttl})
+    < (SELECT least({now}, coalesce(max(updated_at), {now})) FROM {p}.oban_producers)
+      - make_interval(secs => {row_ttl})
   AND NOT EXISTS (
     SELECT 1 FROM {p}.oban_jobs AS j
     WHERE j.state = 'executing' AND j.attempted_by[2] = p.uuid::text)

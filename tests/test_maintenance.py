@@ -358,3 +358,31 @@ async def test_heartbeat_registers_vanished_rows_and_reports_jobs_no_longer_ours
         assert len(lost) == 4 and "registered it again" not in caplog.text
     finally:
         await heartbeat.stop()
+
+
+async def test_after_a_stall_of_every_process_the_common_silence_is_not_death(
+    oban_dsn, oban_prefix, pool
+):
+    """A stalled machine or VM stops every heartbeat, the judge's included: silence is counted
+    up to the freshest heartbeat in the table, so nothing is rescued until heartbeats flow
+    again and one producer still stays silent."""
+    import uuid as uuidlib
+
+    uptime = await wait_until(lambda: (u := server_uptime(oban_dsn)) >= 4 and u, timeout=10)
+    ttl = uptime / 4
+    meta = json.dumps({"heartbeat_ttl": ttl})
+    with Client(oban_dsn, prefix=oban_prefix) as client:
+        on_a, on_b = client.enqueue_many([Job("app.W"), Job("app.W")])
+    a, b = str(uuidlib.uuid4()), str(uuidlib.uuid4())
+    add_producer(oban_dsn, oban_prefix, a, "a", age=uptime / 2, meta=meta)
+    add_producer(oban_dsn, oban_prefix, b, "b", age=uptime / 2, meta=meta)
+    set_executing(oban_dsn, oban_prefix, on_a.id, "a", a)
+    set_executing(oban_dsn, oban_prefix, on_b.id, "b", b)
+    lifeline = Lifeline(pool, Queries(oban_prefix), heartbeat_ttl=ttl, reconnect_bound=0.0,
+                        rescue_after=3600)  # fmt: skip
+    assert await lifeline.step() == 0  # both silent alike: the stall, not death
+    query(oban_dsn, f'UPDATE "{oban_prefix}".oban_producers SET updated_at = '
+                    f"timezone('UTC', now()) WHERE uuid = %s", (a,))  # fmt: skip
+    assert await lifeline.step() == 1  # a beats again, b does not
+    assert job_row(oban_dsn, oban_prefix, on_b.id)["state"] == "available"
+    assert job_row(oban_dsn, oban_prefix, on_a.id)["state"] == "executing"
