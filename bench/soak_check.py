@@ -67,6 +67,8 @@ EXPECTED: dict[str, str] = {
 }
 FINAL = ("completed", "discarded", "cancelled")
 RETRY_OUTCOMES = ("raise", "snooze", "crash")
+#: Seconds a process may still run jobs after a crash job logged its END (it dies moments later).
+CRASH_SLACK = 1.0
 FINISHED_OUTCOMES = ("ok", "record", "cancel")
 #: How much later than the log's END a completed_at may be... never earlier than this.
 CLOCK_SLACK = 0.002
@@ -75,6 +77,14 @@ ORPHAN_GRACE = 5.0
 
 _RESCUED = re.compile(r"rescued: node (\S+) \(producer")
 _DIED = re.compile(r"child process \(pid (\d+)\) died")
+# The rebuilt pool gives back, uncharged and with their attempt, the jobs that shared a child
+# that died ("... while running 3 jobs (this one and ...) ... given back without being
+# charged") or was killed for another job ("given back without being charged: its child
+# process (pid N) was killed because job M ..."). Both are judged like a death of that pid.
+_GIVEN_BACK = re.compile(
+    r"child process \(pid (\d+)\)[^;]* while running \d+ jobs|"
+    r"given back without being charged: its child process \(pid (\d+)\)"
+)
 _TIMEOUT = re.compile(r"exceeded its timeout .*\(pid (\d+)\)")
 
 
@@ -264,9 +274,20 @@ class ProcessDeaths:
         for runs in execs.values():
             for e in runs:
                 if e.outcome == "crash" and e.end is not None:
-                    self._by[(e.node, e.pid)].append((e.start, e.end, e.job))
+                    # END is written just before os._exit/abort: the process dies moments
+                    # later, and jobs of the same child may start in that moment.
+                    self._by[(e.node, e.pid)].append((e.start, e.end + CRASH_SLACK, e.job))
                 elif e.plan == "timeout" and e.end is None:
                     self._by[(e.node, e.pid)].append((e.start, e.start + timeout + 5.0, e.job))
+
+    def on_pid(self, pid: int, before: float) -> int | None:
+        """A job whose crash/timeout took down process ``pid`` (any node) by ``before``."""
+        for (_node, p), deaths in self._by.items():
+            if p == pid:
+                for start, _died_by, job in deaths:
+                    if start <= before:
+                        return job
+        return None
 
     def killer(self, ex: Exec, before: float) -> int | None:
         """The job whose crash/timeout took down ``ex``'s process while ``ex`` ran."""
@@ -352,6 +373,16 @@ def justify(prev: Exec, nxt: Exec, faults: Faults, deaths: ProcessDeaths, s: Che
     d = faults.engine_death(prev.node, prev.pid, prev.end, prev.end + 1.0)
     if d:
         return "fault", f"its process died before it reported ({d.get('reason', '?')})", d, {}
+    # Several jobs share a child now: another job's crash can take the process down after this
+    # one finished but before its result reached the parent; it is given back and runs again.
+    killer = deaths.killer(prev, prev.end + 1.0)
+    if killer is not None:
+        return (
+            "fault",
+            "its process died with another job's crash/timeout before it reported",
+            None,
+            {"killer_job": killer},
+        )
     return "unexplained", f"finished ({prev.outcome}) and ran again", None, {}
 
 
@@ -366,6 +397,9 @@ def error_kind(entry: Mapping[str, Any]) -> tuple[str, Any]:
     m = _DIED.search(text)
     if m:
         return "died", int(m.group(1))
+    m = _GIVEN_BACK.search(text)
+    if m:
+        return "died", int(m.group(1) or m.group(2))
     if "SoakError" in text:
         return "raise", None
     if text.startswith("cancelled:"):
@@ -403,6 +437,8 @@ def explain_error(
                 return None
         if not mine and any(f["pid"] == pid and f["at"] <= at + 1.0 for f in faults.child_kills):
             return None  # killed after the fetch, before the job's first line
+        if not any(e.pid == pid for e in mine) and deaths.on_pid(pid, at) is not None:
+            return None  # given back: its child died with another job before its first line
         return f"pid {pid} died with no crash or kill the log or the injector knows of"
     if kind == "rescue":
         node = value
