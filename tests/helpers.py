@@ -76,3 +76,15 @@ def execution_log(path: Any) -> list[tuple[int, int, int]]:
     except FileNotFoundError:
         return []
     return [tuple(map(int, line.split())) for line in text.splitlines() if line.strip()]  # type: ignore[misc]
+
+
+#: Short liveness and polling settings for in-process test nodes (``Oban(**FAST_TIMINGS, ...)``).
+FAST_TIMINGS: dict[str, float] = {
+    "poll_interval": 0.2,
+    "stage_interval": 0.2,
+    "heartbeat_interval": 0.5,
+    "heartbeat_ttl": 3.0,
+    "lifeline_interval": 0.5,
+    "leader_ttl": 3.0,
+    "gossip_interval": 1.0,
+}

@@ -25,25 +25,14 @@ from engine_workers import (
     TooSlow,
     WaitForFile,
 )
-from helpers import execution_log, job_row, query, states, wait_until
+from helpers import FAST_TIMINGS, execution_log, job_row, query, states, wait_until
 
 from oban_pro import Job, Oban
 from oban_pro.term import decode_recorded
 
 pytestmark = pytest.mark.asyncio
 
-FAST = dict(
-    processes=2,
-    imports=["engine_workers"],
-    poll_interval=0.2,
-    stage_interval=0.2,
-    heartbeat_interval=0.5,
-    heartbeat_ttl=3.0,
-    lifeline_interval=0.5,
-    leader_ttl=3.0,
-    shutdown_timeout=5.0,
-    gossip_interval=1.0,
-)
+FAST = dict(FAST_TIMINGS, processes=2, imports=["engine_workers"], shutdown_timeout=5.0)
 
 
 def node(dsn: str, prefix: str, node_name: str = "n1", **overrides) -> Oban:

@@ -35,7 +35,7 @@ from chaos.chaos_workers import (
     StdoutFlood,
     read_runs,
 )
-from helpers import job_row, query, wait_until
+from helpers import FAST_TIMINGS, job_row, query, wait_until
 from node_runner import NodeProcess
 
 from oban_pro import Client, Config, InvalidPrefixError, Job, Oban, ValidationError
@@ -44,18 +44,7 @@ from oban_pro.migrations import migrate_up
 from oban_pro.queries import Queries
 from oban_pro.term import decode_recorded
 
-FAST = dict(
-    processes=2,
-    imports=["chaos.chaos_workers"],
-    poll_interval=0.2,
-    stage_interval=0.2,
-    heartbeat_interval=0.5,
-    heartbeat_ttl=3.0,
-    lifeline_interval=0.5,
-    leader_ttl=3.0,
-    shutdown_timeout=2.0,
-    gossip_interval=1.0,
-)
+FAST = dict(FAST_TIMINGS, processes=2, imports=["chaos.chaos_workers"], shutdown_timeout=2.0)
 
 
 def node(dsn: str, prefix: str, **overrides) -> Oban:

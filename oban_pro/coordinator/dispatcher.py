@@ -150,6 +150,14 @@ class Dispatcher:
 
     # -- dispatch -----------------------------------------------------------------------------
 
+    def give_back(self, producer: Producer, rows: list[FetchedRow], why: str) -> None:
+        """Release fetched rows without running them (available again, attempt returned).
+        The release is fenced like every ack: a row rescued meanwhile is left alone."""
+        log.warning("giving back %d fetched jobs of queue %r unrun: %s", len(rows),
+                    producer.queue, why)  # fmt: skip
+        for row in rows:
+            self.acker.add(Ack(row[0], row[4], producer.uuid, "release"))
+
     def dispatch(self, producer: Producer, rows: list[FetchedRow]) -> None:
         """Send fetched jobs to the pool. A row that cannot become a message fails alone."""
         runs: list[Run] = []

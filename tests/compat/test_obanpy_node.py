@@ -7,7 +7,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from helpers import job_row, query, wait_until
+from helpers import FAST_TIMINGS, job_row, query, wait_until
 from psycopg_pool import AsyncConnectionPool
 
 from compat.compat_workers import SyncWhoAmI, Touch, WaitForFile, WhoAmI, greet
@@ -17,18 +17,7 @@ from oban_pro.term import decode_recorded
 
 pytestmark = pytest.mark.asyncio
 
-FAST = dict(
-    processes=2,
-    imports=["compat.compat_workers"],
-    poll_interval=0.2,
-    stage_interval=0.2,
-    heartbeat_interval=0.5,
-    heartbeat_ttl=3.0,
-    lifeline_interval=0.5,
-    leader_ttl=3.0,
-    shutdown_grace_period=5.0,
-    gossip_interval=1.0,
-)
+FAST = dict(FAST_TIMINGS, processes=2, imports=["compat.compat_workers"], shutdown_grace_period=5.0)
 
 
 async def completed(dsn, prefix, job_id, state="completed"):
