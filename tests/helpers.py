@@ -88,3 +88,24 @@ FAST_TIMINGS: dict[str, float] = {
     "leader_ttl": 3.0,
     "gossip_interval": 1.0,
 }
+
+
+def import_bench(name: str):
+    """Import ``bench.<name>`` from the repository root without leaking the PYTHONPATH that
+    importing ``bench`` sets for its worker processes into the other tests' environment."""
+    import importlib
+    import os
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    saved = os.environ.get("PYTHONPATH")
+    try:
+        return importlib.import_module(f"bench.{name}")
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved

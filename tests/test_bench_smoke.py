@@ -17,20 +17,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import import_bench
 
+peer = import_bench("peer")
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-_pythonpath = os.environ.get("PYTHONPATH")
-from bench import peer  # noqa: E402
-
-# Importing bench puts the repository root on PYTHONPATH for its worker processes; leave the
-# environment of the other tests as it was.
-if _pythonpath is None:
-    os.environ.pop("PYTHONPATH", None)
-else:
-    os.environ["PYTHONPATH"] = _pythonpath
 
 pytestmark = pytest.mark.bench_smoke
 

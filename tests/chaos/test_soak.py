@@ -12,23 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import import_bench
 
+soak = import_bench("soak")
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-_pythonpath = os.environ.get("PYTHONPATH")
-from bench import soak  # noqa: E402
-
-# Importing bench put the repository root on PYTHONPATH; only this test's nodes need it.
-if _pythonpath is None:
-    os.environ.pop("PYTHONPATH", None)
-else:
-    os.environ["PYTHONPATH"] = _pythonpath
 
 pytestmark = pytest.mark.chaos
 
@@ -48,7 +38,8 @@ def test_short_soak_loses_nothing_and_runs_nothing_twice_unexplained(
 ):
     if oban_embedded is None:
         pytest.skip("restarts the server: needs the embedded one (OBAN_TEST_DSN is set)")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(ROOT), _pythonpath) if p))
+    paths = (str(ROOT), os.environ.get("PYTHONPATH"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
     cfg = soak.SoakConfig(
         jobs=3000,
         minutes=0.5,
