@@ -28,8 +28,9 @@ from ..plugins.stager import Stager
 from ..pool.pool import WorkerPool, default_threads
 from ..queries import Queries
 from ..registry import cron_entries
-from .acker import Acker
+from .acker import Ack, Acker
 from .dispatcher import Dispatcher, RunningJob
+from .freed_capacity import FreedCapacity
 from .heartbeat import Heartbeat, LostJob, reconnect_bound
 from .leader import Leader
 from .notifier import Notifier
@@ -65,6 +66,7 @@ class Runtime:
         self._loops: list[Periodic] = []
         self._notifier: Notifier | None = None
         self._acker: Acker | None = None
+        self._freed = FreedCapacity(pool, queries, self._globally_limited)
         self._dispatcher: Dispatcher | None = None
         self._leader: Leader | None = None
         self._heartbeat: Heartbeat | None = None
@@ -112,6 +114,12 @@ class Runtime:
         pool = self._pool
         cfg = self.config
         m = self.metrics
+        outcomes = JobOutcomes(m)
+
+        def written(acks: list[tuple[Ack, str]]) -> None:
+            outcomes.written(acks)
+            self._freed.freed({ack.queue for ack, _state in acks})
+
         self._acker = Acker(
             pool,
             self.queries.ack_jobs,
@@ -121,7 +129,7 @@ class Runtime:
             max_backlog=cfg.ack_max_backlog,
             on_batch=self._on_ack_batch if m else None,
             on_error=lambda: self._on_db_error("ack"),
-            on_written=JobOutcomes(m).written,
+            on_written=written,
         )
         self._dispatcher = Dispatcher(
             self._acker,
@@ -188,6 +196,7 @@ class Runtime:
             on_fetch=m.jobs_fetched if m else None,
             on_error=self._on_db_error,
             heartbeat_ttl=self.config.heartbeat_ttl,
+            limits=self.config.cluster_limits.get(queue),
         )
         self._dispatcher.register(producer)
         return producer
@@ -291,6 +300,7 @@ class Runtime:
             await self._heartbeat.stop()
         if self._acker is not None:
             await self._acker.stop(timeout=max(5.0, self.config.shutdown_timeout))
+        await self._freed.stop()
         await self._cleanup_rows()
         if self._notifier is not None:
             await self._notifier.stop()
@@ -370,6 +380,15 @@ class Runtime:
             self.metrics.jobs_rescued(count)
         for queue in queues:
             self._wake_queue(queue)
+        self._freed.freed(queues)  # a dead node's share of a global limit is free again
+
+    def _globally_limited(self, queue: str) -> bool:
+        producer = self.producers.get(queue)
+        return (
+            producer is not None
+            and producer.limits is not None
+            and producer.limits.global_limit is not None
+        )
 
     def _producer_gauges(self) -> list[tuple[str, int, int, bool]]:
         assert self._dispatcher is not None
