@@ -202,6 +202,24 @@ class QueueLimits:
                      if lim is not None and lim.partition is not None), None)  # fmt: skip
 
 
+#: The options of a queue's limits across nodes, as scale signals and queue tables name them.
+LIMIT_OPTIONS = ("global_limit", "rate_limit")
+
+
+def rescale(
+    current: QueueLimits | None, changes: Mapping[str, Any], queue: str
+) -> QueueLimits | None:
+    """``current`` with the limits named in ``changes`` replaced (a ``None`` value removes that
+    limit), as a scale signal asks. Raises :class:`ValidationError` on a bad option."""
+    merged: dict[str, Any] = {}
+    for option in LIMIT_OPTIONS:
+        if option in changes:
+            merged[option] = changes[option]
+        elif current is not None and getattr(current, option) is not None:
+            merged[option] = getattr(current, option).to_json()
+    return QueueLimits.parse(merged, queue)
+
+
 def fetch_params(limits: QueueLimits, prefix: str, queue: str) -> dict[str, Any]:
     """Parameters shared by the lock and the fetch statements of a limited queue (add
     ``demand``, ``node``, ``uuid``)."""

@@ -94,13 +94,22 @@ class Producer:
         if self._heartbeat_ttl is not None:
             # The silence after which peers may judge this producer dead (see the lifeline).
             meta["heartbeat_ttl"] = self._heartbeat_ttl
-        if self.limits is not None:
-            # Oban Pro's producer fields, so its nodes and Oban Web see the same limits.
-            for lim_name in ("global_limit", "rate_limit"):
-                lim = getattr(self.limits, lim_name)
-                if lim is not None:
-                    meta[lim_name] = lim.to_json()
+        meta.update(self.limits_json())
         return meta
+
+    def limits_json(self) -> dict[str, Any]:
+        """The queue's limits across nodes in Oban Pro's producer fields (``global_limit``,
+        ``rate_limit``), with their use as last read when there is a reading."""
+        limits, status = self.limits, self.limit_status
+        if limits is None:
+            return {}
+        if status is not None and status.limits is limits:
+            return status.to_json()
+        return {
+            name: lim.to_json()
+            for name in ("global_limit", "rate_limit")
+            if (lim := getattr(limits, name)) is not None
+        }
 
     def meta_json(self) -> str:
         return json.dumps(self.meta())

@@ -19,6 +19,8 @@ from psycopg_pool import AsyncConnectionPool
 from ..config import Config
 from ..cron import CronEntry
 from ..job import Job
+from ..limits import QueueLimits
+from ..metrics import ClusterLimitRow
 from ..plugins.gauges import QueueGauges
 from ..plugins.gossip import Gossip
 from ..plugins.lifeline import Lifeline
@@ -143,6 +145,7 @@ class Runtime:
         if m is not None:
             m.track_pool(lambda: worker_pool.stats)
             m.track_producers(self._producer_gauges)
+            m.track_cluster_limits(self._cluster_limit_rows)
         self._notifier = Notifier(
             self._conninfo(), cfg.prefix, on_reconnect=self._on_notifier_reconnect
         )
@@ -151,7 +154,7 @@ class Runtime:
         await self._notifier.start()
         self._acker.start()
         for queue, limit in cfg.queues.items():
-            producer = self._make_producer(queue, limit, pool)
+            producer = self._make_producer(queue, limit, pool, cfg.cluster_limits.get(queue))
             producer.paused = queue in cfg.paused_queues  # compat hook: [queues.q] paused = true
             await producer.register()
             self.producers[queue] = producer
@@ -179,7 +182,9 @@ class Runtime:
             **callbacks,
         )
 
-    def _make_producer(self, queue: str, limit: int, pool: AsyncConnectionPool) -> Producer:
+    def _make_producer(
+        self, queue: str, limit: int, pool: AsyncConnectionPool, limits: QueueLimits | None
+    ) -> Producer:
         assert self._dispatcher is not None and self._acker is not None
         m = self.metrics
         acker = self._acker
@@ -196,7 +201,7 @@ class Runtime:
             on_fetch=m.jobs_fetched if m else None,
             on_error=self._on_db_error,
             heartbeat_ttl=self.config.heartbeat_ttl,
-            limits=self.config.cluster_limits.get(queue),
+            limits=limits,
         )
         self._dispatcher.register(producer)
         return producer
@@ -394,3 +399,24 @@ class Runtime:
         assert self._dispatcher is not None
         count = self._dispatcher.running_count
         return [(p.queue, p.limit, count(p.queue), p.paused) for p in self.producers.values()]
+
+    def _cluster_limit_rows(self) -> list[ClusterLimitRow]:
+        rows = []
+        for p in list(self.producers.values()):
+            limits, status = p.limits, p.limit_status
+            if limits is None:
+                continue
+            if status is not None and status.limits is not limits:
+                status = None  # read before a scale changed the limits
+            gl, rate = limits.global_limit, limits.rate_limit
+            rows.append(
+                ClusterLimitRow(
+                    queue=p.queue,
+                    global_limit=gl.allowed if gl else None,
+                    global_executing=status.running if gl and status else None,
+                    rate_limit=rate.allowed if rate else None,
+                    rate_window_used=status.window_used if rate and status else None,
+                    rate_window_remaining=status.rate_remaining() if status else None,
+                )
+            )
+        return rows
