@@ -1,0 +1,221 @@
+"""Workflows end to end: real PostgreSQL, real worker processes (oban_pro/workflow*.py)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import psycopg
+import pytest
+from helpers import FAST_TIMINGS, query, wait_until
+from workflow_workers import AsyncSumResults, Step, SumResults
+
+from oban_pro import Job, Oban
+from oban_pro.client import Client
+from oban_pro.errors import WorkflowError, WorkflowValidationError
+from oban_pro.term import decode_recorded
+from oban_pro.workflow import Workflow
+
+pytestmark = pytest.mark.asyncio
+
+FAST = dict(FAST_TIMINGS, processes=2, imports=["workflow_workers"], shutdown_timeout=5.0)
+
+
+def node(dsn: str, prefix: str, name: str = "n1", **overrides) -> Oban:
+    opts = {**FAST, "queues": {"default": 10}, "name": f"Oban-{prefix}-{name}", **overrides}
+    return Oban(dsn=dsn, prefix=prefix, node=name, **opts)
+
+
+def rows(dsn: str, prefix: str) -> dict[int, dict]:
+    found = query(
+        dsn,
+        f'SELECT id, state::text, meta, to_jsonb(errors), attempt FROM "{prefix}".oban_jobs',
+    )
+    return {
+        i: {"state": s, "meta": m, "errors": e, "attempt": a} for i, s, m, e, a in found
+    }
+
+
+def by_name(dsn: str, prefix: str) -> dict[str, dict]:
+    out = {}
+    for job_id, row in rows(dsn, prefix).items():
+        row["id"] = job_id
+        out[row["meta"]["name"]] = row
+    return out
+
+
+def all_final(dsn: str, prefix: str) -> bool:
+    found = rows(dsn, prefix)
+    return bool(found) and all(
+        r["state"] in ("completed", "cancelled", "discarded") for r in found.values()
+    )
+
+
+def events(path) -> dict[int, list[tuple[str, int]]]:
+    """job id -> [(start|stop, monotonic ns)] from the workers' log."""
+    out: dict[int, list[tuple[str, int]]] = defaultdict(list)
+    try:
+        text = open(path).read()
+    except FileNotFoundError:
+        return out
+    for line in text.splitlines():
+        job_id, event, at, _pid = line.split()
+        out[int(job_id)].append((event, int(at)))
+    return out
+
+
+def upstream_of(found: dict[int, dict]) -> dict[int, set[int]]:
+    """Each job's upstream jobs, from the edges every job carries (wf_next or wf_sent)."""
+    ups: dict[int, set[int]] = defaultdict(set)
+    for job_id, row in found.items():
+        for down in row["meta"].get("wf_next", []) + row["meta"].get("wf_sent", []):
+            ups[down].add(job_id)
+    return ups
+
+
+def assert_order(dsn: str, prefix: str, log) -> dict[int, list[tuple[str, int]]]:
+    """No job started before every job it waits for had stopped (from the jobs' own log)."""
+    found = rows(dsn, prefix)
+    seen = events(log)
+    for job_id, ups in upstream_of(found).items():
+        starts = [at for event, at in seen.get(job_id, []) if event == "start"]
+        if not starts:
+            continue
+        for up in ups:
+            stops = [at for event, at in seen.get(up, []) if event == "stop"]
+            assert stops and max(stops) < min(starts), (
+                f"job {job_id} started before its upstream {up} stopped"
+            )
+    return seen
+
+
+def step(log, **args) -> Job:
+    return Step.new({"log": str(log), **args})
+
+
+# -- building and validation (no database) ----------------------------------------------------
+
+
+async def test_validation_names_the_step():
+    with pytest.raises(WorkflowValidationError, match="step 'b'.*depends on 'zz'"):
+        Workflow().add("a", Job("W")).add("b", Job("W"), deps=["a", "zz"]).validate()
+    with pytest.raises(WorkflowValidationError, match="step 'a'.*exists"):
+        Workflow().add("a", Job("W")).add("a", Job("W"))
+    with pytest.raises(WorkflowValidationError, match="cycle: .*a"):
+        (
+            Workflow()
+            .add("a", Job("W"), deps="c")
+            .add("b", Job("W"), deps="a")
+            .add("c", Job("W"), deps="b")
+            .validate()
+        )
+    with pytest.raises(WorkflowValidationError, match="step 'a'.*itself"):
+        Workflow().add("a", Job("W"), deps="a")
+    with pytest.raises(WorkflowValidationError, match="step 'x'.*expected a Job"):
+        Workflow().add("x", {"not": "a job"})  # type: ignore[arg-type]
+    with pytest.raises(WorkflowValidationError, match="step 'm.0'.*True or False"):
+        Workflow().add_many("m", [Job("W"), Job("W")], ignore_cancelled="yes")  # type: ignore[arg-type]
+    with pytest.raises(WorkflowValidationError, match="unique"):
+        Workflow().add("u", Job("W", unique=True))
+    sub = Workflow().add("x", Job("W"))
+    outer = Workflow().add_workflow("s", sub)
+    with pytest.raises(WorkflowValidationError, match="already a sub-workflow"):
+        Workflow().add_workflow("t", sub)
+    with pytest.raises(WorkflowValidationError, match="contain itself"):
+        sub.add_workflow("loop", outer)
+
+
+async def test_invalid_workflow_inserts_nothing(oban_dsn, oban_prefix):
+    bad = Workflow().add("a", Job("W")).add("b", Job("W"), deps="missing")
+    with Client(oban_dsn, prefix=oban_prefix) as client:
+        with pytest.raises(WorkflowValidationError):
+            client.enqueue_many(bad)
+    assert rows(oban_dsn, oban_prefix) == {}
+
+
+# -- insert and holding -----------------------------------------------------------------------
+
+
+async def test_insert_holds_waiting_steps_suspended_with_oban_pro_meta(oban_dsn, oban_prefix):
+    workflow = (
+        Workflow(name="pipeline", workflow_id="wf-1")
+        .add("a", Job("W"))
+        .add_many("b", [Job("W"), Job("W")], deps="a")
+        .add("c", Job("W", scheduled_in=3600), deps="b", ignore_discarded=True)
+    )
+    with Client(oban_dsn, prefix=oban_prefix) as client:
+        jobs = client.enqueue_many(workflow)
+    assert [j.state for j in jobs] == ["available", "suspended", "suspended", "suspended"]
+    assert [j.id for j in jobs] == sorted(j.id for j in jobs)
+    found = by_name(oban_dsn, oban_prefix)
+    a, c = found["a"], found["c"]
+    assert a["meta"]["workflow_id"] == "wf-1" and a["meta"]["workflow_name"] == "pipeline"
+    assert a["meta"]["deps"] == [] and a["meta"]["wf_next"] == [jobs[1].id, jobs[2].id]
+    b0 = found["0"]["meta"]
+    assert b0["sup_workflow_id"] == "wf-1" and b0["workflow_name"] == "b"
+    assert b0["wf_wait"] == 1 and b0["wf_next"] == [jobs[3].id]
+    assert c["meta"]["deps"] == ["b"] and c["meta"]["wf_wait"] == 2
+    assert c["meta"]["ignore_discarded"] is True and c["meta"]["wf_subs"] == {"b": [b0["workflow_id"]]}
+
+
+async def test_insert_joins_the_callers_transaction(oban_dsn, oban_prefix):
+    with psycopg.connect(oban_dsn) as conn:  # not autocommit: the caller's transaction
+        Client(prefix=oban_prefix).enqueue_many(
+            Workflow().add("a", Job("W")).add("b", Job("W"), deps="a"), conn=conn
+        )
+        conn.rollback()
+    assert rows(oban_dsn, oban_prefix) == {}
+
+
+# -- running ----------------------------------------------------------------------------------
+
+
+async def run_to_the_end(dsn, prefix, workflow, timeout=60.0, **overrides):
+    async with node(dsn, prefix, **overrides) as oban:
+        jobs = await oban.enqueue_many(workflow)
+        await wait_until(lambda: all_final(dsn, prefix), timeout=timeout, message="final states")
+    return jobs
+
+
+async def test_sequence_fan_out_fan_in_diamond(oban_dsn, oban_prefix, tmp_path):
+    log = tmp_path / "log"
+    workflow = (
+        Workflow(name="shapes")
+        .add("a", step(log))
+        .add("b", step(log), deps="a")  # sequence
+        .add_many("fan", [step(log, sleep=0.02) for _ in range(6)], deps="b")  # fan-out
+        .add("left", step(log), deps="fan")  # fan-in
+        .add("right", step(log), deps="fan")
+        .add("join", step(log), deps=["left", "right"])  # diamond
+    )
+    await run_to_the_end(oban_dsn, oban_prefix, workflow)
+    found = rows(oban_dsn, oban_prefix)
+    assert {r["state"] for r in found.values()} == {"completed"}
+    seen = assert_order(oban_dsn, oban_prefix, log)
+    assert sorted(seen) == sorted(found)
+    assert all(len(v) == 2 for v in seen.values()), "every step ran exactly once"
+    assert all("wf_next" not in r["meta"] and r["meta"].get("wf_wait", 0) == 0
+               for r in found.values())  # fmt: skip
+
+
+async def test_sub_workflow_waits_for_its_deps_and_is_waited_for(oban_dsn, oban_prefix, tmp_path):
+    log = tmp_path / "log"
+    extract = (
+        Workflow(name="extract")
+        .add("pull", step(log, sleep=0.05))
+        .add("clean", step(log), deps="pull")
+    )
+    workflow = (
+        Workflow(name="etl")
+        .add("setup", step(log, sleep=0.05))
+        .add_workflow("extract", extract, deps="setup")
+        .add("finish", step(log), deps="extract")
+    )
+    await run_to_the_end(oban_dsn, oban_prefix, workflow)
+    found = by_name(oban_dsn, oban_prefix)
+    assert {r["state"] for r in found.values()} == {"completed"}
+    assert found["pull"]["meta"]["sup_workflow_id"] == workflow.id
+    seen = assert_order(oban_dsn, oban_prefix, log)
+    start = {name: min(at for e, at in seen[r["id"]] if e == "start") for name, r in found.items()}
+    stop = {name: max(at for e, at in seen[r["id"]] if e == "stop") for name, r in found.items()}
+    assert stop["setup"] < start["pull"]
+    assert stop["pull"] < start["clean"] and stop["clean"] < start["finish"]
