@@ -94,16 +94,23 @@ def _shape(job: Job, rows: list[tuple[int, str, dict[str, Any]]]) -> dict[str, A
 
 # -- where the connection comes from ------------------------------------------------------------
 #
-# TODO(telemetry branch): once a child process has its own ``Oban.get_instance()`` (its DSN and
-# prefix), take both from it here. Until then: an Oban instance running in this process (the
-# node's parent, the inline testing runner), else the environment a worker process inherited
-# from its node: OBAN_DSN (or DATABASE_URL) and OBAN_PREFIX.
+# In order: the instance a worker process serves (``Oban.get_instance()`` in jobs, branch
+# telemetry: its DSN and prefix), an Oban instance running in this process (the node's parent,
+# the inline testing runner), else the environment a worker process inherited from its node:
+# OBAN_DSN (or DATABASE_URL) and OBAN_PREFIX.
 
 
 def _database() -> tuple[str, str]:
     """(dsn, prefix) for the current process."""
     import sys
 
+    # A worker process given its node's instance (Oban.get_instance() in jobs, when present).
+    child_instance = sys.modules.get("oban_pro.pool.child_instance")
+    installed = getattr(child_instance, "installed", None)
+    served = installed() if callable(installed) else None
+    info = getattr(served, "_info", None)
+    if served is not None and getattr(info, "conninfo", None):
+        return info.conninfo, served.prefix  # type: ignore[union-attr]
     oban_module = sys.modules.get("oban_pro.oban")
     instances = getattr(oban_module, "_instances", {}) if oban_module else {}
     for instance in list(instances.values()):

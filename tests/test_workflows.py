@@ -82,7 +82,11 @@ def assert_order(dsn: str, prefix: str, log) -> dict[int, list[tuple[str, int]]]
             continue
         for up in ups:
             stops = [at for event, at in seen.get(up, []) if event == "stop"]
-            assert stops and max(stops) < min(starts), (
+            if not stops:  # an upstream cancelled before it ran, ignored by this job
+                assert found[up]["state"] in ("cancelled", "discarded"), (job_id, up)
+                assert job_id not in [i for i in found if found[i]["state"] == "suspended"]
+                continue
+            assert max(stops) < min(starts), (
                 f"job {job_id} started before its upstream {up} stopped"
             )
     return seen
@@ -219,3 +223,128 @@ async def test_sub_workflow_waits_for_its_deps_and_is_waited_for(oban_dsn, oban_
     stop = {name: max(at for e, at in seen[r["id"]] if e == "stop") for name, r in found.items()}
     assert stop["setup"] < start["pull"]
     assert stop["pull"] < start["clean"] and stop["clean"] < start["finish"]
+
+
+# -- failures upstream ------------------------------------------------------------------------
+
+
+async def test_a_dependency_that_fails_then_completes_is_waited_for(oban_dsn, oban_prefix, tmp_path):
+    log = tmp_path / "log"
+    workflow = (
+        Workflow()
+        .add("flaky", step(log, fail_times=2), )
+        .add("after", step(log), deps="flaky")
+    )
+    workflow_jobs = await run_to_the_end(oban_dsn, oban_prefix, workflow)
+    found = by_name(oban_dsn, oban_prefix)
+    assert found["flaky"]["state"] == "completed" and found["flaky"]["attempt"] == 3
+    assert found["after"]["state"] == "completed" and found["after"]["attempt"] == 1
+    seen = assert_order(oban_dsn, oban_prefix, log)
+    assert [e for e, _ in seen[workflow_jobs[1].id]] == ["start", "stop"], "ran once, after"
+
+
+@pytest.mark.parametrize("how", ["discarded", "cancelled"])
+async def test_failed_upstream_cancels_what_waits_unless_ignored(oban_dsn, oban_prefix, tmp_path, how):
+    log = tmp_path / "log"
+    bad = (
+        step(log, fail_times=99).update({"max_attempts": 1}) if how == "discarded"
+        else step(log, cancel=True)
+    )  # fmt: skip
+    ignore = {f"ignore_{how}": True}
+    workflow = (
+        Workflow()
+        .add("bad", bad)
+        .add("strict", step(log), deps="bad")
+        .add("below_strict", step(log), deps="strict", ignore_cancelled=True)
+        .add("deep", step(log), deps="strict")
+        .add("deeper", step(log), deps="deep")
+        .add("tolerant", step(log), deps="bad", **ignore)
+        .add("after_tolerant", step(log), deps="tolerant")
+    )
+    await run_to_the_end(oban_dsn, oban_prefix, workflow)
+    found = by_name(oban_dsn, oban_prefix)
+    assert found["bad"]["state"] == how
+    # the default: cancelled, with an error naming the upstream step, cascading down
+    assert found["strict"]["state"] == "cancelled"
+    assert f"upstream step bad (job {found['bad']['id']}) was {how}" in (
+        found["strict"]["errors"][-1]["error"]
+    )
+    assert found["deep"]["state"] == found["deeper"]["state"] == "cancelled"
+    assert "upstream step deep" in found["deeper"]["errors"][-1]["error"]
+    # ignore_cancelled below a cancelled step, and ignore_<how> below the failed one: they run
+    assert found["below_strict"]["state"] == "completed"
+    assert found["tolerant"]["state"] == "completed"
+    assert found["after_tolerant"]["state"] == "completed"
+    ran = events(log)
+    for name in ("strict", "deep", "deeper"):
+        assert found[name]["id"] not in ran, f"{name} must never have run"
+    assert_order(oban_dsn, oban_prefix, log)
+
+
+async def test_cancel_a_running_workflow(oban_dsn, oban_prefix, tmp_path):
+    log, hold, started = tmp_path / "log", tmp_path / "hold", tmp_path / "started"
+    workflow = (
+        Workflow(name="long")
+        .add("first", step(log))
+        .add_many("busy", [step(log, hold=str(hold)) for _ in range(3)], deps="first")
+        .add("last", step(log), deps="busy")
+    )
+    async with node(oban_dsn, oban_prefix) as oban:
+        await oban.enqueue_many(workflow)
+        await wait_until(
+            lambda: sum(r["state"] == "executing" for r in rows(oban_dsn, oban_prefix).values())
+            == 3,
+            message="the three busy steps running",
+        )
+        status = await oban.workflow_status(workflow.id)
+        assert status.state == "executing" and status.counts["executing"] == 3
+        assert status.counts["suspended"] == 1 and status.counts["completed"] == 1
+        cancelled = await oban.cancel_workflow(workflow.id)
+        assert len(cancelled) == 4
+        await wait_until(lambda: all_final(oban_dsn, oban_prefix), message="all final")
+        # the running steps were stopped (pkill), not left to finish
+        await wait_until(
+            lambda: sum(e == "stop" for v in events(log).values() for e, _ in v) == 4,
+            message="the busy steps to stop",
+        )
+        status = await oban.workflow_status(workflow.id)
+    assert not started.exists()
+    assert status.state == "cancelled" and status.counts["cancelled"] == 4
+    assert status.finished_at is not None and status.started_at is not None
+    found = by_name(oban_dsn, oban_prefix)
+    assert found["last"]["id"] not in events(log)
+    assert "workflow" in found["last"]["errors"][-1]["error"]
+
+
+# -- results downstream -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("collector", [SumResults, AsyncSumResults])
+async def test_results_reach_the_steps_downstream(
+    oban_dsn, oban_prefix, tmp_path, monkeypatch, collector
+):
+    # Worker processes read the database named in the environment they inherit (forked from
+    # this process now, not from a forkserver started before the variables were set).
+    monkeypatch.setenv("OBAN_DSN", oban_dsn)
+    monkeypatch.setenv("OBAN_PREFIX", oban_prefix)
+    log = tmp_path / "log"
+    workflow = (
+        Workflow()
+        .add("one", step(log, value=1))
+        .add_many("many", {"x": step(log, value=10), "y": step(log, value=20)}, deps="one")
+        .add("plain", step(log), deps="one")
+        .add("sum", collector.new({"log": str(log)}), deps=["one", "many", "plain"])
+    )
+    await run_to_the_end(oban_dsn, oban_prefix, workflow, start_method="fork")
+    found = by_name(oban_dsn, oban_prefix)
+    assert found["sum"]["state"] == "completed", found["sum"]["errors"]
+    value = decode_recorded(found["sum"]["meta"]["return"])
+    assert value == {
+        "sum": 31,
+        "results": {"one": 1, "many": {"x": 10, "y": 20}, "plain": None},
+    }
+
+
+async def test_results_outside_a_workflow_say_so(oban_dsn, oban_prefix):
+    with pytest.raises(WorkflowError, match="not a step of a workflow"):
+        Job("W", id=5).workflow.results_sync()
