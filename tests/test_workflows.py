@@ -348,3 +348,78 @@ async def test_results_reach_the_steps_downstream(
 async def test_results_outside_a_workflow_say_so(oban_dsn, oban_prefix):
     with pytest.raises(WorkflowError, match="not a step of a workflow"):
         Job("W", id=5).workflow.results_sync()
+
+
+# -- operations and repair --------------------------------------------------------------------
+
+
+async def test_status_list_and_retry_of_failed_steps(oban_dsn, oban_prefix, tmp_path):
+    log = tmp_path / "log"
+    workflow = (
+        Workflow(name="retry-me")
+        .add("ok", step(log))
+        .add("fails_once", step(log, fail_times=1).update({"max_attempts": 1}), deps="ok")
+        .add("after", step(log), deps="fails_once")
+        .add("side", step(log), deps="ok")
+    )
+    async with node(oban_dsn, oban_prefix) as oban:
+        jobs = await oban.enqueue_many(workflow)
+        await wait_until(lambda: all_final(oban_dsn, oban_prefix), message="final states")
+        status = await oban.workflow_status(workflow.id)
+        assert status.state == "discarded" and status.name == "retry-me"
+        assert status.counts["completed"] == 2 and status.counts["discarded"] == 1
+        assert status.counts["cancelled"] == 1 and status.total == 4
+        listed = await oban.workflow_jobs(workflow.id)
+        assert [j.id for j in listed] == [j.id for j in jobs]
+        retried = await oban.retry_workflow(workflow.id)
+        names = {j.meta["name"]: j.id for j in jobs}
+        assert retried == sorted([names["fails_once"], names["after"]])
+        await wait_until(
+            lambda: {r["state"] for r in rows(oban_dsn, oban_prefix).values()} == {"completed"},
+            message="every step completed after the retry",
+        )
+        status = await oban.workflow_status(workflow.id)
+    assert status.state == "completed" and status.finished_at is not None
+    assert_order(oban_dsn, oban_prefix, log)
+    with Client(oban_dsn, prefix=oban_prefix) as client:
+        with pytest.raises(WorkflowError, match="no workflow with id 'nope'"):
+            client.workflow_status("nope")
+
+
+async def lifeline_step(pool, prefix):
+    from oban_pro.plugins.lifeline import Lifeline
+    from oban_pro.queries import Queries
+
+    await Lifeline(
+        pool, Queries(prefix), heartbeat_ttl=30, reconnect_bound=0, rescue_after=3600
+    ).step()
+
+
+async def test_lifeline_repairs_upstream_cancelled_or_deleted_outside_an_ack(
+    oban_dsn, oban_prefix, pool
+):
+    cancel_me, delete_me = (
+        Workflow().add("up", Job("W")).add("down", Job("W"), deps="up")
+        .add("tolerant", Job("W"), deps="up", ignore_cancelled=True)
+        .add("below", Job("W"), deps="down"),
+        Workflow().add("up", Job("W")).add("down", Job("W"), deps="up")
+        .add("tolerant", Job("W"), deps="up", ignore_deleted=True),
+    )  # fmt: skip
+    with Client(oban_dsn, prefix=oban_prefix) as client:
+        first = client.enqueue_many(cancel_me)
+        second = client.enqueue_many(delete_me)
+        client.cancel_jobs([first[0].id])  # not through an ack: nobody told its waiting jobs
+        client.delete_jobs([second[0].id])
+        assert {j.state for j in client.workflow_jobs(cancel_me.id)[1:]} == {"suspended"}
+        await lifeline_step(pool, oban_prefix)
+        states = {j.meta["name"]: j.state for j in client.workflow_jobs(cancel_me.id)}
+        assert states == {"up": "cancelled", "down": "cancelled", "tolerant": "available",
+                          "below": "cancelled"}  # fmt: skip
+        states = {j.meta["name"]: j.state for j in client.workflow_jobs(delete_me.id)}
+        assert states == {"down": "cancelled", "tolerant": "available"}
+        down = client.workflow_jobs(delete_me.id)[0]
+        assert "was deleted" in down.errors[-1]["error"]
+        # a second pass finds nothing left to do
+        before = rows(oban_dsn, oban_prefix)
+        await lifeline_step(pool, oban_prefix)
+        assert rows(oban_dsn, oban_prefix) == before
