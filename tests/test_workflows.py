@@ -423,3 +423,36 @@ async def test_lifeline_repairs_upstream_cancelled_or_deleted_outside_an_ack(
         before = rows(oban_dsn, oban_prefix)
         await lifeline_step(pool, oban_prefix)
         assert rows(oban_dsn, oban_prefix) == before
+
+
+async def test_workflows_cli(oban_dsn, oban_prefix):
+    import json
+    import subprocess
+    import sys
+
+    def cli(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "oban_pro", "workflows", *args, "--dsn", oban_dsn,
+             "--prefix", oban_prefix],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    workflow = Workflow(name="cli").add("a", Job("W")).add("b", Job("W"), deps="a")
+    with Client(oban_dsn, prefix=oban_prefix) as client:
+        jobs = client.enqueue_many(workflow)
+    shown = cli("status", workflow.id)
+    assert shown.returncode == 0, shown.stderr
+    assert f"workflow {workflow.id} (cli): executing, 2 jobs" in shown.stdout
+    assert "available 1, suspended 1" in shown.stdout
+    listed = cli("jobs", workflow.id, "--json")
+    assert [json.loads(line)["name"] for line in listed.stdout.splitlines()] == ["a", "b"]
+    cancelled = cli("cancel", workflow.id)
+    assert cancelled.returncode == 0 and f"cancelled 2 jobs: {jobs[0].id}, {jobs[1].id}" in (
+        cancelled.stdout
+    )
+    retried = cli("retry", workflow.id, "--json")
+    assert json.loads(retried.stdout) == {"retry": [jobs[0].id, jobs[1].id]}
+    states = {r["meta"]["name"]: r["state"] for r in rows(oban_dsn, oban_prefix).values()}
+    assert states == {"a": "available", "b": "suspended"}
+    missing = cli("status", "no-such-workflow")
+    assert missing.returncode == 1 and "no workflow with id" in missing.stdout
