@@ -210,5 +210,21 @@ async def _run(opts: common.Options) -> int:
             f"{common.spread(result['fan_in_extra_us_per_acked_job'], 2, ' us')} more per acked "
             f"job than plain acks"
         )
-    common.save(opts, result, lambda _o, _p: None)
+    common.save(opts, result, _plot)
     return 0
+
+
+def _plot(opts: common.Options, payload: dict[str, Any]) -> None:
+    plt = common.pyplot()
+    seconds = payload["seconds"]
+    med, err = common.median_and_spread([seconds["plain"], seconds["workflow"]])
+    n = payload["size"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.bar([f"{n + 2:,} plain jobs", f"1 -> {n:,} -> 1 workflow"], med, yerr=err, capsize=6,
+           color=["#888888", "#3a7bd5"])  # fmt: skip
+    ax.set_ylabel("insert to last completion, s (median, min-max)")
+    ratio = payload["ratio_workflow_over_plain"]["median"]
+    ax.set_title(f"workflow / plain = {ratio:.2f}x ({payload['processes']} processes)")
+    fig.tight_layout()
+    fig.savefig(common.plot_path(opts))
+    plt.close(fig)
