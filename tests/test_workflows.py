@@ -456,3 +456,31 @@ async def test_workflows_cli(oban_dsn, oban_prefix):
     assert states == {"a": "available", "b": "suspended"}
     missing = cli("status", "no-such-workflow")
     assert missing.returncode == 1 and "no workflow with id" in missing.stdout
+
+
+@pytest.mark.parametrize("layout", ["elixir", "obanpy"])
+async def test_workflow_on_tables_made_by_elixir_or_obanpy(oban_dsn, oban_empty_prefix, tmp_path, layout):
+    """Elixir's table (bigserial id, errors jsonb[]) and Oban.py's (identity id, errors jsonb,
+    suspended after scheduled in the enum): insert, release and cascade work on both."""
+    from test_migrations import load_fixture
+
+    from oban_pro.migrations import migrate_up
+
+    prefix = oban_empty_prefix
+    load_fixture(oban_dsn, prefix, {"elixir": "elixir_v14", "obanpy": "obanpy"}[layout])
+    migrate_up(oban_dsn, prefix=prefix)
+    log = tmp_path / "log"
+    workflow = (
+        Workflow()
+        .add("a", step(log))
+        .add("b", step(log), deps="a")
+        .add("c", step(log, fail_times=9).update({"max_attempts": 1}), deps="a")
+        .add("d", step(log), deps=["b", "c"])
+        .add("e", step(log), deps=["b", "c"], ignore_discarded=True)
+    )
+    await run_to_the_end(oban_dsn, prefix, workflow)
+    states = {name: r["state"] for name, r in by_name(oban_dsn, prefix).items()}
+    assert states == {"a": "completed", "b": "completed", "c": "discarded", "d": "cancelled",
+                      "e": "completed"}  # fmt: skip
+    assert "upstream step c" in by_name(oban_dsn, prefix)["d"]["errors"][-1]["error"]
+    assert_order(oban_dsn, prefix, log)
