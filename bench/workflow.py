@@ -4,6 +4,8 @@ insert to the last job's ``completed_at`` (both read on the database clock), and
 
 Then the cost of releasing on the database, measured on the ack statement itself (no engine
 around it): the jobs are marked executing by hand and acked in batches as the acker does.
+A third shape, the same plain jobs with a workflow step's meta, separates what the GIN index on
+meta costs every update of such a row (fetch, ack) from what releasing costs.
 ``release``: one ack of the fan-out's first step, which makes N steps available, per released
 step; ``fan-in``: the N middle steps acked in batches of 500 (each batch lowers the last step's
 ``wf_wait`` once), per acked job, against the same acks of N plain jobs.
@@ -75,6 +77,15 @@ async def one_run(oban: Any, conn: Any, prefix: str, n: int, shape: str) -> floa
     started = await _db_now(conn)
     if shape == "workflow":
         await oban.enqueue_many(_workflow(n))
+    elif shape == "plain_meta":
+        # No dependencies, but meta as large as a workflow step's: what the GIN index on meta
+        # (Elixir's oban_jobs_meta_index) costs each update of such a row, apart from releasing.
+        wid, sub = str(uuid.uuid4()), str(uuid.uuid4())
+        meta = {"workflow_id": sub, "name": "0", "deps": [], "workflow_name": "middle",
+                "sup_workflow_id": wid, "wf_wait": 1, "wf_need": 1, "wf_next": [n + 2]}
+        await oban.enqueue_many(
+            [Noop.new({}, meta={**meta, "name": str(i)}) for i in range(n + 2)]
+        )  # fmt: skip
     else:
         await oban.enqueue_many([Noop.new({}) for _ in range(n + 2)])
     return await _finished_at(conn, prefix, n + 2) - started
@@ -157,15 +168,15 @@ async def _run(opts: common.Options) -> int:
         opts, info, f"1 -> {n:,} -> 1 workflow vs {n + 2:,} plain no-op jobs, {processes} "
         f"processes, limit {limit}, alternated, median of {opts.repeat}"
     )  # fmt: skip
-    progress = common.Progress(opts.repeat * 3, "workflow", opts.quiet)
-    seconds: dict[str, list[float]] = {"plain": [], "workflow": []}
+    progress = common.Progress(opts.repeat * 4, "workflow", opts.quiet)
+    seconds: dict[str, list[float]] = {"plain": [], "plain_meta": [], "workflow": []}
     costs: list[dict[str, float]] = []
     with common.oban_pro_schema(dsn, "wf") as prefix:
         oban = await engine.start_node(dsn, prefix, {QUEUE: limit}, processes=processes)
         conn = await measure.connect(dsn)
         try:
             for rep in range(opts.repeat):
-                for shape in ("plain", "workflow"):
+                for shape in ("plain", "plain_meta", "workflow"):
                     progress.step(f"rep {rep + 1}: {shape}")
                     seconds[shape].append(await one_run(oban, conn, prefix, n, shape))
                     progress.advance()
@@ -178,6 +189,7 @@ async def _run(opts: common.Options) -> int:
             progress.advance()
     progress.close()
     ratios = [w / p for w, p in zip(seconds["workflow"], seconds["plain"], strict=True)]
+    meta_ratios = [w / p for w, p in zip(seconds["workflow"], seconds["plain_meta"], strict=True)]
     per_release = [c["release"] / n * 1e6 for c in costs]
     extra_fan_in = [(c["fan_in"] - c["plain"]) / n * 1e6 for c in costs]
     release_vs_single = [(c["release"] - c["single"]) / n * 1e6 for c in costs]
@@ -189,6 +201,7 @@ async def _run(opts: common.Options) -> int:
         "limit": limit,
         "seconds": {k: measure.summary(v) for k, v in seconds.items()},
         "ratio_workflow_over_plain": measure.summary(ratios),
+        "ratio_workflow_over_plain_meta": measure.summary(meta_ratios),
         "ack_costs_seconds": costs,
         "release_us_per_step": measure.summary(per_release),
         "release_extra_us_per_step": measure.summary(release_vs_single),
@@ -199,9 +212,12 @@ async def _run(opts: common.Options) -> int:
         print(common.table(
             ["shape", "jobs", "insert to last completion, s"],
             [["plain", f"{n + 2:,}", common.spread(s["plain"], 2)],
+             ["plain, workflow-sized meta", f"{n + 2:,}", common.spread(s["plain_meta"], 2)],
              [f"1 -> {n:,} -> 1", f"{n + 2:,}", common.spread(s["workflow"], 2)]],
         ))  # fmt: skip
-        print(f"workflow / plain: {common.spread(result['ratio_workflow_over_plain'], 2, 'x')}")
+        print(f"workflow / plain: {common.spread(result['ratio_workflow_over_plain'], 2, 'x')}; "
+              f"workflow / plain with the same meta: "
+              f"{common.spread(result['ratio_workflow_over_plain_meta'], 2, 'x')}")  # fmt: skip
         print(
             f"ack statement: releasing {n:,} steps in one ack "
             f"{common.spread(result['release_us_per_step'], 2, ' us')} per released step "
