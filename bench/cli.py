@@ -21,7 +21,7 @@ SCENARIOS: dict[str, str] = {
     "insert": "enqueue / enqueue_many vs bare multi-row INSERT, executemany and COPY",
     "peer": "the same workloads on the open-source Oban.py and on oban_pro, A B A B, ratios",
     "limits": "global_limit bookkeeping cost (A B vs plain) and a rate limit's achieved rate",
-    "workflow": "1 -> 10,000 -> 1 workflow vs 10,002 plain jobs (ratio); ack cost per released step",
+    "workflow": "1 -> 10,000 -> 1 workflow vs 10,002 plain jobs (ratio), ack cost per step",
     "soak": "3 nodes, 200k mixed jobs under kill -9, PostgreSQL restarts, SIGSTOP: lost? twice?",
     "all": "every scenario above, one after another",
     "plot": "redraw the PNG of result JSON files (no benchmark is run)",

@@ -27,9 +27,7 @@ ACK_BATCH = 500
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--limit", type=int, default=100, help="queue limit of the node (100)"
-    )
+    parser.add_argument("--limit", type=int, default=100, help="queue limit of the node (100)")
 
 
 def run(opts: common.Options) -> int:
@@ -81,8 +79,16 @@ async def one_run(oban: Any, conn: Any, prefix: str, n: int, shape: str) -> floa
         # No dependencies, but meta as large as a workflow step's: what the GIN index on meta
         # (Elixir's oban_jobs_meta_index) costs each update of such a row, apart from releasing.
         wid, sub = str(uuid.uuid4()), str(uuid.uuid4())
-        meta = {"workflow_id": sub, "name": "0", "deps": [], "workflow_name": "middle",
-                "sup_workflow_id": wid, "wf_wait": 1, "wf_need": 1, "wf_next": [n + 2]}
+        meta = {
+            "workflow_id": sub,
+            "name": "0",
+            "deps": [],
+            "workflow_name": "middle",
+            "sup_workflow_id": wid,
+            "wf_wait": 1,
+            "wf_need": 1,
+            "wf_next": [n + 2],
+        }
         await oban.enqueue_many(
             [Noop.new({}, meta={**meta, "name": str(i)}) for i in range(n + 2)]
         )  # fmt: skip

@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 
+from . import workflow_ops
 from .database import resolve_dsn
 from .enqueue import insert_steps, jobs_list, run_sync, unwrap_sync_conn
 from .job import Job
@@ -24,7 +25,6 @@ from .operations import (
     update_steps,
 )
 from .queries import Queries
-from . import workflow_ops
 from .workflow import Workflow
 from .workflow_ops import WorkflowStatus, insert_workflow_steps
 

@@ -25,6 +25,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from . import workflow_ops
 from .config import Config, load_config
 from .coordinator.notifier import notify_params
 from .coordinator.producer import Producer
@@ -48,7 +49,6 @@ from .operations import (
     update_steps,
 )
 from .queries import Queries
-from . import workflow_ops
 from .workflow import Workflow
 from .workflow_ops import WorkflowStatus, insert_workflow_steps
 

@@ -277,7 +277,9 @@ class Workflow:
             )  # fmt: skip
         return order
 
-    def _flatten(self, out: list[WorkflowJob], sup_id: str | None, inherited: list[int]) -> list[int]:
+    def _flatten(
+        self, out: list[WorkflowJob], sup_id: str | None, inherited: list[int]
+    ) -> list[int]:
         groups: dict[str, list[int]] = {}
         mine: list[int] = []
         for step in self._order():

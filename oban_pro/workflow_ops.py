@@ -16,7 +16,6 @@ import msgspec
 
 from .enqueue import Step, Steps, apply_row, bulk_row
 from .errors import WorkflowError
-from .job import Job
 from .naming import channel
 from .operations import COLUMNS, _to_job
 from .payloads import encode_payload
@@ -171,4 +170,3 @@ def retry_steps(queries: Queries, workflow_id: str) -> Steps:
 
 def _utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value is not None else None
-

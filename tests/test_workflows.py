@@ -30,9 +30,7 @@ def rows(dsn: str, prefix: str) -> dict[int, dict]:
         dsn,
         f'SELECT id, state::text, meta, to_jsonb(errors), attempt FROM "{prefix}".oban_jobs',
     )
-    return {
-        i: {"state": s, "meta": m, "errors": e, "attempt": a} for i, s, m, e, a in found
-    }
+    return {i: {"state": s, "meta": m, "errors": e, "attempt": a} for i, s, m, e, a in found}
 
 
 def by_name(dsn: str, prefix: str) -> dict[str, dict]:
@@ -158,7 +156,9 @@ async def test_insert_holds_waiting_steps_suspended_with_oban_pro_meta(oban_dsn,
     assert b0["sup_workflow_id"] == "wf-1" and b0["workflow_name"] == "b"
     assert b0["wf_wait"] == 1 and b0["wf_next"] == [jobs[3].id]
     assert c["meta"]["deps"] == ["b"] and c["meta"]["wf_wait"] == 2
-    assert c["meta"]["ignore_discarded"] is True and c["meta"]["wf_subs"] == {"b": [b0["workflow_id"]]}
+    assert c["meta"]["ignore_discarded"] is True and c["meta"]["wf_subs"] == {
+        "b": [b0["workflow_id"]]
+    }
 
 
 async def test_insert_joins_the_callers_transaction(oban_dsn, oban_prefix):
@@ -228,11 +228,16 @@ async def test_sub_workflow_waits_for_its_deps_and_is_waited_for(oban_dsn, oban_
 # -- failures upstream ------------------------------------------------------------------------
 
 
-async def test_a_dependency_that_fails_then_completes_is_waited_for(oban_dsn, oban_prefix, tmp_path):
+async def test_a_dependency_that_fails_then_completes_is_waited_for(
+    oban_dsn, oban_prefix, tmp_path
+):
     log = tmp_path / "log"
     workflow = (
         Workflow()
-        .add("flaky", step(log, fail_times=2), )
+        .add(
+            "flaky",
+            step(log, fail_times=2),
+        )
         .add("after", step(log), deps="flaky")
     )
     workflow_jobs = await run_to_the_end(oban_dsn, oban_prefix, workflow)
@@ -244,7 +249,9 @@ async def test_a_dependency_that_fails_then_completes_is_waited_for(oban_dsn, ob
 
 
 @pytest.mark.parametrize("how", ["discarded", "cancelled"])
-async def test_failed_upstream_cancels_what_waits_unless_ignored(oban_dsn, oban_prefix, tmp_path, how):
+async def test_failed_upstream_cancels_what_waits_unless_ignored(
+    oban_dsn, oban_prefix, tmp_path, how
+):
     log = tmp_path / "log"
     bad = (
         step(log, fail_times=99).update({"max_attempts": 1}) if how == "discarded"
@@ -266,8 +273,9 @@ async def test_failed_upstream_cancels_what_waits_unless_ignored(oban_dsn, oban_
     assert found["bad"]["state"] == how
     # the default: cancelled, with an error naming the upstream step, cascading down
     assert found["strict"]["state"] == "cancelled"
-    assert f"upstream step bad (job {found['bad']['id']}) was {how}" in (
-        found["strict"]["errors"][-1]["error"]
+    assert (
+        f"upstream step bad (job {found['bad']['id']}) was {how}"
+        in (found["strict"]["errors"][-1]["error"])
     )
     assert found["deep"]["state"] == found["deeper"]["state"] == "cancelled"
     assert "upstream step deep" in found["deeper"]["errors"][-1]["error"]
@@ -292,8 +300,9 @@ async def test_cancel_a_running_workflow(oban_dsn, oban_prefix, tmp_path):
     async with node(oban_dsn, oban_prefix) as oban:
         await oban.enqueue_many(workflow)
         await wait_until(
-            lambda: sum(r["state"] == "executing" for r in rows(oban_dsn, oban_prefix).values())
-            == 3,
+            lambda: (
+                sum(r["state"] == "executing" for r in rows(oban_dsn, oban_prefix).values()) == 3
+            ),
             message="the three busy steps running",
         )
         status = await oban.workflow_status(workflow.id)
@@ -459,7 +468,9 @@ async def test_workflows_cli(oban_dsn, oban_prefix):
 
 
 @pytest.mark.parametrize("layout", ["elixir", "obanpy"])
-async def test_workflow_on_tables_made_by_elixir_or_obanpy(oban_dsn, oban_empty_prefix, tmp_path, layout):
+async def test_workflow_on_tables_made_by_elixir_or_obanpy(
+    oban_dsn, oban_empty_prefix, tmp_path, layout
+):
     """Elixir's table (bigserial id, errors jsonb[]) and Oban.py's (identity id, errors jsonb,
     suspended after scheduled in the enum): insert, release and cascade work on both."""
     from test_migrations import load_fixture
