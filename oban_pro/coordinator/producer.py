@@ -57,6 +57,9 @@ class Producer:
         self.limits: QueueLimits | None = None
         #: The last reading of the limits' use across nodes (None: not limited, or not read yet).
         self.limit_status: LimitStatus | None = None
+        #: The last limited fetch got fewer jobs than asked: the limits (or an empty queue) held
+        #: it back, so other nodes of the queue are likely held back too.
+        self.held_back = False
         self.paused = False
         self.uuid = str(uuid.uuid4())
         self.name = name
@@ -264,6 +267,7 @@ class Producer:
     async def _fetch_limited(self, conn: Any, limits: QueueLimits, demand: int) -> list[Any]:
         params = {**self._limit_params, "demand": demand}
         rows = await fetch_limited(conn, self._queries, limits, params)
+        self.held_back = len(rows) < demand
         if limits.rate_limit is not None and len(rows) < demand:
             # Short: maybe the rate window is full. Learn when it next opens (one statement,
             # only on short fetches of rate-limited queues).

@@ -68,7 +68,7 @@ class Runtime:
         self._loops: list[Periodic] = []
         self._notifier: Notifier | None = None
         self._acker: Acker | None = None
-        self._freed = FreedCapacity(pool, queries, self._globally_limited)
+        self._freed = FreedCapacity(pool, queries, self._held_back_by_global_limit)
         self._dispatcher: Dispatcher | None = None
         self._leader: Leader | None = None
         self._heartbeat: Heartbeat | None = None
@@ -385,14 +385,17 @@ class Runtime:
             self.metrics.jobs_rescued(count)
         for queue in queues:
             self._wake_queue(queue)
-        self._freed.freed(queues)  # a dead node's share of a global limit is free again
+        self._freed.freed(queues, always=True)  # a dead node's share of a global limit is back
 
-    def _globally_limited(self, queue: str) -> bool:
+    def _held_back_by_global_limit(self, queue: str) -> bool:
+        # Other nodes wait for room only if the limit binds; then this node's fetches come back
+        # short too. While it never binds, freed-capacity notices would only add fetches.
         producer = self.producers.get(queue)
         return (
             producer is not None
             and producer.limits is not None
             and producer.limits.global_limit is not None
+            and producer.held_back
         )
 
     def _producer_gauges(self) -> list[tuple[str, int, int, bool]]:
