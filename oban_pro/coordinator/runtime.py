@@ -25,6 +25,7 @@ from ..plugins.lifeline import Lifeline
 from ..plugins.pruner import Pruner
 from ..plugins.scheduler import Scheduler
 from ..plugins.stager import Stager
+from ..pool.messages import InstanceInfo
 from ..pool.pool import WorkerPool, default_threads
 from ..queries import Queries
 from ..registry import cron_entries
@@ -168,7 +169,24 @@ class Runtime:
             memory_ceiling=cfg.memory_ceiling,
             kill_grace=cfg.kill_grace,
             on_restart=m.child_restart if m else None,
+            instance=self._instance_info(),
             **callbacks,
+        )
+
+    def _instance_info(self) -> InstanceInfo:
+        """What the children need to be this instance in job code (Oban.get_instance())."""
+        cfg = self.config
+        kwargs = dict(getattr(self._pool, "kwargs", None) or {})
+        # Only plain values cross to the children (a row_factory or a callable cannot).
+        plain = {k: v for k, v in kwargs.items() if isinstance(v, (str, int, float, bool))}
+        return InstanceInfo(
+            name=cfg.name,
+            node=cfg.node,
+            prefix=cfg.prefix,
+            conninfo=self._conninfo(),
+            connect_kwargs=plain,
+            pool_max_size=min(2, cfg.pool_size),
+            pool_timeout=cfg.pool_timeout,
         )
 
     def _make_producer(self, queue: str, limit: int, pool: AsyncConnectionPool) -> Producer:

@@ -36,10 +36,13 @@ import traceback
 from typing import Any
 
 from ..runner import JobInterrupted, JobRunner, Prepared
+from . import child_instance
+from .child_instance import ChildOban
 from .framing import FrameProtocol, write_frame
 from .job_threads import JobThreads
 from .messages import (
     Done,
+    InstanceInfo,
     Interrupt,
     Ready,
     Resize,
@@ -102,6 +105,7 @@ def child_main(
     imports: list[str],
     close_fds: list[int] | None = None,
     threads: int = 64,
+    instance: InstanceInfo | None = None,
 ) -> None:
     """Entry point of a worker process.
 
@@ -109,7 +113,8 @@ def child_main(
     survive every start method) or plain descriptors; only their descriptors are used, with the
     raw framing of :mod:`oban_pro.pool.framing`. ``close_fds`` are descriptors inherited through
     ``fork`` that belong to the parent or to sibling children. ``threads`` caps the thread pool
-    that runs sync jobs.
+    that runs sync jobs. ``instance`` is the node's instance for job code
+    (``Oban.get_instance()``, see :mod:`.child_instance`); None leaves it unavailable.
     """
     _reset_process_state(close_fds or [])
     read_fd = read_conn if isinstance(read_conn, int) else read_conn.fileno()
@@ -120,7 +125,7 @@ def child_main(
         except OSError:
             pass
     runner = JobRunner(imports)
-    server = _Server(read_fd, write_fd, runner, max(1, threads))
+    server = _Server(read_fd, write_fd, runner, max(1, threads), instance)
     _start_orphan_watchdog(read_fd, server)
     try:
         write_frame(write_fd, encode_to_parent([Ready(os.getpid(), runner.import_errors)]))
@@ -172,7 +177,14 @@ class _Job:
 class _Server:
     """The child's event loop: takes messages, starts jobs, reports their ends."""
 
-    def __init__(self, read_fd: int, write_fd: int, runner: JobRunner, threads: int) -> None:
+    def __init__(
+        self,
+        read_fd: int,
+        write_fd: int,
+        runner: JobRunner,
+        threads: int,
+        instance: InstanceInfo | None = None,
+    ) -> None:
         self._read_fd = read_fd
         self._write_fd = write_fd
         self._runner = runner
@@ -190,6 +202,9 @@ class _Server:
         self._ended_lock = threading.Lock()
         self._finished = self._loop.create_future()
         self._protocol = FrameProtocol(self._on_frame, self._on_eof)
+        # What job code gets from Oban.get_instance(); its pool opens at the first call.
+        self._instance = ChildOban(instance, self._loop) if instance is not None else None
+        child_instance.install(self._instance)
 
     @property
     def busy(self) -> bool:
@@ -203,10 +218,20 @@ class _Server:
         try:
             self._loop.run_until_complete(self._finished)
             self._outbox.flush()
+            self._loop.run_until_complete(self._close_instance())
         finally:
             self._loop.remove_reader(self._read_fd)
             self._job_threads.shutdown()
             self._loop.close()
+
+    async def _close_instance(self) -> None:
+        instance = self._instance
+        child_instance.install(None)
+        if instance is not None:
+            try:
+                await asyncio.wait_for(instance.close(), 2.0)
+            except Exception:  # noqa: BLE001 - leaving anyway: the server drops the sessions
+                pass
 
     def _on_readable(self) -> None:
         try:
@@ -222,8 +247,21 @@ class _Server:
         self._protocol.data_received(data)
 
     def _on_eof(self) -> None:
-        # The parent closed our pipe (or died): nobody will read our results. Leave now; the
-        # orphan watchdog already covers a parent that died while we were busy.
+        # The parent closed our pipe (or died): nobody will read our results. Leave now (after
+        # closing job code's connections, if it opened any); the orphan watchdog already covers
+        # a parent that died while we were busy.
+        if self._instance is not None and self._instance.has_pool:
+            self._loop.create_task(self._exit_after(self._close_instance()))
+            return
+        self._exit()
+
+    async def _exit_after(self, closing: Any) -> None:
+        try:
+            await closing
+        finally:
+            self._exit()
+
+    def _exit(self) -> None:
         try:
             self._outbox.flush()
             sys.stdout.flush()

@@ -24,6 +24,7 @@ __all__ = [
     "Ready",
     "Started",
     "Done",
+    "InstanceInfo",
     "ToChild",
     "ToParent",
     "encode_to_child",
@@ -35,6 +36,24 @@ __all__ = [
 
 
 # ---------------------------------------------------------------- parent -> child
+
+
+class InstanceInfo(msgspec.Struct, frozen=True, gc=False):
+    """What a child is given at start to act as its node's instance in job code
+    (``Oban.get_instance()``, :mod:`oban_pro.pool.child_instance`): where the database is and
+    which instance, schema and node the jobs belong to."""
+
+    name: str
+    node: str
+    prefix: str
+    #: libpq connection string of the node's database.
+    conninfo: str
+    #: Extra ``psycopg.connect`` keywords of the node's pool (plain values only).
+    connect_kwargs: dict[str, Any] = {}
+    #: Connections the child opens at most (only once job code first uses the instance).
+    pool_max_size: int = 2
+    #: Seconds to wait for one of them.
+    pool_timeout: float = 30.0
 
 
 class Run(msgspec.Struct, tag=True, array_like=True, gc=False):

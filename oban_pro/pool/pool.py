@@ -32,7 +32,16 @@ from .child import read_rss
 from .deadlines import Deadlines
 from .ledger import Ledger, PoolJob
 from .memory import MemoryWatch
-from .messages import Done, Interrupt, Ready, Resize, Run, Started, decode_to_parent
+from .messages import (
+    Done,
+    InstanceInfo,
+    Interrupt,
+    Ready,
+    Resize,
+    Run,
+    Started,
+    decode_to_parent,
+)
 from .placement import Placement
 from .processes import (
     DEAD,
@@ -92,7 +101,9 @@ class WorkerPool:
     - ``on_released(run, text, isolate)``: given back without being charged (its child was
       killed for another job, or died while it was not alone: then ``isolate`` is True).
 
-    ``await stop(timeout)`` returns the runs of jobs that did not finish.
+    ``await stop(timeout)`` returns the runs of jobs that did not finish. ``instance`` (the
+    node's database and instance name) lets job code use ``Oban.get_instance()`` in the
+    children.
     """
 
     def __init__(
@@ -114,6 +125,7 @@ class WorkerPool:
         memory_check_interval: float = 0.25,
         kill_grace: float = 3.0,
         start_timeout: float = 60.0,
+        instance: InstanceInfo | None = None,
     ) -> None:
         if processes < 1:
             raise ValueError(f"processes must be >= 1, got {processes}")
@@ -137,6 +149,7 @@ class WorkerPool:
             on_frame=self._on_frame,
             on_exit=self._on_exit,
             on_restart=self._count_restart,
+            instance=instance,
         )
         self._placement = Placement(lambda: self._supervisor.children)
         self._deadlines = Deadlines(
