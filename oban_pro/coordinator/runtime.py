@@ -168,6 +168,7 @@ class Runtime:
             max_memory=cfg.max_memory,
             memory_ceiling=cfg.memory_ceiling,
             kill_grace=cfg.kill_grace,
+            cancel_grace=cfg.cancel_grace,
             on_restart=m.child_restart if m else None,
             instance=self._instance_info(),
             **callbacks,

@@ -11,7 +11,10 @@ The parent's pipe is read by the loop (``add_reader``, non-blocking); messages t
 through :class:`_Outbox`, which gathers everything produced in one loop iteration into one frame.
 Jobs that end on threads are handed back to the loop in batches (one wake-up per batch).
 
-Stopping a job (:class:`~.messages.Interrupt`) is cooperative: a task is cancelled, a thread
+Cancelling a job starts with :class:`~.messages.RequestCancel`, which only makes its
+``job.cancelled()`` return True (the job may notice and return, as in Oban.py). Stopping a job
+(:class:`~.messages.Interrupt`, sent after the cancel grace or at a timeout) is cooperative
+too: a task is cancelled, a thread
 gets :class:`~oban_pro.runner.JobInterrupted` raised in it (``PyThreadState_SetAsyncExc``, which
 takes effect at the job's next Python bytecode: a job blocked in a C call does not notice, and
 the parent kills the child after its kill grace).
@@ -35,6 +38,7 @@ import time
 import traceback
 from typing import Any
 
+from ..job import Job
 from ..runner import JobInterrupted, JobRunner, Prepared
 from . import child_instance
 from .child_instance import ChildOban
@@ -45,6 +49,7 @@ from .messages import (
     InstanceInfo,
     Interrupt,
     Ready,
+    RequestCancel,
     Resize,
     Run,
     Started,
@@ -162,10 +167,12 @@ class _Outbox:
 class _Job:
     """One job in this child: how it runs and how to stop it."""
 
-    __slots__ = ("run", "task", "thread_id", "lock", "interrupted", "finished")
+    __slots__ = ("run", "job", "task", "thread_id", "lock", "interrupted", "finished")
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: Run, job: Job) -> None:
         self.run = run
+        #: The Job the worker's code is given (its ``cancelled()`` flag is set from here).
+        self.job = job
         self.task: asyncio.Task[None] | None = None
         self.thread_id: int | None = None
         # Guards thread_id/finished against an Interrupt raising into a thread whose job ended.
@@ -278,6 +285,8 @@ class _Server:
                 self._start(starting)
                 starting = []
                 self._interrupt(message.job_id)
+            elif isinstance(message, RequestCancel):
+                self._request_cancel(message.job_id)  # a flag: jobs prepared above have it
             elif isinstance(message, Stop):
                 self._stopping = True
                 self._maybe_finish()
@@ -297,7 +306,7 @@ class _Server:
             self._outbox.put(Started(run.job_id))
             self._report(prepared, 0.0)
             return
-        job = self._jobs[run.job_id] = _Job(run)
+        job = self._jobs[run.job_id] = _Job(run, prepared.job)
         self._outbox.put(Started(run.job_id, thread=not prepared.is_async))
         starting.append((job, prepared))
 
@@ -389,6 +398,11 @@ class _Server:
             os._exit(0)
 
     # -- stopping ---------------------------------------------------------------------------
+
+    def _request_cancel(self, job_id: int) -> None:
+        job = self._jobs.get(job_id)
+        if job is not None:  # else it ended already; its Done is on the way
+            job.job.request_cancellation()
 
     def _interrupt(self, job_id: int) -> None:
         job = self._jobs.get(job_id)

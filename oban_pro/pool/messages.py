@@ -20,6 +20,7 @@ __all__ = [
     "Run",
     "Stop",
     "Interrupt",
+    "RequestCancel",
     "Resize",
     "Ready",
     "Started",
@@ -97,13 +98,23 @@ class Interrupt(msgspec.Struct, tag=True, array_like=True, gc=False):
     job_id: int
 
 
+class RequestCancel(msgspec.Struct, tag=True, array_like=True, gc=False):
+    """Cancelling ``job_id`` was asked for: from now on its ``job.cancelled()`` returns True.
+
+    The first step of a cancel (pkill): the job may notice and return (``Cancel(...)``, as
+    Oban.py's jobs do) before the parent sends :class:`Interrupt` after the cancel grace.
+    """
+
+    job_id: int
+
+
 class Resize(msgspec.Struct, tag=True, array_like=True, gc=False):
     """Allow up to ``threads`` threads for sync jobs (a queue was scaled up)."""
 
     threads: int
 
 
-ToChild = Run | Stop | Interrupt | Resize
+ToChild = Run | Stop | Interrupt | RequestCancel | Resize
 
 
 # ---------------------------------------------------------------- child -> parent
@@ -164,12 +175,12 @@ _parent_encoder = msgspec.msgpack.Encoder()
 _parent_decoder = msgspec.msgpack.Decoder(list[ToParent])
 
 
-def encode_to_child(messages: list[Run | Stop | Interrupt | Resize]) -> bytes:
+def encode_to_child(messages: list[ToChild]) -> bytes:
     """Encode a frame payload for a child (the parent side)."""
     return _child_encoder.encode(messages)
 
 
-def decode_to_child(payload: bytes) -> list[Run | Stop | Interrupt | Resize]:
+def decode_to_child(payload: bytes) -> list[ToChild]:
     """Decode a frame payload from the parent (the child side)."""
     return _child_decoder.decode(payload)
 

@@ -7,7 +7,9 @@ grace) and :mod:`.memory` (RSS limits).
 
 What runs where is always known: a child reports when each job starts and ends. So:
 
-- a timeout or a cancel first asks the child to stop that one job (its task is cancelled, its
+- a cancel (pkill) first tells the job (its ``job.cancelled()`` turns True) and gives it
+  ``cancel_grace`` seconds to return by itself;
+- then, and at a timeout, the child is asked to stop that one job (its task is cancelled, its
   thread gets an exception); only if it has not stopped within ``kill_grace`` is the child
   killed, and the other jobs that were running in it are *given back* (``on_released``: back to
   available, attempt returned, never charged), with an error entry naming the job that caused
@@ -37,6 +39,7 @@ from .messages import (
     InstanceInfo,
     Interrupt,
     Ready,
+    RequestCancel,
     Resize,
     Run,
     Started,
@@ -124,6 +127,7 @@ class WorkerPool:
         memory_ceiling: int = 0,
         memory_check_interval: float = 0.25,
         kill_grace: float = 3.0,
+        cancel_grace: float = 1.0,
         start_timeout: float = 60.0,
         instance: InstanceInfo | None = None,
     ) -> None:
@@ -153,7 +157,11 @@ class WorkerPool:
         )
         self._placement = Placement(lambda: self._supervisor.children)
         self._deadlines = Deadlines(
-            kill_grace=kill_grace, on_timeout=self._on_timeout, on_grace_over=self._on_grace_over
+            kill_grace=kill_grace,
+            on_timeout=self._on_timeout,
+            on_grace_over=self._on_grace_over,
+            cancel_grace=cancel_grace,
+            on_cancel_grace_over=self._on_cancel_grace_over,
         )
         self._memory = MemoryWatch(
             max_memory=max_memory,
@@ -431,6 +439,8 @@ class WorkerPool:
         """Stop a job: first cooperatively, then by killing its child after the kill grace.
 
         ``reason`` ("cancelled", "rescued", ...) ends up in ``on_failed(run, reason, text)``.
+        A "cancelled" job is told first (``job.cancelled()``) and gets the cancel grace to
+        return by itself; a "rescued" one belongs to another node now and is stopped at once.
         Returns False when the job is not in the pool (or had already finished).
         """
         job = self.ledger.get(job_id)
@@ -447,12 +457,32 @@ class WorkerPool:
         child.read_pending()  # a result already in the pipe wins over the stop
         if self.ledger.get(job_id) is not job:
             return False
-        self._ask_to_stop(job, reason, f"job was {reason}")
+        if reason == "cancelled" and self._deadlines.cancel_grace > 0:
+            self._tell_cancelled(job)
+        else:
+            self._ask_to_stop(job, reason, f"job was {reason}")
         return True
 
     def kill_job(self, job_id: int, reason: str = "cancelled") -> bool:
         """The pkill of a job (see :meth:`stop_job`)."""
         return self.stop_job(job_id, reason)
+
+    def _tell_cancelled(self, job: PoolJob) -> None:
+        """The first step of a cancel: the job sees ``job.cancelled()`` and may return."""
+        assert job.child is not None
+        job.stop_reason = "cancelled"
+        job.stop_text = "job was cancelled"
+        job.child.send([RequestCancel(job.job_id)])
+        self._deadlines.cancel_requested(job)
+
+    def _on_cancel_grace_over(self, job: PoolJob) -> None:
+        child = job.child
+        if child is None:
+            return
+        child.read_pending()  # it may have returned just now
+        if self.ledger.get(job.job_id) is not job:
+            return
+        self._ask_to_stop(job, "cancelled", job.stop_text)
 
     def _ask_to_stop(self, job: PoolJob, reason: str, text: str) -> None:
         assert job.child is not None
