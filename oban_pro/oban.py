@@ -135,6 +135,7 @@ class Oban:
         self._started = False
         self.producers: dict[str, Producer] = {}
         self.metrics: Any = None
+        self._metrics_subscriber: Any = None
         self.metrics_port: int | None = None
         self._runtime: Runtime | None = None
         self._queue_tasks: set[asyncio.Task[Any]] = set()
@@ -269,8 +270,12 @@ class Oban:
 
     def _start_metrics(self) -> None:
         from .metrics import Metrics
+        from .telemetry.prometheus import PrometheusSubscriber
 
         self.metrics = Metrics(self.node)
+        # The engine emits telemetry events; the metrics are their subscriber.
+        self._metrics_subscriber = PrometheusSubscriber(self.metrics, self.name)
+        self._metrics_subscriber.attach()
         self.metrics_port = self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
 
     async def stop(self) -> None:
@@ -283,6 +288,7 @@ class Oban:
             if self._runtime is not None:
                 await self._runtime.stop()
             if self.metrics is not None:
+                self._metrics_subscriber.detach()
                 self.metrics.close()
         if self._owns_pool and self._pool is not None and not self._pool.closed:
             await self._pool.close()

@@ -342,8 +342,8 @@ class _Server:
             if not job.interrupted:
                 raise  # the loop itself is going away
             done = Done(job.run.job_id, "interrupted")
-        except BaseException:  # noqa: BLE001 - SystemExit in a job fails the job, not the child
-            done = self._runner.failure(prepared, traceback.format_exc())
+        except BaseException as exc:  # noqa: BLE001 - SystemExit fails the job, not the child
+            done = self._runner.failure(prepared, traceback.format_exc(), exc)
         self._leave_if_forked()
         self._finish(job, done, started)
 
@@ -362,8 +362,8 @@ class _Server:
                 done = self._runner.classify(job.run.job_id, result)
             except JobInterrupted:
                 done = Done(job.run.job_id, "interrupted")
-            except BaseException:  # noqa: BLE001 - SystemExit in a job fails the job only
-                done = self._runner.failure(prepared, traceback.format_exc())
+            except BaseException as exc:  # noqa: BLE001 - SystemExit in a job fails the job only
+                done = self._runner.failure(prepared, traceback.format_exc(), exc)
             self._end_thread_job(job)
         except JobInterrupted:
             # An interrupt that arrived as the job was ending, raised in our own bookkeeping.

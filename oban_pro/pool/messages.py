@@ -164,6 +164,10 @@ class Done(msgspec.Struct, tag=True, array_like=True, gc=False):
     duration: float = 0.0
     #: Resident set size of the child after the job, in bytes.
     rss: int = 0
+    #: For "error": the exception's class name and message (telemetry's ``error_type`` and
+    #: ``error_message``; ``error`` has the whole traceback).
+    error_type: str | None = None
+    error_message: str | None = None
 
 
 ToParent = Ready | Started | Done

@@ -102,7 +102,8 @@ class WorkerPool:
       in a child that died), "memory" (alone in a child killed past the memory ceiling),
       "timeout", "cancelled" or "rescued" (see :meth:`stop_job`);
     - ``on_released(run, text, isolate)``: given back without being charged (its child was
-      killed for another job, or died while it was not alone: then ``isolate`` is True).
+      killed for another job, or died while it was not alone: then ``isolate`` is True);
+    - ``on_started(run)``: the child reported that the job's code began.
 
     ``await stop(timeout)`` returns the runs of jobs that did not finish. ``instance`` (the
     node's database and instance name) lets job code use ``Oban.get_instance()`` in the
@@ -118,6 +119,7 @@ class WorkerPool:
         on_released: Callable[[Run, str, bool], None] | None = None,
         on_capacity: Callable[[], None] | None = None,
         on_restart: Callable[[str], None] | None = None,
+        on_started: Callable[[Run], None] | None = None,
         ledger: Ledger | None = None,
         start_method: str = "forkserver",
         imports: Iterable[str] = (),
@@ -144,6 +146,7 @@ class WorkerPool:
         self._on_released = on_released
         self._on_capacity = on_capacity
         self._on_restart = on_restart
+        self._on_started = on_started
         self._supervisor = Supervisor(
             processes,
             start_method=start_method,
@@ -559,6 +562,8 @@ class WorkerPool:
                     job.started = True
                     job.thread = message.thread
                     self._deadlines.job_started(job)
+                    if self._on_started is not None:
+                        self._call(self._on_started, job.run)
             elif isinstance(message, Done):
                 self._on_job_done(child, message)
             elif isinstance(message, Ready):

@@ -41,6 +41,16 @@ class Collector:
         return dict(self._metadata)
 
 
+class _Unheard(Collector):
+    """The collector of a span nobody listens to: what is added goes nowhere."""
+
+    def add(self, metadata: dict[str, Any]) -> None:
+        pass
+
+
+_UNHEARD = _Unheard()
+
+
 def attach(id: str, events: list[str], handler: Handler) -> None:
     """Call ``handler(name, metadata)`` for each of ``events``; ``id`` names it for
     :func:`detach`."""
@@ -82,15 +92,20 @@ def execute(name: str, metadata: Metadata) -> None:
 def span(prefix: str, start_metadata: Metadata) -> Iterator[Collector]:
     """Emit ``{prefix}.start``, then ``{prefix}.stop`` or ``{prefix}.exception`` (which
     re-raises), with ``duration`` in nanoseconds and ``system_time``."""
+    start, stop, failed = f"{prefix}.start", f"{prefix}.stop", f"{prefix}.exception"
+    if start not in _handlers and stop not in _handlers and failed not in _handlers:
+        # Nobody listens: the engine wraps per-batch work in spans, so skip the metadata.
+        yield _UNHEARD
+        return
     started = time.monotonic_ns()
-    execute(f"{prefix}.start", {"system_time": started, **start_metadata})
+    execute(start, {"system_time": started, **start_metadata})
     collector = Collector()
     try:
         yield collector
     except Exception as error:
         ended = time.monotonic_ns()
         execute(
-            f"{prefix}.exception",
+            failed,
             {
                 "system_time": ended,
                 "duration": ended - started,
@@ -104,7 +119,7 @@ def span(prefix: str, start_metadata: Metadata) -> Iterator[Collector]:
         raise
     ended = time.monotonic_ns()
     execute(
-        f"{prefix}.stop",
+        stop,
         {"system_time": ended, "duration": ended - started, **start_metadata,
          **collector.get_all()},
     )  # fmt: skip
