@@ -118,7 +118,8 @@ class _Span:
         if start not in _handlers and stop not in _handlers and failed not in _handlers:
             return _UNHEARD  # nobody listens: no metadata is built
         self._started = time.monotonic_ns()
-        execute(start, {"system_time": self._started, **self._metadata})
+        if start in _handlers:
+            execute(start, {"system_time": self._started, **self._metadata})
         self._collector = Collector()
         return self._collector
 
