@@ -191,7 +191,7 @@ class Dispatcher:
                 self.acker.add(
                     Ack(job_id, attempt, producer.uuid, "error",
                         float(default_backoff(attempt, row[5])), _error_entry(attempt, text),
-                        queue=producer.queue, worker=str(row[1]), text=text, run=bare,
+                        queue=producer.queue, worker=str(row[1]), run=bare,
                         error_type=type(exc).__name__, error_message=str(exc))
                 )  # fmt: skip
                 continue

@@ -129,16 +129,20 @@ class _Span:
         if collector is None:
             return
         ended = time.monotonic_ns()
-        timing = {"system_time": ended, "duration": ended - self._started}
         if exc_type is None:
-            execute(self._names[1], {**timing, **self._metadata, **collector.get_all()})
+            stop = self._names[1]
+            if stop in _handlers:
+                execute(stop, {"system_time": ended, "duration": ended - self._started,
+                               **self._metadata, **collector._metadata})  # fmt: skip
         elif issubclass(exc_type, Exception):  # not CancelledError and the like, as before
             failure = {
+                "system_time": ended,
+                "duration": ended - self._started,
                 "error_message": str(error),
                 "error_type": exc_type.__name__,
                 "traceback": "".join(traceback.format_exception(exc_type, error, tb)),
             }
-            execute(self._names[2], {**timing, **failure, **self._metadata, **collector.get_all()})
+            execute(self._names[2], {**failure, **self._metadata, **collector._metadata})
 
 
 _span_names: dict[str, tuple[str, str, str]] = {}

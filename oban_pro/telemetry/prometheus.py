@@ -65,14 +65,20 @@ class PrometheusSubscriber:
         }
 
     def attach(self) -> None:
-        core.attach(self._id, list(self._handlers), self._handle)
+        for event, record in self._handlers.items():
+            core.attach(self._id, [event], self._only_mine(record))
 
     def detach(self) -> None:
         core.detach(self._id)
 
-    def _handle(self, event: str, meta: dict[str, Any]) -> None:
-        if meta.get("name") == self._name:
-            self._handlers[event](meta)
+    def _only_mine(self, record: Any) -> core.Handler:
+        name = self._name
+
+        def handle(event: str, meta: dict[str, Any]) -> None:
+            if meta.get("name") == name:
+                record(meta)
+
+        return handle
 
     def _job_finished(self, meta: dict[str, Any]) -> None:
         state = meta["state"]
