@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -42,6 +42,7 @@ from .operations import (
     Changes,
     cancel_steps,
     delete_steps,
+    follow_updates,
     get_job_steps,
     job_id_of,
     list_jobs_steps,
@@ -137,6 +138,7 @@ class Oban:
         self._started = False
         self.producers: dict[str, Producer] = {}
         self.metrics: Any = None
+        self._metrics_subscriber: Any = None
         self.metrics_port: int | None = None
         self._runtime: Runtime | None = None
         self._queue_tasks: set[asyncio.Task[Any]] = set()
@@ -170,13 +172,31 @@ class Oban:
 
     @classmethod
     def get_instance(cls, name: str = "Oban") -> Oban:
-        """The instance called ``name`` (what ``Worker.enqueue`` uses)."""
-        try:
-            return _instances[name]
-        except KeyError:
+        """The instance called ``name`` (what ``Worker.enqueue`` uses).
+
+        Inside a job (in a worker process) this is the node's instance as job code sees it:
+        :class:`~oban_pro.pool.child_instance.ChildOban`, with Oban's coroutine methods for
+        enqueueing and job and queue operations, or in a sync job (no event loop running)
+        :class:`~oban_pro.pool.child_instance.BlockingChildOban`, the same methods blocking.
+        Both are typed as ``Oban`` here, whose job and queue methods they share.
+        """
+        found = _instances.get(name)
+        if found is not None:
+            return found
+        from .pool import child_instance
+
+        in_child = child_instance.lookup(name)
+        if in_child is not None:
+            return cast(Oban, in_child)
+        served = child_instance.installed()
+        if served is not None:
             raise NotRunningError(
-                f"no Oban instance named {name!r}; create Oban(name={name!r}, ...) first"
-            ) from None
+                f"no Oban instance named {name!r}: this worker process runs jobs for the "
+                f"instance {served.name!r}; call Oban.get_instance({served.name!r})"
+            )
+        raise NotRunningError(
+            f"no Oban instance named {name!r}; create Oban(name={name!r}, ...) first"
+        )
 
     @property
     def runtime(self) -> Runtime | None:
@@ -253,8 +273,12 @@ class Oban:
 
     def _start_metrics(self) -> None:
         from .metrics import Metrics
+        from .telemetry.prometheus import PrometheusSubscriber
 
         self.metrics = Metrics(self.node)
+        # The engine emits telemetry events; the metrics are their subscriber.
+        self._metrics_subscriber = PrometheusSubscriber(self.metrics, self.name)
+        self._metrics_subscriber.attach()
         self.metrics_port = self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
 
     async def stop(self) -> None:
@@ -267,6 +291,7 @@ class Oban:
             if self._runtime is not None:
                 await self._runtime.stop()
             if self.metrics is not None:
+                self._metrics_subscriber.detach()
                 self.metrics.close()
         if self._owns_pool and self._pool is not None and not self._pool.closed:
             await self._pool.close()
@@ -388,11 +413,7 @@ class Oban:
         """:meth:`update_job` for many jobs, in one transaction with the rows locked."""
         jobs = list(jobs)
         fresh = await self._run(update_steps(self.queries, jobs, changes))
-        for given, now in zip(jobs, fresh, strict=True):
-            if isinstance(given, Job) and given is not now:  # the caller's object follows too
-                for name in now.to_dict():
-                    if name not in ("unique", "conflict", "extra"):
-                        setattr(given, name, getattr(now, name))
+        follow_updates(jobs, fresh)  # the caller's objects follow too
         return fresh
 
     async def retry_job(self, job: Job | int) -> None:
