@@ -33,7 +33,7 @@ from .coordinator.runtime import Runtime
 from .coordinator.signals import apply_signal
 from .cron import CronEntry
 from .database import resolve_dsn
-from .enqueue import insert_steps, jobs_list, run_async, unwrap_async_conn
+from .enqueue import insert_steps, run_async, unwrap_async_conn
 from .errors import NotRunningError, SchemaNotReadyError, ValidationError
 from .job import Job
 from .limits import LIMIT_OPTIONS, QueueLimits, rescale
@@ -51,7 +51,7 @@ from .operations import (
 )
 from .queries import Queries
 from .workflow import Workflow
-from .workflow_ops import WorkflowStatus, insert_workflow_steps
+from .workflow_ops import WorkflowStatus, enqueue_many_steps
 
 log = logging.getLogger(__name__)
 
@@ -340,14 +340,10 @@ class Oban:
         Takes an iterable of jobs, or the jobs themselves: ``enqueue_many(job1, job2)``.
         A :class:`~oban_pro.workflow.Workflow` is inserted whole, in one statement.
         """
-        if isinstance(jobs_or_first, Workflow):
-            if rest:
-                raise TypeError("enqueue_many takes one workflow, without other jobs")
-            steps = insert_workflow_steps(self.queries, jobs_or_first)
-            if conn is not None:
-                return await run_async(await unwrap_async_conn(conn), steps)
-            return await self._run(steps)
-        return await self._insert_jobs(jobs_list(jobs_or_first, rest), conn)
+        steps = enqueue_many_steps(self.queries, jobs_or_first, rest)
+        if conn is not None:
+            return await run_async(await unwrap_async_conn(conn), steps)
+        return await self._run(steps)
 
     # -- workflows ------------------------------------------------------------------------
 

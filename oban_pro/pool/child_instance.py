@@ -34,8 +34,6 @@ from psycopg_pool import AsyncConnectionPool
 
 from ..enqueue import (
     Steps,
-    insert_steps,
-    jobs_list,
     run_async,
     run_sync,
     unwrap_async_conn,
@@ -57,6 +55,7 @@ from ..operations import (
 )
 from ..payloads import encode_payload
 from ..queries import Queries
+from ..workflow_ops import enqueue_many_steps
 from .messages import InstanceInfo
 
 __all__ = ["ChildOban", "BlockingChildOban", "install", "installed", "lookup"]
@@ -171,6 +170,11 @@ class ChildOban(_CoordinatorOnly):
     def ident(self) -> str:
         return f"{self.name}.{self.node}"
 
+    @property
+    def conninfo(self) -> str:
+        """The node's database (libpq connection string), for code that opens its own."""
+        return self._info.conninfo
+
     def __repr__(self) -> str:
         return f"<ChildOban {self.name!r} node={self.node!r} prefix={self.prefix!r}>"
 
@@ -262,7 +266,7 @@ class ChildOban(_CoordinatorOnly):
         self, jobs_or_first: Iterable[Job] | Job, /, *rest: Job, conn: Any = None
     ) -> list[Job]:
         """Insert many jobs in one round trip per batch (an iterable, or the jobs themselves)."""
-        steps = insert_steps(self.queries, jobs_list(jobs_or_first, rest))
+        steps = enqueue_many_steps(self.queries, jobs_or_first, rest)
         if conn is not None:
             return await run_async(await unwrap_async_conn(conn), steps)
         return await self._run(steps)
@@ -402,10 +406,10 @@ class BlockingChildOban(_CoordinatorOnly):
     def enqueue_many(
         self, jobs_or_first: Iterable[Job] | Job, /, *rest: Job, conn: Any = None
     ) -> list[Job]:
-        jobs = jobs_list(jobs_or_first, rest)
         if conn is not None:
-            return run_sync(unwrap_sync_conn(conn), insert_steps(self.queries, jobs))
-        return self._wait(self._instance.enqueue_many(jobs))
+            steps = enqueue_many_steps(self.queries, jobs_or_first, rest)
+            return run_sync(unwrap_sync_conn(conn), steps)
+        return self._wait(self._instance.enqueue_many(jobs_or_first, *rest))
 
     # -- job operations -------------------------------------------------------------------
 
