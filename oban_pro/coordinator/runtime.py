@@ -224,6 +224,7 @@ class Runtime:
             on_error=self._on_db_error,
             heartbeat_ttl=self.config.heartbeat_ttl,
             limits=limits,
+            acks_written=acker.caught_up,
         )
         self._dispatcher.register(producer)
         return producer
