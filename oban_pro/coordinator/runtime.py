@@ -23,6 +23,7 @@ from ..job import Job
 from ..limits import QueueLimits
 from ..metrics import ClusterLimitRow
 from ..plugins.gauges import QueueGauges
+from ..plugins.workflow_gauges import WorkflowGauges
 from ..plugins.gossip import Gossip
 from ..plugins.lifeline import Lifeline
 from ..plugins.pruner import Pruner
@@ -290,9 +291,11 @@ class Runtime:
         ]
         if m is not None:
             gauges = QueueGauges(pool, self.queries, m.set_queue_counts)
-            self._loops.append(
-                Periodic("gauge", 5.0, self._if_leader(gauges.step), on_error=on_error)
-            )
+            workflows = WorkflowGauges(pool, cfg.prefix, m.set_workflow_counts)
+            self._loops += [
+                Periodic("gauge", 5.0, self._if_leader(gauges.step), on_error=on_error),
+                Periodic("gauge", 5.0, self._if_leader(workflows.step), on_error=on_error),
+            ]
         self._heartbeat.start()
         for loop in self._loops:
             loop.start()
