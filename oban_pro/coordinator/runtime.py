@@ -23,12 +23,12 @@ from ..job import Job
 from ..limits import QueueLimits
 from ..metrics import ClusterLimitRow
 from ..plugins.gauges import QueueGauges
-from ..plugins.workflow_gauges import WorkflowGauges
 from ..plugins.gossip import Gossip
 from ..plugins.lifeline import Lifeline
 from ..plugins.pruner import Pruner
 from ..plugins.scheduler import Scheduler
 from ..plugins.stager import Stager
+from ..plugins.workflow_gauges import WorkflowGauges
 from ..pool.messages import InstanceInfo, Run
 from ..pool.pool import WorkerPool, default_threads
 from ..queries import Queries
