@@ -116,12 +116,18 @@ async def test_live_elixir_jobs_on_a_shared_queue_are_never_rescued(oban_dsn, ob
         await wait_until(lambda: oban.is_leader, timeout=10, message="leadership")
         for _ in range(3):  # three lifeline rounds that rescue something, so surely ran
             dead = str(uuidlib.uuid4())
-            query(oban_dsn,
-                  f"INSERT INTO {p}.oban_producers (uuid, name, node, queue, meta, started_at, "
-                  f"updated_at) VALUES (%s, 'Oban', 'dead', 'default', "
+            # The producer row and its job in one statement: a row already silent for an hour
+            # with no job executing is a dead producer the lifeline may delete at once, before
+            # it ever saw the row, and a job inserted after that would have an unknown producer.
+            marker = query(oban_dsn,
+                  f"WITH producer AS (INSERT INTO {p}.oban_producers (uuid, name, node, queue, "
+                  f"meta, started_at, updated_at) VALUES (%s, 'Oban', 'dead', 'default', "
                   f"'{{\"heartbeat_ttl\": 1}}', timezone('UTC', now()) - interval '1 hour', "
-                  f"timezone('UTC', now()) - interval '1 hour')", (dead,))  # fmt: skip
-            marker = executing_row(Noop._worker_name, "dead", dead)
+                  f"timezone('UTC', now()) - interval '1 hour')) "
+                  f"INSERT INTO {p}.oban_jobs (state, queue, worker, args, attempt, attempted_at, "
+                  f"attempted_by) VALUES ('executing', 'default', %s, '{{\"id\": 1}}', 1, "
+                  f"timezone('UTC', now()), ARRAY['dead', %s]) RETURNING id",
+                  (dead, Noop._worker_name, dead))[0][0]  # fmt: skip
             row = await wait_until(
                 lambda m=marker: (
                     (r := job_row(oban_dsn, prefix, m)).get("state") == "completed" and r
