@@ -47,6 +47,7 @@ from .operations import (
     update_steps,
 )
 from .queries import Queries
+from .testing.mode import current_mode
 
 log = logging.getLogger(__name__)
 
@@ -299,9 +300,11 @@ class Oban:
 
         ``conn`` may be a psycopg ``AsyncConnection`` (or cursor), or a SQLAlchemy
         ``AsyncSession`` / ``AsyncConnection`` on the psycopg driver, as in Oban.py. A unique job
-        that matches an existing one returns that job with ``conflict = True``.
+        that matches an existing one returns that job with ``conflict = True``. Inside
+        ``oban_pro.testing.mode("inline")`` the job runs at once, here, and is returned with
+        the state it ended in; nothing is written.
         """
-        return (await self._insert_jobs([job], conn))[0]
+        return (await self._enqueue_jobs([job], conn))[0]
 
     async def enqueue_many(
         self, jobs_or_first: Iterable[Job] | Job, /, *rest: Job, conn: Any = None
@@ -310,7 +313,15 @@ class Oban:
 
         Takes an iterable of jobs, or the jobs themselves: ``enqueue_many(job1, job2)``.
         """
-        return await self._insert_jobs(jobs_list(jobs_or_first, rest), conn)
+        return await self._enqueue_jobs(jobs_list(jobs_or_first, rest), conn)
+
+    async def _enqueue_jobs(self, jobs: list[Job], conn: Any) -> list[Job]:
+        if current_mode() == "inline":
+            # oban_pro.testing.mode("inline"): run the jobs here and now, no database.
+            from .testing.process import run_inline
+
+            return await run_inline(jobs, self.config.imports)
+        return await self._insert_jobs(jobs, conn)
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[Any]:
