@@ -74,7 +74,7 @@ def oban_prefix(oban_dsn: str, oban_empty_prefix: str) -> str:
 try:
     import pytest_asyncio
 except ImportError:  # the async fixture needs pytest-asyncio; the others do not
-    pytest_asyncio = None
+    pytest_asyncio = None  # type: ignore[assignment]
 
 if pytest_asyncio is not None:
 

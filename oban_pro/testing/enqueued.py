@@ -210,7 +210,8 @@ def refute_enqueued(
     (Oban.py's form); ``refute_enqueued(dsn, prefix=..., **match)`` checks once (oban_pro's).
     """
     if dsn is not None:
-        return _refute_enqueued_sql(dsn, **filters)
+        _refute_enqueued_sql(dsn, **filters)
+        return None
     return _refute_enqueued(oban, timeout, filters)
 
 

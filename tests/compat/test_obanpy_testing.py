@@ -181,9 +181,7 @@ class TestInlineMode:
         await refute_enqueued()
         assert await oban.list_jobs() == []
 
-    async def test_outcomes_inline(
-        self, oban_factory
-    ):
+    async def test_outcomes_inline(self, oban_factory):
         oban_factory()
 
         @job(queue="default")
