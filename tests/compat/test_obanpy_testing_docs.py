@@ -1,10 +1,10 @@
 """Oban.py's docs/testing.md, its examples run as written, on oban_pro.
 
-``tests/compat/testing_docs/`` holds the guide's examples copied unchanged between marked lines
-(with stand-ins for the application code they take for granted). They import ``oban``, which the
-test-only shim in ``tests/compat/shim`` maps to oban_pro, and run in a pytest of their own, as
-an application's test suite would, against a database of their own (the docs use the default
-prefix and ``Oban.create_pool()``, which reads ``OBAN_DSN``).
+``tests/compat/obanpy_testing_guide/`` holds the guide's examples copied unchanged between
+marked lines (with stand-ins for the application code they take for granted). They import
+``oban``, which the test-only shim in ``tests/compat/shim`` maps to oban_pro, and run in a
+pytest of their own, as an application's test suite would, against a database of their own
+(the docs use the default prefix and ``Oban.create_pool()``, which reads ``OBAN_DSN``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from oban_pro.migrations import migrate_up
 
 HERE = Path(__file__).resolve().parent
 SHIM = HERE / "shim"
-DOCS = HERE / "testing_docs"
+DOCS = HERE / "obanpy_testing_guide"
 REPO = HERE.parent.parent
 
 
