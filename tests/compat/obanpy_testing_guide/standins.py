@@ -89,11 +89,10 @@ class Business:
 
 
 async def trigger_background_process():
-    """Enqueues a ProcessWorker job from a task of its own, after returning."""
+    """Enqueues a ProcessWorker job from a task of its own, which runs after this returns."""
     from test_integration import ProcessWorker
 
     async def later():
-        await asyncio.sleep(0.01)
         await ProcessWorker.enqueue({})
 
     task = asyncio.get_running_loop().create_task(later())
