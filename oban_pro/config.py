@@ -15,6 +15,7 @@ no meaning here are accepted with a logged warning that says why (never silently
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -26,7 +27,8 @@ from dataclasses import InitVar, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, ValidationError
+from .limits import QueueLimits
 from .naming import validate_name, validate_prefix
 
 ENV_PREFIX = "OBAN_"
@@ -54,8 +56,14 @@ class Config:
     name: str = "Oban"
     #: This node's name, written into ``attempted_by[1]``.
     node: str = field(default_factory=default_node)
-    #: Queues to run here and their concurrency limits, e.g. ``{"default": 10}``.
+    #: Queues to run here and their concurrency limits on this node, e.g. ``{"default": 10}``.
+    #: A queue may be given as a table of options instead: ``{"api": {"limit": 5,
+    #: "global_limit": 10, "rate_limit": {"allowed": 60, "period": 60}, "paused": False}}``;
+    #: its limits across nodes then go to ``cluster_limits``.
     queues: dict[str, int] = field(default_factory=dict)
+    #: Limits across all nodes per queue (``global_limit``, ``rate_limit``, each optionally
+    #: partitioned): see :mod:`oban_pro.limits`. Usually given in the queue tables above.
+    cluster_limits: dict[str, QueueLimits] = field(default_factory=dict)
     #: Worker processes in the pool (default: CPU count).
     processes: int = field(default_factory=lambda: os.cpu_count() or 1)
     #: How children start: forkserver (default), spawn or fork.
@@ -176,8 +184,13 @@ class Config:
                 )
             setattr(self, name, value)
         if any(isinstance(limit, Mapping) for limit in self.queues.values()):
-            self.queues, paused = parse_queue_specs(self.queues)
-            self.paused_queues = sorted({*self.paused_queues, *paused})
+            specs = parse_queue_specs(self.queues)
+            self.queues = specs.limits
+            self.paused_queues = sorted({*self.paused_queues, *specs.paused})
+            self.cluster_limits = {**self.cluster_limits, **specs.cluster_limits}
+        self.cluster_limits = {
+            queue: _queue_limits(queue, limits) for queue, limits in self.cluster_limits.items()
+        }
         self.validate()
 
     def validate(self) -> None:
@@ -192,6 +205,13 @@ class Config:
                 f"queues[{queue}]",
                 limit,
                 "a positive integer limit",
+            )
+        for queue in self.cluster_limits:
+            _check(
+                queue in self.queues,
+                f"cluster_limits[{queue}]",
+                queue,
+                "a queue this node runs (add it to queues, or give its limits in its table)",
             )
         _check(_positive_int(self.processes), "processes", self.processes, "an integer >= 1")
         _check(
@@ -329,15 +349,25 @@ def parse_size(value: str | int, name: str = "max_memory") -> int:
     return int(float(number) * _SIZE_UNITS[unit.lower() if unit else None])
 
 
-def parse_queues(value: str | Mapping[str, Any]) -> dict[str, int]:
+def parse_queues(value: str | Mapping[str, Any]) -> dict[str, Any]:
     """``"default:10,media:4"`` -> ``{"default": 10, "media": 4}``.
 
-    A mapping may also give a queue as a table (Oban.py's ``[queues.media] limit = 5``); see
-    :func:`parse_queue_specs`, which also returns the queues that start paused.
+    A JSON object (``'{"api": {"limit": 5, "global_limit": 10}}'``, for ``--queues`` and
+    ``OBAN_QUEUES``) or a mapping gives queues as tables of options (Oban.py's
+    ``[queues.media] limit = 5``); those are returned as given, after checking them with
+    :func:`parse_queue_specs`, for :class:`Config` to split.
     """
+    if isinstance(value, str) and value.lstrip().startswith("{"):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ConfigError("queues", value, f"a valid JSON object ({exc})") from None
+        if not isinstance(value, Mapping):
+            raise ConfigError("queues", value, "a JSON object of queue tables")
     if isinstance(value, Mapping):
-        return parse_queue_specs(value)[0]
-    queues: dict[str, int] = {}
+        parse_queue_specs(value)  # raises on the first bad option, naming it
+        return dict(value)
+    queues: dict[str, Any] = {}
     for part in filter(None, (p.strip() for p in str(value).split(","))):
         name, sep, limit = part.rpartition(":")
         if not sep or not name:
@@ -355,21 +385,29 @@ def _queue_limit(name: str, limit: object) -> int:
         raise ConfigError(f"queues[{name}]", limit, "an integer limit") from None
 
 
-#: Options of a queue table that Oban Pro (the Elixir/Python commercial engine) reads; oban_pro
-#: accepts them with a warning, since it has no global or rate limits.
-_PRO_QUEUE_OPTIONS = frozenset({"global_limit", "rate_limit", "partition"})
+#: Options of a queue table for its limits across nodes (see :mod:`oban_pro.limits`).
+_CLUSTER_OPTIONS = ("global_limit", "rate_limit")
 
 
-def parse_queue_specs(value: Mapping[str, Any]) -> tuple[dict[str, int], list[str]]:
-    """Queues given as ``{name: limit}`` or ``{name: {"limit": n, "paused": bool}}`` ->
-    (limits, queues that start paused).
+@dataclass(frozen=True)
+class QueueSpecs:
+    """Queue tables split by meaning: local limits, paused queues, limits across nodes."""
 
-    As in Oban.py, a table without ``limit`` gets 10. ``debounce_interval`` and Oban Pro's
-    ``global_limit`` / ``rate_limit`` / ``partition`` are accepted with a warning (they do not
-    apply to oban_pro); any other key is an error naming it.
+    limits: dict[str, int]
+    paused: list[str]
+    cluster_limits: dict[str, QueueLimits]
+
+
+def parse_queue_specs(value: Mapping[str, Any]) -> QueueSpecs:
+    """Queues given as ``{name: limit}`` or ``{name: {"limit": n, "paused": bool,
+    "global_limit": ..., "rate_limit": ...}}`` -> :class:`QueueSpecs`.
+
+    As in Oban.py, a table without ``limit`` gets 10. ``debounce_interval`` is accepted with a
+    warning (it does not apply to oban_pro); any other key is an error naming it.
     """
     limits: dict[str, int] = {}
     paused: list[str] = []
+    cluster: dict[str, QueueLimits] = {}
     for key, spec in value.items():
         name = str(key)
         if not isinstance(spec, Mapping):
@@ -382,27 +420,43 @@ def parse_queue_specs(value: Mapping[str, Any]) -> tuple[dict[str, int], list[st
             raise ConfigError(f"queues[{name}].paused", flag, "true or false")
         if flag:
             paused.append(name)
+        given = {k: options.pop(k) for k in _CLUSTER_OPTIONS if k in options}
+        queue_limits = _queue_limits(name, given)
+        if queue_limits is not None:
+            cluster[name] = queue_limits
+        if "partition" in options:
+            raise ConfigError(
+                f"queues[{name}].partition",
+                options["partition"],
+                "a partition inside global_limit or rate_limit, e.g. global_limit = {allowed = "
+                '10, partition = {fields = ["args"], keys = ["tenant"]}}',
+            )
         if "debounce_interval" in options:
             _not_applied(
                 f"queues[{name}].debounce_interval",
                 options.pop("debounce_interval"),
                 "oban_pro fetches as soon as a slot frees and coalesces fetches itself",
             )
-        for option in sorted(set(options) & _PRO_QUEUE_OPTIONS):
-            _not_applied(
-                f"queues[{name}].{option}",
-                options.pop(option),
-                "global and rate limits are Oban Pro features oban_pro does not have; the "
-                "queue runs with its local limit",
-            )
         if options:
             bad = sorted(options)[0]
             raise ConfigError(
                 f"queues[{name}].{bad}",
                 options[bad],
-                "a known queue option (limit, paused, debounce_interval)",
+                "a known queue option (limit, paused, global_limit, rate_limit, debounce_interval)",
             )
-    return limits, paused
+    return QueueSpecs(limits, paused, cluster)
+
+
+def _queue_limits(queue: str, value: Any) -> QueueLimits | None:
+    """A queue's limits across nodes from their options (or as already parsed)."""
+    if isinstance(value, QueueLimits) or value is None:
+        return value
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"cluster_limits[{queue}]", value, "global_limit / rate_limit options")
+    try:
+        return QueueLimits.parse(value, queue)
+    except ValidationError as exc:
+        raise ConfigError(exc.field, value, "", why=exc.reason) from None
 
 
 def parse_list(value: str | list[str]) -> list[str]:
@@ -611,9 +665,7 @@ def translate_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     plain = {key: raw for key, raw in settings.items() if key not in OBANPY_SETTINGS}
     out = dict(plain)
     if isinstance(plain.get("queues"), Mapping):
-        out["queues"], paused = parse_queue_specs(plain["queues"])
-        if paused:
-            out["paused_queues"] = sorted({*parse_list(plain.get("paused_queues", [])), *paused})
+        parse_queue_specs(plain["queues"])  # bad options fail here, naming the source's key
     out.update(translate_obanpy({k: v for k, v in settings.items() if k in OBANPY_SETTINGS}))
     return out
 

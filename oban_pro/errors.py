@@ -13,10 +13,13 @@ class ObanError(Exception):
 class ConfigError(ObanError, ValueError):
     """A configuration field has a bad value. ``field`` names it."""
 
-    def __init__(self, field: str, value: object, expected: str) -> None:
+    def __init__(self, field: str, value: object, expected: str, *, why: str | None = None):
         self.field = field
         self.value = value
-        super().__init__(f"invalid {field}={value!r}: expected {expected}")
+        # ``why`` replaces "expected ..." when the check said more precisely what is wrong.
+        super().__init__(
+            f"invalid {field}: {why}" if why else f"invalid {field}={value!r}: expected {expected}"
+        )
 
 
 class ValidationError(ObanError, ValueError):
@@ -24,6 +27,7 @@ class ValidationError(ObanError, ValueError):
 
     def __init__(self, field: str, message: str) -> None:
         self.field = field
+        self.reason = message
         super().__init__(f"{field}: {message}")
 
 

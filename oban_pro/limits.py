@@ -202,6 +202,24 @@ class QueueLimits:
                      if lim is not None and lim.partition is not None), None)  # fmt: skip
 
 
+#: The options of a queue's limits across nodes, as scale signals and queue tables name them.
+LIMIT_OPTIONS = ("global_limit", "rate_limit")
+
+
+def rescale(
+    current: QueueLimits | None, changes: Mapping[str, Any], queue: str
+) -> QueueLimits | None:
+    """``current`` with the limits named in ``changes`` replaced (a ``None`` value removes that
+    limit), as a scale signal asks. Raises :class:`ValidationError` on a bad option."""
+    merged: dict[str, Any] = {}
+    for option in LIMIT_OPTIONS:
+        if option in changes:
+            merged[option] = changes[option]
+        elif current is not None and getattr(current, option) is not None:
+            merged[option] = getattr(current, option).to_json()
+    return QueueLimits.parse(merged, queue)
+
+
 def fetch_params(limits: QueueLimits, prefix: str, queue: str) -> dict[str, Any]:
     """Parameters shared by the lock and the fetch statements of a limited queue (add
     ``demand``, ``node``, ``uuid``)."""
@@ -215,9 +233,92 @@ def fetch_params(limits: QueueLimits, prefix: str, queue: str) -> dict[str, Any]
         "rate_period": rate.period if rate else None,
         "now": None,
     }
-    if limits.partition is not None:
-        params.update(limits.partition.params())
+    partition = limits.partition
+    params.update(partition.params() if partition is not None else _NO_PARTITION)
+    params["partitioned"] = partition is not None
     return params
+
+
+_NO_PARTITION = {"by_worker": False, "by_args": False, "by_meta": False, "keys": []}
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionUse:
+    """One partition's use of its limits ('' is the whole queue when it is not partitioned)."""
+
+    key: str
+    #: The partition's jobs executing now across all nodes.
+    running: int
+    #: Starts within the current rate window.
+    window_used: int
+
+
+@dataclass(frozen=True, slots=True)
+class LimitStatus:
+    """What a limited queue's limits leave, as read from the database at ``observed_at``."""
+
+    limits: QueueLimits
+    partitions: tuple[PartitionUse, ...]
+    #: Seconds until a full rate window lets another job start (None: none is full).
+    opens_in: float | None
+    observed_at: float
+
+    @property
+    def running(self) -> int:
+        return sum(p.running for p in self.partitions)
+
+    @property
+    def window_used(self) -> int:
+        return sum(p.window_used for p in self.partitions)
+
+    def global_remaining(self) -> int | None:
+        """Jobs the global limit still admits (the whole queue; None without one)."""
+        gl = self.limits.global_limit
+        if gl is None or gl.partition is not None:
+            return None
+        return max(0, gl.allowed - self.running)
+
+    def rate_remaining(self) -> int | None:
+        """Starts the rate window still admits (the whole queue; None without a rate)."""
+        rate = self.limits.rate_limit
+        if rate is None or rate.partition is not None:
+            return None
+        return max(0, rate.allowed - self.window_used)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``global_limit`` / ``rate_limit`` fields of a gossip check, in Oban Pro's names
+        (compat.md §3). oban_pro's window is a sliding log, so ``windows`` holds one entry:
+        the starts within the last period (``curr_count``) and none before it."""
+        out: dict[str, Any] = {}
+        gl, rate = self.limits.global_limit, self.limits.rate_limit
+        if gl is not None:
+            out["global_limit"] = {
+                **gl.to_json(),
+                "tracked": {p.key: {"count": p.running} for p in self.partitions if p.running},
+                "burst": False,
+            }
+        if rate is not None:
+            out["rate_limit"] = {
+                **rate.to_json(),
+                "window_time": self.observed_at,
+                "windows": [{"curr_count": self.window_used, "prev_count": 0}],
+            }
+        return out
+
+
+async def read_status(
+    conn: Any, queries: Any, limits: QueueLimits, params: dict[str, Any], now: float
+) -> LimitStatus:
+    """The queue's use of its limits now (one statement; see ``LIMITED_QUEUE_STATUS``)."""
+    cur = await conn.execute(queries.limited_queue_status, params)
+    rows = await cur.fetchall()
+    openings = [row[3] for row in rows if row[3] is not None and row[3] > 0]
+    return LimitStatus(
+        limits=limits,
+        partitions=tuple(PartitionUse(key, running, used) for key, running, used, _ in rows),
+        opens_in=min(openings) if openings else None,
+        observed_at=now,
+    )
 
 
 async def fetch_limited(
@@ -229,7 +330,7 @@ async def fetch_limited(
     statement = queries.fetch_partitioned_jobs if limits.partition else queries.fetch_limited_jobs
     async with conn.transaction():
         await conn.execute(queries.lock_limited_queue, params)
-        cur = await conn.execute(statement, params)
+        cur = await conn.execute(statement, params, binary=True)
         return await cur.fetchall()
 
 

@@ -157,6 +157,19 @@ METRICS: list[tuple[str, str, tuple[str, ...], str]] = [
      "Concurrency limit of each local queue."),
     ("oban_pro_queue_paused", "gauge", ("node", "queue"),
      "1 if the local queue is paused, else 0."),
+    ("oban_pro_queue_global_limit", "gauge", ("node", "queue"),
+     "The queue's global_limit: jobs executing at once across all nodes (per partition when "
+     "partitioned)."),
+    ("oban_pro_queue_global_executing", "gauge", ("node", "queue"),
+     "The queue's jobs executing across all nodes and engines, as last read (globally limited "
+     "queues; every gossip_interval)."),
+    ("oban_pro_queue_rate_limit", "gauge", ("node", "queue"),
+     "The queue's rate_limit: jobs allowed to start per period across all nodes (per "
+     "partition when partitioned)."),
+    ("oban_pro_queue_rate_window_used", "gauge", ("node", "queue"),
+     "Jobs of the queue started within the last rate period, all partitions, as last read."),
+    ("oban_pro_queue_rate_window_remaining", "gauge", ("node", "queue"),
+     "Starts the rate window still allows now (queues whose rate_limit is not partitioned)."),
     ("oban_pro_pool_children", "gauge", ("node", "state"),
      "Worker processes by state (busy, idle)."),
     ("oban_pro_child_jobs", "gauge", ("node", "child"),
@@ -222,6 +235,21 @@ class _PoolLike(Protocol):
 
 
 ProducersProvider = Callable[[], Iterable[tuple[str, int, int, bool]]]
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterLimitRow:
+    """A local queue's limits across nodes and their use, for the ``oban_pro_queue_global_*``
+    and ``oban_pro_queue_rate_*`` gauges (None: that value does not apply to the queue)."""
+
+    queue: str
+    global_limit: int | None
+    global_executing: int | None
+    rate_limit: int | None
+    rate_window_used: int | None
+    rate_window_remaining: int | None
+
+
 PoolProvider = Callable[[], _PoolLike]
 
 
@@ -307,6 +335,8 @@ _SCRAPE_TIME = frozenset({
     "oban_pro_ack_duration_seconds",
     "oban_pro_heartbeat_age_seconds", "oban_pro_queue_jobs", "oban_pro_queue_executing",
     "oban_pro_queue_limit", "oban_pro_queue_paused", "oban_pro_pool_children",
+    "oban_pro_queue_global_limit", "oban_pro_queue_global_executing", "oban_pro_queue_rate_limit",
+    "oban_pro_queue_rate_window_used", "oban_pro_queue_rate_window_remaining",
     "oban_pro_child_rss_max_bytes", "oban_pro_pool_rss_bytes", "oban_pro_job_kills_total",
     "oban_pro_child_jobs", "oban_pro_child_threads_busy", "oban_pro_child_rss_bytes",
     "oban_pro_coordinator_cpu_seconds_total",
@@ -376,6 +406,7 @@ class _ScrapeCollector(Collector):
         yield from self._heartbeat(node)
         yield from self._queue_jobs(node)
         yield from self._producers(node)
+        yield from self._cluster_limits(node)
         yield from self._pool(node)
         cpu = CounterMetricFamily(
             "oban_pro_coordinator_cpu_seconds",
@@ -431,6 +462,36 @@ class _ScrapeCollector(Collector):
         yield executing
         yield limit
         yield paused
+
+    def _cluster_limits(self, node: str) -> Iterable[Metric]:
+        provider = self._m._cluster_limits
+        if provider is None:
+            return
+        try:
+            rows = list(provider())
+        except Exception:  # a scrape must never fail because of one provider
+            log.exception("metrics: cluster limits provider failed")
+            return
+        families = {
+            name: GaugeMetricFamily(name, _help(name), labels=["node", "queue"])
+            for name in (
+                "oban_pro_queue_global_limit", "oban_pro_queue_global_executing",
+                "oban_pro_queue_rate_limit", "oban_pro_queue_rate_window_used",
+                "oban_pro_queue_rate_window_remaining",
+            )
+        }  # fmt: skip
+        for row in rows:
+            values = {
+                "oban_pro_queue_global_limit": row.global_limit,
+                "oban_pro_queue_global_executing": row.global_executing,
+                "oban_pro_queue_rate_limit": row.rate_limit,
+                "oban_pro_queue_rate_window_used": row.rate_window_used,
+                "oban_pro_queue_rate_window_remaining": row.rate_window_remaining,
+            }
+            for name, value in values.items():
+                if value is not None:
+                    families[name].add_metric([node, row.queue], value)
+        yield from families.values()
 
     def _pool(self, node: str) -> Iterable[Metric]:
         provider = self._m._pool
@@ -525,6 +586,7 @@ class Metrics:
         self._last_heartbeat = time.monotonic()
         self._queue_counts: dict[tuple[str, str], int] = {}
         self._producers: ProducersProvider | None = None
+        self._cluster_limits: Callable[[], Iterable[ClusterLimitRow]] | None = None
         self._pool: PoolProvider | None = None
 
         # Hot-path state (see _ScrapeCollector), keyed by (bounded) label values.
@@ -691,6 +753,11 @@ class Metrics:
         Called on the HTTP thread at each scrape: it must be quick and return a snapshot.
         """
         self._producers = fn
+
+    def track_cluster_limits(self, fn: Callable[[], Iterable[ClusterLimitRow]]) -> None:
+        """``fn() -> [ClusterLimitRow, ...]`` for the local queues with limits across nodes
+        (values as last read from the database), called at each scrape."""
+        self._cluster_limits = fn
 
     def track_pool(self, fn: PoolProvider) -> None:
         """``fn() -> PoolSnapshot(busy, idle, rss={pid: bytes})``, called at each scrape."""

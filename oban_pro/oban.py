@@ -35,6 +35,7 @@ from .database import resolve_dsn
 from .enqueue import insert_steps, jobs_list, run_async, unwrap_async_conn
 from .errors import NotRunningError, SchemaNotReadyError, ValidationError
 from .job import Job
+from .limits import LIMIT_OPTIONS, QueueLimits, rescale
 from .naming import validate_name
 from .operations import (
     Changes,
@@ -421,31 +422,50 @@ class Oban:
         await self._signal({"action": "resume", "queue": "*"}, node)
 
     async def scale_queue(
-        self, queue: str, *, limit: int | None = None, node: str | None = None, **options: Any
+        self,
+        queue: str,
+        *,
+        limit: int | None = None,
+        node: str | None = None,
+        **options: Any,
     ) -> None:
-        """Change ``queue``'s limit on every node (or on ``node``).
+        """Change ``queue``'s limits on every node (or on ``node``).
 
-        As in Oban.py, other keyword options travel in the signal for nodes that read them
-        (Oban Pro's ``global_limit``, ``rate_limit``, ``partition``); oban_pro nodes apply only
-        ``limit`` and log that the others do not apply.
+        ``limit`` is the local limit; ``global_limit`` and ``rate_limit`` (Oban Pro's options:
+        an int or ``{"allowed": n, "partition": ...}``, ``{"allowed": n, "period": s}``) change
+        the limits across nodes, and ``None`` removes one. Options are checked here first: a bad
+        value raises :class:`ValidationError` and no signal is sent.
         """
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        validate_name("queue", queue)
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
+        ):
             raise ValidationError("limit", f"must be an integer >= 1, got {limit!r}")
-        if options:
-            log.warning(
-                "oban_pro: scale_queue options %s are sent to other nodes but do not apply on "
-                "oban_pro nodes (only limit does)",
-                ", ".join(sorted(options)),
+        unknown = sorted(set(options) - set(LIMIT_OPTIONS))
+        if unknown:
+            raise ValidationError(
+                unknown[0], "is not a queue option; scale limit, global_limit or rate_limit"
             )
-        await self._signal(
-            {"action": "scale", **options, "queue": validate_name("queue", queue), "limit": limit},
-            node,
-        )
+        if limit is None and not options:
+            raise ValidationError("limit", "give limit, global_limit or rate_limit to change")
+        rescale(None, options, queue)  # validates every given option
+        payload: dict[str, Any] = {"action": "scale", "queue": queue, **options}
+        if limit is not None:
+            payload["limit"] = limit
+        await self._signal(payload, node)
 
     async def start_queue(
-        self, *, queue: str, limit: int, paused: bool = False, node: str | None = None
+        self,
+        *,
+        queue: str,
+        limit: int,
+        paused: bool = False,
+        node: str | None = None,
+        global_limit: Any = None,
+        rate_limit: Any = None,
     ) -> None:
-        """Start running ``queue`` on every node (or only on ``node``), as Oban.py does.
+        """Start running ``queue`` on every node (or only on ``node``), as Oban.py does, with
+        optional limits across nodes (as in a queue table: see :mod:`oban_pro.limits`).
 
         A node already running the queue ignores it. An instance without queues (a client)
         starts no queue itself: the signal goes to the nodes.
@@ -455,9 +475,12 @@ class Oban:
             raise ValidationError("limit", f"must be an integer >= 1, got {limit!r}")
         if not isinstance(paused, bool):
             raise ValidationError("paused", f"must be True or False, got {paused!r}")
-        payload = {"action": "start", "queue": queue, "limit": limit, "paused": paused}
+        given = {"global_limit": global_limit, "rate_limit": rate_limit}
+        options = {k: v for k, v in given.items() if v is not None}
+        limits = QueueLimits.parse(options, queue)
+        payload = {"action": "start", "queue": queue, "limit": limit, "paused": paused, **options}
         if node is None or node == self.node:
-            await self._start_queue_local(queue, limit, paused)
+            await self._start_queue_local(queue, limit, paused, limits)
         if node != self.node or self._runtime is None:
             payload["ident"] = f"{self.name}.{node}" if node else "any"
             await self._run_notify("signal", payload)
@@ -481,17 +504,20 @@ class Oban:
             return
         queue, limit = payload.get("queue"), payload.get("limit", 10)
         paused = payload.get("paused", False)
+        limits = None
         try:
             queue = validate_name("queue", queue)
-            if payload["action"] == "start" and (
-                isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
-            ):
-                raise ValidationError("limit", f"must be an integer >= 1, got {limit!r}")
+            if payload["action"] == "start":
+                if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+                    raise ValidationError("limit", f"must be an integer >= 1, got {limit!r}")
+                limits = QueueLimits.parse(
+                    {k: payload[k] for k in LIMIT_OPTIONS if payload.get(k) is not None}, queue
+                )
         except ValidationError as exc:
             log.warning("ignored %s signal: %s (%r)", payload.get("action"), exc, payload)
             return
         if payload["action"] == "start":
-            coro = self._start_queue_local(queue, limit, paused is True)
+            coro = self._start_queue_local(queue, limit, paused is True, limits)
         else:
             coro = self._stop_queue_local(queue)
         task = asyncio.get_running_loop().create_task(coro)
@@ -503,14 +529,16 @@ class Oban:
         if not task.cancelled() and task.exception() is not None:
             log.error("queue signal failed: %s", task.exception(), exc_info=task.exception())
 
-    async def _start_queue_local(self, queue: str, limit: int, paused: bool) -> None:
+    async def _start_queue_local(
+        self, queue: str, limit: int, paused: bool, limits: QueueLimits | None = None
+    ) -> None:
         runtime = self._runtime
         if runtime is None or queue in runtime.producers or queue in self._starting:
             return
         self._starting.add(queue)
         try:
             pool = await self._ensure_pool()
-            producer = runtime._make_producer(queue, limit, pool)
+            producer = runtime._make_producer(queue, limit, pool, limits)
             producer.paused = paused
             await producer.register()
             runtime.producers[queue] = producer

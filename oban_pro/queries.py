@@ -232,6 +232,31 @@ WITH clock AS (
 SELECT * FROM taken
 """
 
+# What a limited queue's limits leave, per partition ('' when not partitioned): its executing
+# jobs (whichever node or engine runs them), the starts in its rate window, and the seconds until
+# a full window lets the next job start. For check_queue, gossip, metrics and the rate wake-up.
+LIMITED_QUEUE_STATUS = """
+WITH clock AS (
+  SELECT timezone('UTC', clock_timestamp()) AS t
+), running AS (
+  SELECT CASE WHEN %(partitioned)s::bool THEN {partition_key} ELSE '' END AS key,
+    count(*)::int AS n
+  FROM {p}.oban_jobs AS j WHERE j.state = 'executing' AND j.queue = %(queue)s
+  GROUP BY 1
+), windows AS (
+  SELECT r.key,
+    (SELECT count(*) FROM unnest(r.starts) AS t
+      WHERE t > clock.t - make_interval(secs => %(rate_period)s::float8))::int AS n,
+    CASE WHEN cardinality(r.starts) >= %(rate_allowed)s::int THEN extract(epoch FROM
+      r.starts[cardinality(r.starts) - %(rate_allowed)s::int + 1]
+      + make_interval(secs => %(rate_period)s::float8) - clock.t)::float8 END AS opens_in
+  FROM {p}.oban_rate_limits AS r CROSS JOIN clock
+  WHERE r.queue = %(queue)s AND %(rate_allowed)s::int IS NOT NULL
+)
+SELECT coalesce(x.key, w.key), coalesce(x.n, 0), coalesce(w.n, 0), w.opens_in
+FROM running AS x FULL JOIN windows AS w ON w.key = x.key
+"""
+
 REGISTER_PRODUCER = """
 INSERT INTO {p}.oban_producers (uuid, name, node, queue, meta, started_at, updated_at)
 VALUES (%(uuid)s::uuid, %(name)s, %(node)s, %(queue)s, %(meta)s::jsonb,
@@ -621,6 +646,7 @@ class Queries:
     lock_limited_queue: str
     fetch_limited_jobs: str
     fetch_partitioned_jobs: str
+    limited_queue_status: str
     register_producer: str
     heartbeat: str
     producer_beats: str

@@ -27,6 +27,7 @@ ROWS = [
     "Throughput & outcomes",
     "Latency percentiles",
     "Queue depth",
+    "Limits across nodes",
     "Pool health",
     "Acks & database",
     "Rescue & leadership",

@@ -19,6 +19,7 @@ from oban_pro.metrics import (
     OVERFLOW,
     RESTART_REASONS,
     ChildSnapshot,
+    ClusterLimitRow,
     Metrics,
     PoolSnapshot,
     metrics_table_markdown,
@@ -222,6 +223,21 @@ def test_producers_provider(m: Metrics) -> None:
     assert value(m, "oban_pro_queue_executing", queue="default") == 7
 
 
+def test_cluster_limits_provider_exports_only_what_applies(m: Metrics) -> None:
+    rows = [
+        ClusterLimitRow("api", 4, 3, None, None, None),
+        ClusterLimitRow("mail", None, None, 60, 59, 1),
+    ]
+    m.track_cluster_limits(lambda: rows)
+    assert value(m, "oban_pro_queue_global_limit", queue="api") == 4
+    assert value(m, "oban_pro_queue_global_executing", queue="api") == 3
+    assert value(m, "oban_pro_queue_rate_limit", queue="api") is None
+    assert value(m, "oban_pro_queue_rate_limit", queue="mail") == 60
+    assert value(m, "oban_pro_queue_rate_window_used", queue="mail") == 59
+    assert value(m, "oban_pro_queue_rate_window_remaining", queue="mail") == 1
+    assert value(m, "oban_pro_queue_global_limit", queue="mail") is None
+
+
 def test_pool_provider_exports_max_and_sum_not_pids(m: Metrics) -> None:
     snap = PoolSnapshot(busy=3, idle=1, rss={4101: 50_000_000, 4102: 80_000_000, 4103: 20_000_000})
     m.track_pool(lambda: snap)
@@ -292,6 +308,7 @@ def _exercise(m: Metrics) -> None:
     m.heartbeat_sent()
     m.set_queue_counts({("default", "available"): 1})
     m.track_producers(lambda: [("default", 1, 1, False)])
+    m.track_cluster_limits(lambda: [ClusterLimitRow("default", 4, 2, 20, 5, 15)])
     m.track_pool(
         lambda: PoolSnapshot(
             busy=1, idle=0, rss={1: 1}, children=[ChildSnapshot(0, 1, 1, 1)], kills={"cancel": 1}

@@ -19,6 +19,8 @@ from psycopg_pool import AsyncConnectionPool
 from ..config import Config
 from ..cron import CronEntry
 from ..job import Job
+from ..limits import QueueLimits
+from ..metrics import ClusterLimitRow
 from ..plugins.gauges import QueueGauges
 from ..plugins.gossip import Gossip
 from ..plugins.lifeline import Lifeline
@@ -28,8 +30,9 @@ from ..plugins.stager import Stager
 from ..pool.pool import WorkerPool, default_threads
 from ..queries import Queries
 from ..registry import cron_entries
-from .acker import Acker
+from .acker import Ack, Acker
 from .dispatcher import Dispatcher, RunningJob
+from .freed_capacity import FreedCapacity
 from .heartbeat import Heartbeat, LostJob, reconnect_bound
 from .leader import Leader
 from .notifier import Notifier
@@ -65,6 +68,7 @@ class Runtime:
         self._loops: list[Periodic] = []
         self._notifier: Notifier | None = None
         self._acker: Acker | None = None
+        self._freed = FreedCapacity(pool, queries, self._globally_limited)
         self._dispatcher: Dispatcher | None = None
         self._leader: Leader | None = None
         self._heartbeat: Heartbeat | None = None
@@ -112,6 +116,12 @@ class Runtime:
         pool = self._pool
         cfg = self.config
         m = self.metrics
+        outcomes = JobOutcomes(m)
+
+        def written(acks: list[tuple[Ack, str]]) -> None:
+            outcomes.written(acks)
+            self._freed.freed({ack.queue for ack, _state in acks})
+
         self._acker = Acker(
             pool,
             self.queries.ack_jobs,
@@ -121,7 +131,7 @@ class Runtime:
             max_backlog=cfg.ack_max_backlog,
             on_batch=self._on_ack_batch if m else None,
             on_error=lambda: self._on_db_error("ack"),
-            on_written=JobOutcomes(m).written,
+            on_written=written,
         )
         self._dispatcher = Dispatcher(
             self._acker,
@@ -135,6 +145,7 @@ class Runtime:
         if m is not None:
             m.track_pool(lambda: worker_pool.stats)
             m.track_producers(self._producer_gauges)
+            m.track_cluster_limits(self._cluster_limit_rows)
         self._notifier = Notifier(
             self._conninfo(), cfg.prefix, on_reconnect=self._on_notifier_reconnect
         )
@@ -143,7 +154,7 @@ class Runtime:
         await self._notifier.start()
         self._acker.start()
         for queue, limit in cfg.queues.items():
-            producer = self._make_producer(queue, limit, pool)
+            producer = self._make_producer(queue, limit, pool, cfg.cluster_limits.get(queue))
             producer.paused = queue in cfg.paused_queues  # compat hook: [queues.q] paused = true
             await producer.register()
             self.producers[queue] = producer
@@ -171,7 +182,9 @@ class Runtime:
             **callbacks,
         )
 
-    def _make_producer(self, queue: str, limit: int, pool: AsyncConnectionPool) -> Producer:
+    def _make_producer(
+        self, queue: str, limit: int, pool: AsyncConnectionPool, limits: QueueLimits | None
+    ) -> Producer:
         assert self._dispatcher is not None and self._acker is not None
         m = self.metrics
         acker = self._acker
@@ -188,6 +201,7 @@ class Runtime:
             on_fetch=m.jobs_fetched if m else None,
             on_error=self._on_db_error,
             heartbeat_ttl=self.config.heartbeat_ttl,
+            limits=limits,
         )
         self._dispatcher.register(producer)
         return producer
@@ -291,6 +305,7 @@ class Runtime:
             await self._heartbeat.stop()
         if self._acker is not None:
             await self._acker.stop(timeout=max(5.0, self.config.shutdown_timeout))
+        await self._freed.stop()
         await self._cleanup_rows()
         if self._notifier is not None:
             await self._notifier.stop()
@@ -370,8 +385,38 @@ class Runtime:
             self.metrics.jobs_rescued(count)
         for queue in queues:
             self._wake_queue(queue)
+        self._freed.freed(queues)  # a dead node's share of a global limit is free again
+
+    def _globally_limited(self, queue: str) -> bool:
+        producer = self.producers.get(queue)
+        return (
+            producer is not None
+            and producer.limits is not None
+            and producer.limits.global_limit is not None
+        )
 
     def _producer_gauges(self) -> list[tuple[str, int, int, bool]]:
         assert self._dispatcher is not None
         count = self._dispatcher.running_count
         return [(p.queue, p.limit, count(p.queue), p.paused) for p in self.producers.values()]
+
+    def _cluster_limit_rows(self) -> list[ClusterLimitRow]:
+        rows = []
+        for p in list(self.producers.values()):
+            limits, status = p.limits, p.limit_status
+            if limits is None:
+                continue
+            if status is not None and status.limits is not limits:
+                status = None  # read before a scale changed the limits
+            gl, rate = limits.global_limit, limits.rate_limit
+            rows.append(
+                ClusterLimitRow(
+                    queue=p.queue,
+                    global_limit=gl.allowed if gl else None,
+                    global_executing=status.running if gl and status else None,
+                    rate_limit=rate.allowed if rate else None,
+                    rate_window_used=status.window_used if rate and status else None,
+                    rate_window_remaining=status.rate_remaining() if status else None,
+                )
+            )
+        return rows

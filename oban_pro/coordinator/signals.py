@@ -9,8 +9,12 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ValidationError
+from ..limits import LIMIT_OPTIONS, rescale
+
 if TYPE_CHECKING:
     from ..oban import Oban
+    from .producer import Producer
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +43,28 @@ def apply_signal(oban: Oban, payload: dict[str, Any]) -> None:
         elif action == "resume":
             producer.resume()
         elif action == "scale":
-            limit = payload.get("limit")
-            if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1:
-                producer.scale(limit)
-            else:
-                log.warning("ignored scale signal with a bad limit: %r", payload)
+            _scale(producer, payload)
         else:
             log.warning("ignored signal with unknown action: %r", payload)
+
+
+def _scale(producer: Producer, payload: dict[str, Any]) -> None:
+    """A scale signal: ``limit`` (local) and/or Oban Pro's ``global_limit`` / ``rate_limit``
+    (a ``None`` value removes that limit). Nothing changes if any part is bad."""
+    limit = payload.get("limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        log.warning("ignored scale signal with a bad limit: %r", payload)
+        return
+    changes = {k: payload[k] for k in LIMIT_OPTIONS if k in payload}
+    if limit is None and not changes:
+        log.warning("ignored scale signal with nothing to change: %r", payload)
+        return
+    if changes:
+        try:
+            limits = rescale(producer.limits, changes, producer.queue)
+        except ValidationError as exc:
+            log.warning("ignored scale signal: %s (%r)", exc, payload)
+            return
+        producer.set_limits(limits)
+    if limit is not None:
+        producer.scale(limit)

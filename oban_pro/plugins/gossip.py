@@ -29,6 +29,7 @@ def check(producer: Producer) -> dict[str, Any]:
         "running": sorted(producer.running)[:MAX_RUNNING_IDS],
         "started_at": started,
         "updated_at": now,
+        **producer.limits_json(),
     }
 
 
@@ -39,7 +40,11 @@ class Gossip:
         self._producers = producers
 
     async def step(self) -> None:
-        checks = [check(p) for p in self._producers()]
+        producers = self._producers()
+        for producer in producers:
+            if producer.limits is not None:
+                await producer.refresh_status()  # checks show the limits' use across nodes
+        checks = [check(p) for p in producers]
         if not checks:
             return
         payloads = [encode_payload({"checks": group}) for group in _groups(checks)]

@@ -360,9 +360,11 @@ def test_obanpy_keys_that_do_not_apply_are_warned_not_ignored(caplog):
         )
     text = caplog.text
     for name in ("stager.limit", "metrics", "notifier.beat_interval",
-                 "queues[mailers].debounce_interval", "queues[mailers].global_limit"):  # fmt: skip
+                 "queues[mailers].debounce_interval"):  # fmt: skip
         assert f"setting {name}=" in text and "does not apply" in text, name
+    assert "global_limit" not in text  # Oban Pro's global limit applies (oban_pro.limits)
     assert config.gossip_interval == 2.0 and config.queues == {"mailers": 20}
+    assert config.cluster_limits["mailers"].global_limit.allowed == 40
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="oban_pro.config"):
         Oban(metrics=True, queues={"q": 1}, name="compat-metrics")

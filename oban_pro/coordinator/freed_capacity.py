@@ -1,0 +1,60 @@
+"""Freed capacity: tell every node when a globally limited queue has room again.
+
+A node's own producers are woken when its jobs finish, but a queue whose ``global_limit`` is
+full on one node may be waiting on jobs that finish on another. Without a word they would find
+out only at their next poll (a second by default), leaving the limit unused meanwhile. So when
+acks of such a queue are written, or its jobs are rescued, an insert notice for the queue goes
+out (compat.md §3: the payload every engine understands as "look again"). Notices of one moment
+are coalesced into one statement; the send never blocks an ack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import psycopg
+
+from ..naming import channel
+from ..payloads import encode_payload
+
+log = logging.getLogger(__name__)
+
+
+class FreedCapacity:
+    def __init__(self, pool: Any, queries: Any, is_limited: Callable[[str], bool]) -> None:
+        self._pool = pool
+        self._queries = queries
+        self._is_limited = is_limited
+        self._channel = channel(queries.prefix, "insert")
+        self._pending: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def freed(self, queues: Iterable[str]) -> None:
+        """Jobs of ``queues`` stopped executing; notify if any of them is globally limited."""
+        limited = {q for q in queues if self._is_limited(q)}
+        if not limited:
+            return
+        self._pending |= limited
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._send())
+
+    async def _send(self) -> None:
+        while self._pending:
+            queues, self._pending = sorted(self._pending), set()
+            payloads = [encode_payload({"queue": q}) for q in queues]
+            try:
+                async with self._pool.connection() as conn:
+                    await conn.execute(
+                        self._queries.notify_many, {"channel": self._channel, "payloads": payloads}
+                    )
+            except (psycopg.Error, OSError) as exc:
+                # Only a wake-up is lost: the other nodes still poll.
+                log.warning("could not notify freed capacity of %s: %s", ", ".join(queues), exc)
+                return
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
