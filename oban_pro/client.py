@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 
+from . import workflow_ops
 from .database import resolve_dsn
 from .enqueue import insert_steps, jobs_list, run_sync, unwrap_sync_conn
 from .job import Job
@@ -24,6 +25,8 @@ from .operations import (
     update_steps,
 )
 from .queries import Queries
+from .workflow import Workflow
+from .workflow_ops import WorkflowStatus, insert_workflow_steps
 
 
 class Client:
@@ -59,11 +62,30 @@ class Client:
         return self._run(insert_steps(self.queries, [job]), conn)[0]
 
     def enqueue_many(
-        self, jobs_or_first: Iterable[Job] | Job, /, *rest: Job, conn: Any = None
+        self, jobs_or_first: Iterable[Job] | Job | Workflow, /, *rest: Job, conn: Any = None
     ) -> list[Job]:
         """Insert many jobs in one round trip; ids are set in the given order. Takes an
-        iterable of jobs or the jobs themselves (``enqueue_many(job1, job2)``)."""
+        iterable of jobs or the jobs themselves (``enqueue_many(job1, job2)``), or one
+        :class:`~oban_pro.workflow.Workflow`."""
+        if isinstance(jobs_or_first, Workflow):
+            if rest:
+                raise TypeError("enqueue_many takes one workflow, without other jobs")
+            return self._run(insert_workflow_steps(self.queries, jobs_or_first), conn)
         return self._run(insert_steps(self.queries, jobs_list(jobs_or_first, rest)), conn)
+
+    # -- workflows (see the methods of the same names on oban_pro.Oban) ---------------------
+
+    def workflow_status(self, workflow_id: str, *, conn: Any = None) -> WorkflowStatus:
+        return self._run(workflow_ops.status_steps(self.queries, workflow_id), conn)
+
+    def workflow_jobs(self, workflow_id: str, *, conn: Any = None) -> list[Job]:
+        return self._run(workflow_ops.list_steps(self.queries, workflow_id), conn)
+
+    def cancel_workflow(self, workflow_id: str, *, conn: Any = None) -> list[int]:
+        return self._run(workflow_ops.cancel_steps(self.queries, workflow_id), conn)
+
+    def retry_workflow(self, workflow_id: str, *, conn: Any = None) -> list[int]:
+        return self._run(workflow_ops.retry_steps(self.queries, workflow_id), conn)
 
     def get_job(self, job_id: int, *, conn: Any = None) -> Job | None:
         found = self._run(get_job_steps(self.queries, job_id), conn)

@@ -482,8 +482,21 @@ def _parse_bool(value: object) -> bool:
     raise ValueError(value)
 
 
+def parse_cluster_limits(value: str | Mapping[str, Any]) -> dict[str, Any]:
+    """``'{"api": {"global_limit": 10}}'`` (JSON, for ``OBAN_CLUSTER_LIMITS``) or a mapping."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ConfigError("cluster_limits", value, f"a valid JSON object ({exc})") from None
+    if not isinstance(value, Mapping):
+        raise ConfigError("cluster_limits", value, "a JSON object of queue limits")
+    return dict(value)
+
+
 _PARSERS: dict[str, Callable[[Any], Any]] = {
     "queues": parse_queues,
+    "cluster_limits": parse_cluster_limits,
     "paused_queues": parse_list,
     "cron_modules": parse_list,
     "cron_paths": parse_list,

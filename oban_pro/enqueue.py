@@ -52,7 +52,7 @@ def insert_steps(queries: Queries, jobs: Sequence[Job]) -> Steps:
     if plain:
         rows = yield queries.insert_jobs, _bulk_params(plain)
         for job, row in zip(plain, sorted(rows, key=lambda r: r[0]), strict=True):
-            _apply_row(job, row)
+            apply_row(job, row)
     for job in unique:
         yield from _insert_unique(queries, job)
     queues = sorted({job.queue for job in jobs if job.state == "available" and not job.conflict})
@@ -79,35 +79,35 @@ def _insert_unique(queries: Queries, job: Job) -> Generator[Step, list[tuple[Any
         },
     )
     if found:
-        _apply_row(job, found[0])
+        apply_row(job, found[0])
         job.conflict = True
         return
     job.meta = {**job.meta, "uniq_key": key}
     rows = yield queries.insert_jobs, _bulk_params([job])
-    _apply_row(job, rows[0])
+    apply_row(job, rows[0])
 
 
 def _bulk_params(jobs: Sequence[Job]) -> dict[str, Any]:
-    rows = [
-        (
-            j.queue,
-            j.worker,
-            msgspec.Raw(_encode(j.args)),
-            msgspec.Raw(_encode(j.meta)),
-            j.tags,
-            j.max_attempts,
-            j.priority,
-            j.scheduled_at.astimezone(UTC).replace(tzinfo=None).isoformat()
-            if j.scheduled_at
-            else None,
-            str(j.state),
-        )
-        for j in jobs
-    ]
-    return {"jobs": _encode(rows).decode()}
+    return {"jobs": _encode([bulk_row(j) for j in jobs]).decode()}
 
 
-def _apply_row(job: Job, row: tuple[Any, ...]) -> None:
+def bulk_row(j: Job) -> tuple[Any, ...]:
+    """One job as an element of INSERT_JOBS' JSON array."""
+    return (
+        j.queue,
+        j.worker,
+        msgspec.Raw(_encode(j.args)),
+        msgspec.Raw(_encode(j.meta)),
+        j.tags,
+        j.max_attempts,
+        j.priority,
+        j.scheduled_at.astimezone(UTC).replace(tzinfo=None).isoformat() if j.scheduled_at else None,
+        str(j.state),
+    )
+
+
+def apply_row(job: Job, row: tuple[Any, ...]) -> None:
+    """Set the id, state and times the database gave ``job``."""
     job.id, job.state, inserted_at, scheduled_at = row
     job.inserted_at = inserted_at.replace(tzinfo=UTC)
     job.scheduled_at = scheduled_at.replace(tzinfo=UTC)

@@ -86,3 +86,18 @@ class PayloadError(ObanError, ValueError):
 
 class NotRunningError(ObanError, RuntimeError):
     """An operation needs a started :class:`~oban_pro.Oban` instance."""
+
+
+class WorkflowError(ObanError):
+    """A workflow operation cannot be done as asked (e.g. no workflow has that id)."""
+
+
+class WorkflowValidationError(WorkflowError, ValidationError):
+    """A workflow is malformed. ``step`` names the step at fault (``field`` says which of its
+    options): unknown deps, duplicate names, cycles, bad jobs. Raised before anything touches
+    the database."""
+
+    def __init__(self, step: str, field: str, message: str) -> None:
+        self.step = step
+        self.detail = message
+        ValidationError.__init__(self, field, f"step {step!r}: {message}")

@@ -16,10 +16,13 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, TypeVar, Union
+from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 from .errors import ValidationError
 from .naming import validate_name
+
+if TYPE_CHECKING:
+    from .workflow_context import WorkflowContext
 
 #: Largest args/meta document accepted at enqueue (JSON bytes). Postgres' jsonb allows far
 #: more, but a job row this large is almost always a mistake; raise it per job with care.
@@ -316,6 +319,14 @@ class Job:
                 setattr(self, name, value)
             raise
         return self
+
+    @property
+    def workflow(self) -> WorkflowContext:
+        """This job's workflow: ids, step name, deps, and ``await job.workflow.results()``
+        (``results_sync()`` in sync code) to read what its dependencies recorded."""
+        from .workflow_context import WorkflowContext
+
+        return WorkflowContext(self)
 
     def cancelled(self) -> bool:
         """Whether cancelling this job was asked for while it runs (Oban.py's ``cancelled()``).

@@ -328,6 +328,9 @@ async def fetch_limited(
     queue's advisory lock first, then count, fetch and record (see the module docstring).
     Returns rows shaped like ``fetch_jobs``."""
     statement = queries.fetch_partitioned_jobs if limits.partition else queries.fetch_limited_jobs
+    # Two statements, not one: a statement's snapshot is taken when it starts, so the count must
+    # come after the lock was granted. Not pipelined: psycopg's pipeline mode cost more client
+    # CPU per fetch (1.2 ms vs 0.8 ms measured) than the round trip it saves.
     async with conn.transaction():
         await conn.execute(queries.lock_limited_queue, params)
         cur = await conn.execute(statement, params, binary=True)

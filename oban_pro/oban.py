@@ -25,6 +25,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from . import workflow_ops
 from .config import Config, load_config
 from .coordinator.notifier import notify_params
 from .coordinator.producer import Producer
@@ -49,6 +50,8 @@ from .operations import (
 )
 from .queries import Queries
 from .testing.mode import current_mode
+from .workflow import Workflow
+from .workflow_ops import WorkflowStatus, insert_workflow_steps
 
 log = logging.getLogger(__name__)
 
@@ -308,12 +311,22 @@ class Oban:
         return (await self._enqueue_jobs([job], conn))[0]
 
     async def enqueue_many(
-        self, jobs_or_first: Iterable[Job] | Job, /, *rest: Job, conn: Any = None
+        self, jobs_or_first: Iterable[Job] | Job | Workflow, /, *rest: Job, conn: Any = None
     ) -> list[Job]:
         """Insert many jobs in one round trip per batch; ids are set in the given order.
 
         Takes an iterable of jobs, or the jobs themselves: ``enqueue_many(job1, job2)``.
+        A :class:`~oban_pro.workflow.Workflow` is inserted whole, in one statement.
         """
+        if isinstance(jobs_or_first, Workflow):
+            # A workflow is always inserted, in the inline testing mode too: its steps run in
+            # the order of their dependencies, which only the database path keeps.
+            if rest:
+                raise TypeError("enqueue_many takes one workflow, without other jobs")
+            steps = insert_workflow_steps(self.queries, jobs_or_first)
+            if conn is not None:
+                return await run_async(await unwrap_async_conn(conn), steps)
+            return await self._run(steps)
         return await self._enqueue_jobs(jobs_list(jobs_or_first, rest), conn)
 
     async def _enqueue_jobs(self, jobs: list[Job], conn: Any) -> list[Job]:
@@ -323,6 +336,28 @@ class Oban:
 
             return await run_inline(jobs, self.config.imports)
         return await self._insert_jobs(jobs, conn)
+
+    # -- workflows ------------------------------------------------------------------------
+
+    async def workflow_status(self, workflow_id: str) -> WorkflowStatus:
+        """Counts per state, current state and times of a workflow (sub-workflows included);
+        :class:`~oban_pro.errors.WorkflowError` if no job carries that id."""
+        return await self._run(workflow_ops.status_steps(self.queries, workflow_id))
+
+    async def workflow_jobs(self, workflow_id: str) -> list[Job]:
+        """Every job of a workflow and its sub-workflows, by id."""
+        return await self._run(workflow_ops.list_steps(self.queries, workflow_id))
+
+    async def cancel_workflow(self, workflow_id: str) -> list[int]:
+        """Cancel every unfinished job of a workflow (running ones are stopped, as
+        :meth:`cancel_job` does); steps of other workflows waiting for it are cancelled or
+        released by their ``ignore_cancelled``. Returns the ids cancelled."""
+        return await self._run(workflow_ops.cancel_steps(self.queries, workflow_id))
+
+    async def retry_workflow(self, workflow_id: str) -> list[int]:
+        """Retry a workflow's cancelled and discarded jobs: each runs again once the jobs it
+        waits for have completed. Returns the ids retried."""
+        return await self._run(workflow_ops.retry_steps(self.queries, workflow_id))
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[Any]:

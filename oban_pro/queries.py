@@ -9,6 +9,7 @@ instead of sleeping.
 
 from __future__ import annotations
 
+from . import workflow_sql
 from .naming import quoted_prefix
 
 NOW = "coalesce(%(now)s::timestamp, timezone('UTC', now()))"
@@ -25,6 +26,7 @@ FRAGMENTS = (
     "TAKE_NEXT",
     "PARTITION_KEY",
     "FRAGMENTS",
+    "ACK_META",
 )
 
 # -- enqueue ----------------------------------------------------------------------------------
@@ -298,8 +300,10 @@ DELETE_PRODUCERS = "DELETE FROM {p}.oban_producers WHERE uuid = ANY(%(uuids)s::u
 # that counts toward the poison guard), cancel, snooze, release (shutdown: back to available,
 # attempt given back). The arrays travel in binary (``%(x)b``): half the client CPU of the text
 # form, whose array dumper escapes every element (measured 6.3 vs 12.0 us per acked job).
+# Workflow steps waiting for a job that reaches a final state are released (or cancelled) in
+# the same statement: {workflow_release} is oban_pro/workflow_sql.py's ACK_RELEASE.
 ACK_JOBS = """
-WITH a AS (
+WITH RECURSIVE a AS (
   SELECT * FROM unnest(
     %(ids)b::bigint[], %(attempts)b::int[], %(uuids)b::text[], %(kinds)b::text[],
     %(delays)b::float8[], %(errors)b::jsonb[], %(metas)b::jsonb[]
@@ -322,7 +326,7 @@ WITH a AS (
   FROM a JOIN {p}.oban_jobs AS j ON j.id = a.id
   WHERE j.state = 'executing' AND j.attempt = a.attempt AND j.attempted_by[2] = a.uuid
   FOR UPDATE OF j
-)
+), acked AS (
 UPDATE {p}.oban_jobs AS j SET
   state = t.new_state::{p}.oban_job_state,
   completed_at = CASE WHEN t.new_state = 'completed' THEN t.now ELSE j.completed_at END,
@@ -340,16 +344,23 @@ UPDATE {p}.oban_jobs AS j SET
         ' -- discarded by the poison-job guard: this job has now killed its child process '
         || t.crashes || ' times (max_crashes)'))
     ELSE j.errors || t.error END,
-  meta = CASE
+  meta = {ack_seal}
+FROM t
+WHERE j.id = t.id
+RETURNING j.id, j.state::text AS state, j.meta->>'name' AS name,
+  CASE WHEN t.new_state IN ('completed', 'cancelled', 'discarded') THEN t.old_meta->'wf_next' END
+    AS wf_next
+){workflow_release}
+SELECT id, state FROM acked WHERE (SELECT n FROM wf_notified) IS NOT NULL
+"""
+
+# The ack's meta expression (ACK_SEAL wraps it: a job that reaches a final state is sealed).
+ACK_META = """CASE
     WHEN t.kind = 'snooze' THEN t.old_meta || coalesce(t.meta, '{}'::jsonb)
       || jsonb_build_object('snoozed', coalesce((t.old_meta->>'snoozed')::int, 0) + 1)
     WHEN t.kind = 'crash' THEN t.old_meta || jsonb_build_object('crashes', t.crashes)
     WHEN t.meta IS NOT NULL THEN t.old_meta || t.meta
-    ELSE j.meta END
-FROM t
-WHERE j.id = t.id
-RETURNING j.id, j.state::text
-"""
+    ELSE j.meta END"""
 
 # -- maintenance ------------------------------------------------------------------------------
 
@@ -617,6 +628,9 @@ class Queries:
         self.prefix = prefix
         tokens = {
             # Fragments that hold tokens themselves come first.
+            "{workflow_release}": workflow_sql.ACK_RELEASE,
+            "{ack_seal}": workflow_sql.ACK_SEAL.replace("{ack_meta}", ACK_META),
+            "{insert_channel}": workflow_sql.insert_channel_literal(prefix),
             "{take_next_clock}": TAKE_NEXT_CLOCK,
             "{take_next}": TAKE_NEXT,
             "{partition_key}": PARTITION_KEY,

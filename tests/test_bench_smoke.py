@@ -230,3 +230,10 @@ def test_oban_pro_cli_delegates_to_bench():
     args = build_parser().parse_args(["bench", "throughput", "--size", "5", "--limits", "10"])
     assert args.scenario == "throughput" and args.size == 5 and args.limits == "10"
     assert args.func.__module__ == "bench.cli"
+
+
+def test_workflow(tmp_path, oban_dsn):
+    data = run_bench(tmp_path, oban_dsn, "workflow", "--size", "50", "--processes", "2")
+    assert data["seconds"]["plain"]["n"] == data["seconds"]["workflow"]["n"] == 1
+    assert data["ratio_workflow_over_plain"]["median"] > 0
+    assert data["release_us_per_step"]["median"] > 0

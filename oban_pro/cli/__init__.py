@@ -23,6 +23,7 @@ SUBCOMMANDS = (
     "migrate",
     "status",
     "jobs",
+    "workflows",
     "demo",
     "bench",
     "version",

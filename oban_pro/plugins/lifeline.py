@@ -15,6 +15,8 @@ node's heartbeat can take (:func:`~oban_pro.coordinator.heartbeat.reconnect_boun
 stops every heartbeat at once. For the same reason a leader that itself lost the database
 rescues nothing until it has been connected again for the ttl plus that bound.
 
+After rescue the leader repairs workflows left stuck (:mod:`oban_pro.workflow_repair`).
+
 Every node observes the producer rows at each step (so a new leader starts with a memory); only
 the leader rescues and deletes dead producer rows (once none of their jobs executes).
 """
@@ -28,6 +30,7 @@ from datetime import datetime
 from typing import Any
 
 from .. import telemetry
+from ..workflow_repair import WorkflowRepair
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,7 @@ class Lifeline:
         self._is_leader = is_leader
         self._on_rescued = on_rescued
         self._healthy_for = healthy_for
+        self._workflows = WorkflowRepair(pool, queries.prefix)
         # uuid -> (last heartbeat seen, its ttl, monotonic time it was last seen)
         self._known: dict[str, tuple[datetime, float, float]] = {}
 
@@ -84,6 +88,7 @@ class Lifeline:
             total = await self._rescue(now)
             context.add({"rescued_count": total})
         await self._delete_dead(now)
+        await self._workflows.step()
         return total
 
     async def observe(self) -> None:
