@@ -13,7 +13,7 @@ import psycopg
 
 from . import workflow_ops
 from .database import resolve_dsn
-from .enqueue import insert_steps, jobs_list, run_sync, unwrap_sync_conn
+from .enqueue import insert_steps, run_sync, unwrap_sync_conn
 from .job import Job
 from .operations import (
     Changes,
@@ -26,7 +26,7 @@ from .operations import (
 )
 from .queries import Queries
 from .workflow import Workflow
-from .workflow_ops import WorkflowStatus, insert_workflow_steps
+from .workflow_ops import WorkflowStatus, enqueue_many_steps
 
 
 class Client:
@@ -67,11 +67,7 @@ class Client:
         """Insert many jobs in one round trip; ids are set in the given order. Takes an
         iterable of jobs or the jobs themselves (``enqueue_many(job1, job2)``), or one
         :class:`~oban_pro.workflow.Workflow`."""
-        if isinstance(jobs_or_first, Workflow):
-            if rest:
-                raise TypeError("enqueue_many takes one workflow, without other jobs")
-            return self._run(insert_workflow_steps(self.queries, jobs_or_first), conn)
-        return self._run(insert_steps(self.queries, jobs_list(jobs_or_first, rest)), conn)
+        return self._run(enqueue_many_steps(self.queries, jobs_or_first, rest), conn)
 
     # -- workflows (see the methods of the same names on oban_pro.Oban) ---------------------
 

@@ -90,6 +90,9 @@ class Config:
     #: Seconds a job asked to stop (timeout, cancel) gets before its child is killed; other jobs
     #: in that child are then given back (available, attempt returned).
     kill_grace: float = 3.0
+    #: Seconds a cancelled running job gets to see ``job.cancelled()`` and return by itself
+    #: before it is asked to stop (then ``kill_grace`` applies); 0 = stop it at once.
+    cancel_grace: float = 1.0
     #: Queues whose jobs each run alone in a child (as workers marked ``isolated=True``).
     isolated_queues: list[str] = field(default_factory=list)
     #: Seconds between fetch polls when no notification arrives (jittered +-10%).
@@ -248,6 +251,7 @@ class Config:
             "gossip_interval",
             "ack_interval",
             "kill_grace",
+            "cancel_grace",
         ):
             value = getattr(self, name)
             _check(isinstance(value, (int, float)) and value >= 0, name, value, "seconds >= 0")

@@ -88,6 +88,26 @@ class NotRunningError(ObanError, RuntimeError):
     """An operation needs a started :class:`~oban_pro.Oban` instance."""
 
 
+class CoordinatorOnlyError(ObanError, RuntimeError):
+    """An :class:`~oban_pro.Oban` operation that needs the node's coordinator (its in-memory
+    queues and running jobs) was called from job code in a worker process.
+
+    ``operation`` names it; the message says why it cannot run there and what to use instead.
+    """
+
+    def __init__(self, operation: str, reason: str, instead: str) -> None:
+        self.operation = operation
+        super().__init__(
+            f"{operation} is not available inside a job: {reason}, which job code in a worker "
+            f"process cannot reach. {instead}"
+        )
+
+
+class BlockingCallOnLoopError(ObanError, RuntimeError):
+    """A blocking instance method was called on the worker process' event loop, where it would
+    wait for itself: async code awaits the coroutine methods instead."""
+
+
 class WorkflowError(ObanError):
     """A workflow operation cannot be done as asked (e.g. no workflow has that id)."""
 

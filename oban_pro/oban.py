@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -42,6 +42,7 @@ from .operations import (
     Changes,
     cancel_steps,
     delete_steps,
+    follow_updates,
     get_job_steps,
     job_id_of,
     list_jobs_steps,
@@ -51,7 +52,7 @@ from .operations import (
 from .queries import Queries
 from .testing.mode import current_mode
 from .workflow import Workflow
-from .workflow_ops import WorkflowStatus, insert_workflow_steps
+from .workflow_ops import WorkflowStatus, enqueue_many_steps
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ class Oban:
         self._started = False
         self.producers: dict[str, Producer] = {}
         self.metrics: Any = None
+        self._metrics_subscriber: Any = None
         self.metrics_port: int | None = None
         self._runtime: Runtime | None = None
         self._queue_tasks: set[asyncio.Task[Any]] = set()
@@ -171,13 +173,31 @@ class Oban:
 
     @classmethod
     def get_instance(cls, name: str = "Oban") -> Oban:
-        """The instance called ``name`` (what ``Worker.enqueue`` uses)."""
-        try:
-            return _instances[name]
-        except KeyError:
+        """The instance called ``name`` (what ``Worker.enqueue`` uses).
+
+        Inside a job (in a worker process) this is the node's instance as job code sees it:
+        :class:`~oban_pro.pool.child_instance.ChildOban`, with Oban's coroutine methods for
+        enqueueing and job and queue operations, or in a sync job (no event loop running)
+        :class:`~oban_pro.pool.child_instance.BlockingChildOban`, the same methods blocking.
+        Both are typed as ``Oban`` here, whose job and queue methods they share.
+        """
+        found = _instances.get(name)
+        if found is not None:
+            return found
+        from .pool import child_instance
+
+        in_child = child_instance.lookup(name)
+        if in_child is not None:
+            return cast(Oban, in_child)
+        served = child_instance.installed()
+        if served is not None:
             raise NotRunningError(
-                f"no Oban instance named {name!r}; create Oban(name={name!r}, ...) first"
-            ) from None
+                f"no Oban instance named {name!r}: this worker process runs jobs for the "
+                f"instance {served.name!r}; call Oban.get_instance({served.name!r})"
+            )
+        raise NotRunningError(
+            f"no Oban instance named {name!r}; create Oban(name={name!r}, ...) first"
+        )
 
     @property
     def runtime(self) -> Runtime | None:
@@ -254,8 +274,12 @@ class Oban:
 
     def _start_metrics(self) -> None:
         from .metrics import Metrics
+        from .telemetry.prometheus import PrometheusSubscriber
 
         self.metrics = Metrics(self.node)
+        # The engine emits telemetry events; the metrics are their subscriber.
+        self._metrics_subscriber = PrometheusSubscriber(self.metrics, self.name)
+        self._metrics_subscriber.attach()
         self.metrics_port = self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
 
     async def stop(self) -> None:
@@ -268,6 +292,7 @@ class Oban:
             if self._runtime is not None:
                 await self._runtime.stop()
             if self.metrics is not None:
+                self._metrics_subscriber.detach()
                 self.metrics.close()
         if self._owns_pool and self._pool is not None and not self._pool.closed:
             await self._pool.close()
@@ -308,7 +333,9 @@ class Oban:
         ``oban_pro.testing.mode("inline")`` the job runs at once, here, and is returned with
         the state it ended in; nothing is written.
         """
-        return (await self._enqueue_jobs([job], conn))[0]
+        if current_mode() == "inline":
+            return (await self._run_inline([job]))[0]
+        return (await self._insert_jobs([job], conn))[0]
 
     async def enqueue_many(
         self, jobs_or_first: Iterable[Job] | Job | Workflow, /, *rest: Job, conn: Any = None
@@ -318,24 +345,20 @@ class Oban:
         Takes an iterable of jobs, or the jobs themselves: ``enqueue_many(job1, job2)``.
         A :class:`~oban_pro.workflow.Workflow` is inserted whole, in one statement.
         """
-        if isinstance(jobs_or_first, Workflow):
-            # A workflow is always inserted, in the inline testing mode too: its steps run in
-            # the order of their dependencies, which only the database path keeps.
-            if rest:
-                raise TypeError("enqueue_many takes one workflow, without other jobs")
-            steps = insert_workflow_steps(self.queries, jobs_or_first)
-            if conn is not None:
-                return await run_async(await unwrap_async_conn(conn), steps)
-            return await self._run(steps)
-        return await self._enqueue_jobs(jobs_list(jobs_or_first, rest), conn)
+        if current_mode() == "inline" and not isinstance(jobs_or_first, Workflow):
+            # A workflow is inserted in the inline testing mode too: its steps run in the order
+            # of their dependencies, which only the database path keeps.
+            return await self._run_inline(jobs_list(jobs_or_first, rest))
+        steps = enqueue_many_steps(self.queries, jobs_or_first, rest)
+        if conn is not None:
+            return await run_async(await unwrap_async_conn(conn), steps)
+        return await self._run(steps)
 
-    async def _enqueue_jobs(self, jobs: list[Job], conn: Any) -> list[Job]:
-        if current_mode() == "inline":
-            # oban_pro.testing.mode("inline"): run the jobs here and now, no database.
-            from .testing.process import run_inline
+    async def _run_inline(self, jobs: list[Job]) -> list[Job]:
+        """``oban_pro.testing.mode("inline")``: run the jobs here and now, no database."""
+        from .testing.process import run_inline
 
-            return await run_inline(jobs, self.config.imports)
-        return await self._insert_jobs(jobs, conn)
+        return await run_inline(jobs, self.config.imports)
 
     # -- workflows ------------------------------------------------------------------------
 
@@ -401,11 +424,7 @@ class Oban:
         """:meth:`update_job` for many jobs, in one transaction with the rows locked."""
         jobs = list(jobs)
         fresh = await self._run(update_steps(self.queries, jobs, changes))
-        for given, now in zip(jobs, fresh, strict=True):
-            if isinstance(given, Job) and given is not now:  # the caller's object follows too
-                for name in now.to_dict():
-                    if name not in ("unique", "conflict", "extra"):
-                        setattr(given, name, getattr(now, name))
+        follow_updates(jobs, fresh)  # the caller's objects follow too
         return fresh
 
     async def retry_job(self, job: Job | int) -> None:

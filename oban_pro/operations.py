@@ -102,6 +102,16 @@ def cancel_steps(queries: Queries, jobs: Iterable[Job | int]) -> Steps:
     return [row[0] for row in rows]
 
 
+def follow_updates(given: Iterable[Job | int], fresh: Iterable[Job]) -> None:
+    """Make the caller's :class:`Job` objects read as their updated rows (ids are left alone),
+    as Oban.py's ``update_job`` does."""
+    for job, now in zip(given, fresh, strict=True):
+        if isinstance(job, Job) and job is not now:
+            for name in now.to_dict():
+                if name not in ("unique", "conflict", "extra"):
+                    setattr(job, name, getattr(now, name))
+
+
 def update_steps(queries: Queries, jobs: Iterable[Job | int], changes: Changes) -> Steps:
     """Oban.py's ``update_many_jobs``: lock the rows, apply ``changes`` (a dict, or a callable
     given each job as it is now), validate as :meth:`Job.update` does, write, return the jobs.

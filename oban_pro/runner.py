@@ -116,12 +116,16 @@ class JobRunner:
             return Done(job_id, "record", recorded=result.encoded)
         return Done(job_id, "completed")
 
-    def failure(self, prepared: Prepared, error: str) -> Done:
-        """The ``Done`` for a job whose ``process`` raised (``error`` is the traceback text)."""
+    def failure(self, prepared: Prepared, error: str, exc: BaseException | None = None) -> Done:
+        """The ``Done`` for a job whose ``process`` raised ``exc`` (``error`` is the traceback
+        text)."""
         delay, note = self._worker_backoff(prepared)
         if note:
             error = f"{error}\n{note}"
-        return Done(prepared.run.job_id, "error", error=error, delay=delay)
+        done = Done(prepared.run.job_id, "error", error=error, delay=delay)
+        if exc is not None:  # what telemetry's exception event reports
+            done.error_type, done.error_message = type(exc).__name__, str(exc)
+        return done
 
     def backoff(self, run: Run) -> float:
         """The default backoff for ``run``'s attempt."""
@@ -233,24 +237,29 @@ class JobRunner:
     # -- building the job -----------------------------------------------------------------
 
     def _job(self, run: Run) -> Job:
-        return Job(
-            worker=run.worker,
-            id=run.job_id,
-            args=_document(run.args, "args"),
-            meta=_document(run.meta, "meta"),
-            queue=run.queue,
-            attempt=run.attempt,
-            max_attempts=run.max_attempts,
-            priority=run.priority,
-            tags=list(run.tags),
-            errors=_errors(run.errors),
-            inserted_at=_stamp(run.inserted_at),
-            scheduled_at=_stamp(run.scheduled_at),
-            attempted_at=_stamp(run.attempted_at),
-            attempted_by=run.attempted_by,
-            state="executing",
-            _validate=False,
-        )
+        return job_from_run(run)
+
+
+def job_from_run(run: Run, state: str = "executing") -> Job:
+    """The :class:`Job` a worker is given, built from its :class:`Run` message."""
+    return Job(
+        worker=run.worker,
+        id=run.job_id,
+        args=_document(run.args, "args"),
+        meta=_document(run.meta, "meta"),
+        queue=run.queue,
+        attempt=run.attempt,
+        max_attempts=run.max_attempts,
+        priority=run.priority,
+        tags=list(run.tags),
+        errors=_errors(run.errors),
+        inserted_at=_stamp(run.inserted_at),
+        scheduled_at=_stamp(run.scheduled_at),
+        attempted_at=_stamp(run.attempted_at),
+        attempted_by=run.attempted_by,
+        state=state,
+        _validate=False,
+    )
 
 
 async def _await(awaitable: Any) -> Any:

@@ -94,8 +94,8 @@ def _shape(job: Job, rows: list[tuple[int, str, dict[str, Any]]]) -> dict[str, A
 
 # -- where the connection comes from ------------------------------------------------------------
 #
-# In order: the instance a worker process serves (``Oban.get_instance()`` in jobs, branch
-# telemetry: its DSN and prefix), an Oban instance running in this process (the node's parent,
+# In order: the instance a worker process serves (``Oban.get_instance()`` in jobs: its DSN
+# and prefix), an Oban instance running in this process (the node's parent,
 # the inline testing runner), else the environment a worker process inherited from its node:
 # OBAN_DSN (or DATABASE_URL) and OBAN_PREFIX.
 
@@ -104,13 +104,11 @@ def _database() -> tuple[str, str]:
     """(dsn, prefix) for the current process."""
     import sys
 
-    # A worker process given its node's instance (Oban.get_instance() in jobs, when present).
+    # A worker process serves its node's instance (what Oban.get_instance() gives job code).
     child_instance = sys.modules.get("oban_pro.pool.child_instance")
-    installed = getattr(child_instance, "installed", None)
-    served = installed() if callable(installed) else None
-    info = getattr(served, "_info", None)
-    if served is not None and getattr(info, "conninfo", None):
-        return info.conninfo, served.prefix  # type: ignore[union-attr]
+    served = child_instance.installed() if child_instance is not None else None
+    if served is not None and served.conninfo:
+        return served.conninfo, served.prefix
     oban_module = sys.modules.get("oban_pro.oban")
     instances = getattr(oban_module, "_instances", {}) if oban_module else {}
     for instance in list(instances.values()):

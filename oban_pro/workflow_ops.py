@@ -7,6 +7,7 @@ async driver of :mod:`oban_pro.enqueue`, so :class:`~oban_pro.Oban`,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -14,8 +15,9 @@ from typing import Any
 
 import msgspec
 
-from .enqueue import Step, Steps, apply_row, bulk_row
+from .enqueue import Step, Steps, apply_row, bulk_row, insert_steps, jobs_list
 from .errors import WorkflowError
+from .job import Job
 from .naming import channel
 from .operations import COLUMNS, _to_job
 from .payloads import encode_payload
@@ -34,6 +36,16 @@ def workflow_queries(prefix: str) -> WorkflowQueries:
 
 
 # -- insert -----------------------------------------------------------------------------------
+
+
+def enqueue_many_steps(queries: Queries, jobs_or_first: Any, rest: Sequence[Job]) -> Steps:
+    """The steps of ``enqueue_many(...)``: one workflow inserted whole, or jobs (an iterable,
+    or the jobs themselves)."""
+    if isinstance(jobs_or_first, Workflow):
+        if rest:
+            raise TypeError("enqueue_many takes one workflow, without other jobs")
+        return insert_workflow_steps(queries, jobs_or_first)
+    return insert_steps(queries, jobs_list(jobs_or_first, rest))
 
 
 def insert_workflow_steps(queries: Queries, workflow: Workflow) -> Steps:

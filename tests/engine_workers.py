@@ -215,3 +215,40 @@ class StuckInCIo:
     def process(self, job):
         event(job, "start")
         time.sleep(30)
+
+
+def _wait_for_cancel_sync(job) -> float:
+    """Hold until ``job.cancelled()`` (at most args["max_seconds"]); seconds it was held."""
+    Path(job.args["started"]).touch()
+    begun = time.monotonic()
+    while not job.cancelled() and time.monotonic() - begun < float(job.args.get("max_seconds", 30)):
+        time.sleep(0.01)
+    return time.monotonic() - begun
+
+
+@worker(queue="default")
+class WaitForCancel:
+    """Sync: checks ``job.cancelled()`` at safe points, as Oban.py documents, and returns
+    ``Cancel`` once it sees it; writes args["noticed"] (with its pid) when it did."""
+
+    def process(self, job):
+        _wait_for_cancel_sync(job)
+        if job.cancelled():
+            Path(job.args["noticed"]).write_text(str(os.getpid()))
+            return Cancel("noticed the cancel")
+
+
+@worker(queue="default")
+class AsyncWaitForCancel:
+    """Async twin of :class:`WaitForCancel`."""
+
+    async def process(self, job):
+        Path(job.args["started"]).touch()
+        begun = time.monotonic()
+        while not job.cancelled() and time.monotonic() - begun < float(
+            job.args.get("max_seconds", 30)
+        ):
+            await asyncio.sleep(0.01)
+        if job.cancelled():
+            Path(job.args["noticed"]).write_text(str(os.getpid()))
+            return Cancel("noticed the cancel")

@@ -46,12 +46,6 @@ from badge_forge.badge import (  # noqa: E402
 )
 from badge_forge.generator import GenerateBadge  # noqa: E402
 
-CHILD_GET_INSTANCE = pytest.mark.xfail(
-    run=False,
-    reason="Oban.get_instance() inside a worker process lands with branch telemetry "
-    "(issue 12 item 6); until then the worker's confirmation enqueue fails in a child",
-)
-
 
 @pytest.fixture(scope="module", autouse=True)
 def pdf_tools():
@@ -209,7 +203,6 @@ async def test_drained_here_the_worker_renders_and_enqueues_for_elixir(
     check_confirmations(pdf_tools, oban_dsn, oban_prefix, attendees, output)
 
 
-@CHILD_GET_INSTANCE
 async def test_a_node_renders_on_its_worker_processes(pdf_tools, oban_dsn, oban_prefix, output):
     attendees = sorted_by_name(
         [{"id": str(uuid.uuid4()), "name": name} for name in ("Alan Turing", "Joe Armstrong")]
@@ -268,7 +261,6 @@ def test_the_command_explains_itself(tmp_path):
     assert "--serve" in result.stdout and "embedded" in result.stdout
 
 
-@CHILD_GET_INSTANCE
 def test_the_one_command_forges_the_badges(pdf_tools, database, tmp_path):
     out = tmp_path / "out"
     result = run_command(

@@ -11,6 +11,7 @@ from collections import Counter
 import pytest
 from engine_workers import (
     AsyncNoop,
+    AsyncWaitForCancel,
     CancelSelf,
     Exit3,
     Fail,
@@ -23,6 +24,7 @@ from engine_workers import (
     SnoozeOnce,
     Spin,
     TooSlow,
+    WaitForCancel,
     WaitForFile,
 )
 from helpers import FAST_TIMINGS, execution_log, job_row, query, states, wait_until
@@ -209,6 +211,50 @@ async def test_pkill_from_another_instance(oban_dsn, oban_prefix, tmp_path):
         await wait_until(
             lambda: not oban.check_queue("default")["running"], message="running set to empty"
         )
+
+
+@pytest.mark.parametrize("worker", [AsyncWaitForCancel, WaitForCancel], ids=["async", "sync"])
+async def test_a_cancelled_job_sees_job_cancelled_and_returns(
+    oban_dsn, oban_prefix, tmp_path, worker
+):
+    """Oban.py's cooperative cancel: cancel_job on an executing job makes its job.cancelled()
+    True while it runs; a job that checks it returns in time and its child is not killed."""
+    started, noticed = tmp_path / "started", tmp_path / "noticed"
+    # A cancel grace far longer than the job needs to notice: had the flag not been set, it
+    # would be interrupted (or its child killed) instead of returning.
+    async with node(oban_dsn, oban_prefix, cancel_grace=20.0) as oban:
+        pids = set(oban.runtime.worker_pool.pids())
+        job = await oban.enqueue(worker.new({"started": str(started), "noticed": str(noticed)}))
+        await wait_until(started.exists, message="job start")
+        await oban.cancel_job(job.id)
+        await wait_until(noticed.exists, timeout=10, message="the job to see job.cancelled()")
+        await wait_until(lambda: not oban.check_queue("default").running, message="the job to end")
+        assert int(noticed.read_text()) in pids
+        stats = oban.runtime.worker_pool.stats
+        assert set(oban.runtime.worker_pool.pids()) == pids
+        assert stats.restarts["cancelled"] == 0 and stats.kills["cancel"] == 0
+    assert job_row(oban_dsn, oban_prefix, job.id)["state"] == "cancelled"
+
+
+async def test_a_cancelled_job_that_ignores_it_is_stopped_after_the_cancel_grace(
+    oban_dsn, oban_prefix, tmp_path
+):
+    started = tmp_path / "s"
+    async with node(oban_dsn, oban_prefix, cancel_grace=0.3) as oban:
+        job = await oban.enqueue(
+            WaitForFile.new({"release": str(tmp_path / "never"), "started": str(started)})
+        )
+        await wait_until(started.exists, message="job start")
+        begun = time.monotonic()
+        await oban.cancel_job(job.id)
+        await wait_until(
+            lambda: not oban.check_queue("default").running, message="the job to be stopped"
+        )
+        # Interrupted in its thread after the grace (it sleeps in Python: no kill needed).
+        assert 0.3 <= time.monotonic() - begun < 3.0
+        assert oban.runtime.worker_pool.stats.kills["cancel"] == 1
+        assert oban.runtime.worker_pool.stats.restarts["cancelled"] == 0
+    assert job_row(oban_dsn, oban_prefix, job.id)["state"] == "cancelled"
 
 
 async def test_stale_ack_changes_nothing(oban_dsn, oban_prefix, tmp_path):

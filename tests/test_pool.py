@@ -60,6 +60,7 @@ class Harness:
         options.setdefault("start_method", "forkserver")
         options.setdefault("imports", ["pool_workers"])
         options.setdefault("kill_grace", 0.5)
+        options.setdefault("cancel_grace", 0.2)
         self.loop = asyncio.get_running_loop()
         self.outcomes: dict[int, asyncio.Future[tuple[Any, ...]]] = {}
         self.capacity = asyncio.Event()

@@ -103,9 +103,14 @@ async def test_every_panel_and_rule_against_a_real_prometheus(
         prefix=oban_prefix,
         name=f"Oban-{oban_prefix}",
         node="n1",
-        queues={"default": 4},
+        # "limited" has limits across nodes, for the dashboard's "Limits across nodes" row.
+        queues={
+            "default": 4,
+            "limited": {"limit": 2, "global_limit": 2, "rate_limit": {"allowed": 50, "period": 60}},
+        },
         processes=2,
         imports=["prometheus_support"],
+        gossip_interval=0.5,
         metrics_port=0,
         poll_interval=0.2,
         stage_interval=0.5,
@@ -130,6 +135,7 @@ async def test_every_panel_and_rule_against_a_real_prometheus(
             + [Raise.new({}, max_attempts=1) for _ in range(2)]  # discarded
             + [SnoozeMinute.new({}), PastTimeout.new({}), CrashChild.new({})]
             + [Complete.new({}, queue="backlog") for _ in range(5)]  # nobody runs "backlog"
+            + [Complete.new({"ms": 5}, queue="limited") for _ in range(3)]
         )
         for job in jobs:
             await oban.enqueue(job)
@@ -147,7 +153,9 @@ async def test_every_panel_and_rule_against_a_real_prometheus(
             'sum(oban_pro_queue_jobs{queue="default", state="retryable"})': 1,
             "sum(oban_pro_leader)": 1,
             "sum(oban_pro_ack_batch_size_count)": 1,
-            "sum(oban_pro_jobs_fetched_total)": 28,
+            "sum(oban_pro_jobs_fetched_total)": 31,
+            'sum(oban_pro_queue_rate_window_used{queue="limited"})': 3,
+            'sum(oban_pro_queue_global_limit{queue="limited"})': 2,
         }
 
         def events_arrived() -> bool:

@@ -332,10 +332,7 @@ async def test_cancel_a_running_workflow(oban_dsn, oban_prefix, tmp_path):
 async def test_results_reach_the_steps_downstream(
     oban_dsn, oban_prefix, tmp_path, monkeypatch, collector
 ):
-    # Worker processes read the database named in the environment they inherit (forked from
-    # this process now, not from a forkserver started before the variables were set).
-    monkeypatch.setenv("OBAN_DSN", oban_dsn)
-    monkeypatch.setenv("OBAN_PREFIX", oban_prefix)
+    # Worker processes (the default start method) read the database of the node they serve.
     log = tmp_path / "log"
     workflow = (
         Workflow()
@@ -344,7 +341,7 @@ async def test_results_reach_the_steps_downstream(
         .add("plain", step(log), deps="one")
         .add("sum", collector.new({"log": str(log)}), deps=["one", "many", "plain"])
     )
-    await run_to_the_end(oban_dsn, oban_prefix, workflow, start_method="fork")
+    await run_to_the_end(oban_dsn, oban_prefix, workflow)
     found = by_name(oban_dsn, oban_prefix)
     assert found["sum"]["state"] == "completed", found["sum"]["errors"]
     value = decode_recorded(found["sum"]["meta"]["return"])

@@ -43,6 +43,10 @@ FLAGS: dict[str, tuple[str, str]] = {
     "--job-timeout": ("job_timeout", "default per-job timeout in seconds (0 = none)"),
     "--threads": ("threads", "threads per child for sync jobs (0 = sum of queue limits)"),
     "--kill-grace": ("kill_grace", "seconds a stopped job gets before its child is killed (3)"),
+    "--cancel-grace": (
+        "cancel_grace",
+        "seconds a cancelled job gets to see job.cancelled() and return (1)",
+    ),
     "--isolated-queues": ("isolated_queues", "queues whose jobs each run alone in a child"),
     "--memory-ceiling": ("memory_ceiling", "kill a draining child past this RSS (1.5x max)"),
     "--start-method": ("start_method", "forkserver (default), spawn or fork"),

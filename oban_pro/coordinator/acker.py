@@ -3,6 +3,8 @@
 Writes as soon as an ack arrives (after ``interval`` seconds, 0 by default): batches form by
 themselves from the acks that arrive while the previous write is in flight, so a busy node
 writes large batches and an idle one adds no latency.
+Each write is a telemetry span, ``oban.acker.ack`` (``count``, ``stale``: fenced out,
+``backlog``: left buffered), which the Prometheus metrics subscribe to.
 Database errors are retried with backoff; nothing is dropped. Past ``max_backlog`` buffered acks,
 :attr:`backpressure` tells producers to stop fetching until the backlog drains. Acks that
 were not written when a node dies come back through the lifeline (their jobs are still
@@ -13,14 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from .. import telemetry
 from .._aio import wait_event
+
+if TYPE_CHECKING:
+    from ..pool.messages import Run
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +35,8 @@ class Ack:
     """One outcome to write. ``kind``: completed, record, error, crash, cancel, snooze, release.
 
     The fields after ``meta`` are not written: they travel with the ack so that whoever logs
-    and counts finished jobs does it with the state the database decided (``on_written``).
+    and reports finished jobs (:mod:`.outcomes`) does it with the state the database decided
+    (``on_written``).
     """
 
     job_id: int
@@ -45,6 +51,9 @@ class Ack:
     duration: float = 0.0  # seconds the attempt ran
     wait: float = 0.0  # seconds from scheduled_at to attempted_at
     text: str | None = None  # the failure text, for the log line of a failed attempt
+    run: Run | None = None  # the job as it was dispatched (telemetry's ``job``)
+    error_type: str | None = None  # a failure's exception class name (telemetry)
+    error_message: str | None = None  # and its message
 
 
 class Acker:
@@ -57,7 +66,8 @@ class Acker:
         batch_size: int = 1000,
         interval: float = 0.0,
         max_backlog: int = 50000,
-        on_batch: Callable[[int, float, int], None] | None = None,
+        name: str = "",
+        node: str = "",
         on_error: Callable[[], None] | None = None,
         on_written: Callable[[list[tuple[Ack, str]]], None] | None = None,
     ) -> None:
@@ -67,7 +77,8 @@ class Acker:
         self._batch_size = batch_size
         self._interval = interval
         self._max_backlog = max_backlog
-        self._on_batch = on_batch
+        # Telemetry metadata: which instance's acker this is.
+        self._identity = {"name": name, "node": node}
         self._on_error = on_error
         self._on_written = on_written
         self._buffer: list[Ack] = []
@@ -155,12 +166,11 @@ class Acker:
             "metas": [a.meta for a in batch],
             "max_crashes": self._max_crashes,
         }
-        started = time.perf_counter()
-        async with self._pool.connection() as conn:
-            cur = await conn.execute(self._sql, params)
-            rows = await cur.fetchall()
-        if self._on_batch:
-            self._on_batch(len(batch), time.perf_counter() - started, len(batch) - len(rows))
+        with telemetry.span("oban.acker.ack", {**self._identity, "count": len(batch)}) as span:
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(self._sql, params)
+                rows = await cur.fetchall()
+            span.add({"stale": len(batch) - len(rows), "backlog": len(self._buffer) - len(batch)})
         if self._on_written is not None and rows:
             # The state each job is in now, as the statement decided it (RETURNING): the only
             # place a finished job's state is decided. Acks fenced out are not in it.

@@ -25,6 +25,7 @@ from ..pool.ledger import Ledger
 from ..pool.messages import Done, Run
 from ..registry import worker_isolated, worker_timeout
 from .acker import Ack, Acker
+from .job_events import JobEvents
 
 if TYPE_CHECKING:
     from .producer import FetchedRow, Producer
@@ -43,6 +44,12 @@ ISOLATE_META_KEY = "isolate"
 FAILURE_KINDS: dict[str, str | None] = {
     "crash": "crash", "memory": "crash", "timeout": "error", "cancelled": "cancel",
     "dispatch": "error", "rescued": None,
+}  # fmt: skip
+
+#: Pool failure reasons -> the ``error_type`` of their ``oban.job.exception`` event.
+FAILURE_ERROR_TYPES = {
+    "crash": "ChildCrashedError", "memory": "ChildCrashedError", "timeout": "JobTimeoutError",
+    "dispatch": "DispatchError",
 }  # fmt: skip
 
 
@@ -68,9 +75,10 @@ PoolFactory = Callable[..., Any]
 class Dispatcher:
     """Producers fetch through it; the pool reports to it; the acker writes what it decides.
 
-    ``make_pool(ledger=..., on_done=..., on_failed=..., on_released=...)`` builds the pool that
-    runs the jobs (the real :class:`~oban_pro.pool.WorkerPool`, or an in-process one in
-    :mod:`oban_pro.testing`).
+    ``make_pool(ledger=..., on_done=..., on_failed=..., on_released=..., on_started=...)``
+    builds the pool that runs the jobs (the real :class:`~oban_pro.pool.WorkerPool`, or an
+    in-process one in :mod:`oban_pro.testing`). ``events`` emits ``oban.job.start`` when the
+    pool reports a job started (its stop events follow the written acks: :mod:`.outcomes`).
     """
 
     def __init__(
@@ -81,6 +89,7 @@ class Dispatcher:
         default_timeout: float = 0.0,
         isolated_queues: Collection[str] = (),
         threads_follow_limits: bool = False,
+        events: JobEvents | None = None,
     ) -> None:
         self.acker = acker
         self.ledger = Ledger()
@@ -97,6 +106,7 @@ class Dispatcher:
             on_done=self.on_done,
             on_failed=self.on_failed,
             on_released=self.on_released,
+            on_started=events.started if events is not None else None,
         )
 
     def register(self, producer: Producer) -> None:
@@ -175,11 +185,14 @@ class Dispatcher:
             except Exception as exc:  # a hostile row must not take the queue down with it
                 job_id, attempt = row[0], row[4]
                 log.warning("could not dispatch job %s: %r", job_id, exc)
+                text = f"could not dispatch the job: {exc!r}"
+                # The row's own args or meta may be what failed: the event's job gets none.
+                bare = Run(job_id, str(row[1]), b"{}", attempt=attempt, queue=producer.queue)
                 self.acker.add(
                     Ack(job_id, attempt, producer.uuid, "error",
-                        float(default_backoff(attempt, row[5])),
-                        _error_entry(attempt, f"could not dispatch the job: {exc!r}"),
-                        queue=producer.queue, worker=str(row[1]))
+                        float(default_backoff(attempt, row[5])), _error_entry(attempt, text),
+                        queue=producer.queue, worker=str(row[1]), run=bare,
+                        error_type=type(exc).__name__, error_message=str(exc))
                 )  # fmt: skip
                 continue
             runs.append(run)
@@ -234,7 +247,9 @@ class Dispatcher:
         if producer is None:
             return
         kind, delay, error, meta = done.kind, 0.0, None, None
+        error_type = error_message = None
         if kind == "error":
+            error_type, error_message = done.error_type, done.error_message
             delay = done.delay
             error = _error_entry(run.attempt, done.error or "error")
         elif kind == "cancel":
@@ -244,7 +259,10 @@ class Dispatcher:
             meta = json.dumps(done.meta) if done.meta else None
         elif kind == "record":
             meta = json.dumps({"recorded": True, "return": done.recorded})
-        self._ack(run, producer, kind, delay, error, meta, done.duration, done.error)
+        self._ack(
+            run, producer, kind, delay, error, meta, done.duration, done.error,
+            error_type, error_message,
+        )  # fmt: skip
 
     def on_failed(self, run: Run, reason: str, text: str) -> None:
         producer = self._producers.get(run.queue)
@@ -256,7 +274,10 @@ class Dispatcher:
             return
         delay = float(default_backoff(run.attempt, run.max_attempts)) if kind != "cancel" else 0.0
         error = _error_entry(run.attempt, text)
-        self._ack(run, producer, kind, delay, error, None, self._elapsed(run), text)
+        self._ack(
+            run, producer, kind, delay, error, None, self._elapsed(run), text,
+            FAILURE_ERROR_TYPES.get(reason, "ChildCrashedError"), text,
+        )  # fmt: skip
 
     def on_released(self, run: Run, text: str, isolate: bool) -> None:
         """Given back without being charged: available again, attempt returned."""
@@ -288,12 +309,17 @@ class Dispatcher:
         meta: str | None,
         duration: float,
         text: str | None,
+        error_type: str | None = None,
+        error_message: str | None = None,
     ) -> None:
+        failed = kind in ("error", "crash")
         self.acker.add(
             Ack(run.job_id, run.attempt, producer.uuid, kind, delay, error, meta,
                 queue=run.queue, worker=run.worker, duration=duration,
                 wait=max(0.0, run.attempted_at - run.scheduled_at) if run.attempted_at else 0.0,
-                text=text if kind in ("error", "crash") else None)
+                text=text if failed else None, run=run,
+                error_type=error_type if failed else None,
+                error_message=error_message if failed else None)
         )  # fmt: skip
         self._wake(producer)
 

@@ -4,7 +4,9 @@ A node's own producers are woken when its jobs finish, but a queue whose ``globa
 full on one node may be waiting on jobs that finish on another. Without a word they would find
 out only at their next poll (a second by default), leaving the limit unused meanwhile. So when
 acks of such a queue are written, or its jobs are rescued, an insert notice for the queue goes
-out (compat.md §3: the payload every engine understands as "look again"). Notices are coalesced:
+out (compat.md §3: the payload every engine understands as "look again"), but only while the
+limit holds this node back too (its last fetch came back short): while the limit does not bind
+nobody waits, and a notice would only cost every node a fetch. Notices are coalesced:
 at most one statement per ``min_interval`` (each waking every node's producers of the queue,
 whose fetches then queue up on the limit's lock), and the send never blocks an ack. Measured on
 2 nodes draining no-op jobs under a global limit that never binds: a notice per ack batch cost
@@ -32,21 +34,22 @@ class FreedCapacity:
         self,
         pool: Any,
         queries: Any,
-        is_limited: Callable[[str], bool],
+        held_back: Callable[[str], bool],
         min_interval: float = 0.05,
     ) -> None:
         self._pool = pool
         self._min_interval = min_interval
         self._last_sent = -float("inf")
         self._queries = queries
-        self._is_limited = is_limited
+        self._held_back = held_back
         self._channel = channel(queries.prefix, "insert")
         self._pending: set[str] = set()
         self._task: asyncio.Task[None] | None = None
 
-    def freed(self, queues: Iterable[str]) -> None:
-        """Jobs of ``queues`` stopped executing; notify if any of them is globally limited."""
-        limited = {q for q in queues if self._is_limited(q)}
+    def freed(self, queues: Iterable[str], *, always: bool = False) -> None:
+        """Jobs of ``queues`` stopped executing: notify the queues whose global limit holds
+        nodes back (``held_back``), or all of them (``always``: rescues, which are rare)."""
+        limited = set(queues) if always else {q for q in queues if self._held_back(q)}
         if not limited:
             return
         self._pending |= limited

@@ -76,7 +76,6 @@ class Heartbeat:
         producers: Callable[[], Sequence[Producer]],
         running: Callable[[], Sequence[RunningJob]],
         on_lost: Callable[[list[LostJob]], None],
-        on_beat: Callable[[], None] | None = None,
         on_error: Callable[[str], None] | None = None,
     ) -> None:
         self._conninfo = conninfo
@@ -90,7 +89,6 @@ class Heartbeat:
         self._producers = producers
         self._running = running
         self._on_lost = on_lost
-        self._on_beat = on_beat
         self._on_error = on_error
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._wake = asyncio.Event()
@@ -145,12 +143,12 @@ class Heartbeat:
             return
         # Bounded: a server that accepts the connection but never answers must not silence
         # the node for longer than a failed connect would.
-        with telemetry.span("oban.heartbeat.beat", {"node": self._node}) as context:
+        with telemetry.span(
+            "oban.heartbeat.beat", {"name": self._name, "node": self._node}
+        ) as context:
             async with asyncio.timeout(max(self._interval, CONNECT_TIMEOUT)):
                 rows = await self._execute(producers, running)
             context.add({"producer_count": len(producers), "running_count": len(running)})
-        if self._on_beat:
-            self._on_beat()
         attempts = {r.job_id: r.attempt for r in running}
         queues = {p.uuid: p.queue for p in producers}
         lost = []

@@ -1,21 +1,21 @@
-"""What happens once a job's outcome is written: its log line and its metrics.
+"""What happens once a job's outcome is written: its telemetry event and its log line.
 
 Subscribed to the acker's ``on_written``, so both use the state the ack statement decided
-(``RETURNING``): a job discarded by the poison-job guard or at its last attempt is logged and
-counted as discarded, never as retryable, and an ack fenced out (the job was rescued) is neither.
+(``RETURNING``): a job discarded by the poison-job guard or at its last attempt is reported as
+discarded, never as retryable, and an ack fenced out (the job was rescued) is not reported.
+The events (``oban.job.stop`` / ``oban.job.exception``, :mod:`.job_events`) are what the
+Prometheus metrics and the JSON logger subscribe to.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .acker import Ack
+from .job_events import JobEvents
 
-if TYPE_CHECKING:
-    from ..metrics import Metrics
-
-__all__ = ["JobOutcomes"]
+__all__ = ["JobOutcomes", "OutcomeRecorder"]
 
 log = logging.getLogger(__name__)
 
@@ -23,19 +23,33 @@ log = logging.getLogger(__name__)
 _OUTCOME_KINDS = frozenset({"completed", "record", "error", "crash", "cancel", "snooze"})
 
 
+class OutcomeRecorder(Protocol):
+    """Something that counts outcomes directly (the testing helpers' drain does)."""
+
+    def job_finished(
+        self, queue: str, worker: str, state: str, duration: float, wait: float
+    ) -> None: ...
+
+
 class JobOutcomes:
-    def __init__(self, metrics: Metrics | None) -> None:
-        self._metrics = metrics
+    """``recorder`` (optional) is told of every outcome with the state as a metric labels it
+    (``snoozed`` for a snooze); ``events`` emits them as telemetry."""
+
+    def __init__(self, recorder: OutcomeRecorder | None, events: JobEvents | None = None) -> None:
+        self._recorder = recorder
+        self._events = events
 
     def written(self, acks: list[tuple[Ack, str]]) -> None:
-        metrics = self._metrics
+        recorder, events = self._recorder, self._events
         for ack, state in acks:
             if ack.kind not in _OUTCOME_KINDS:
                 continue
-            if metrics is not None:
+            if events is not None:
+                events.finished(ack, state)
+            if recorder is not None:
                 # The database says "scheduled" for a snooze; the metric's label is "snoozed".
                 label = "snoozed" if ack.kind == "snooze" else state
-                metrics.job_finished(ack.queue, ack.worker, label, ack.duration, ack.wait)
+                recorder.job_finished(ack.queue, ack.worker, label, ack.duration, ack.wait)
             if ack.text is not None:
                 _log_failure(ack, state)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
+from .. import telemetry
 from ..config import Config
 from ..cron import CronEntry
 from ..job import Job
@@ -27,6 +28,7 @@ from ..plugins.lifeline import Lifeline
 from ..plugins.pruner import Pruner
 from ..plugins.scheduler import Scheduler
 from ..plugins.stager import Stager
+from ..pool.messages import InstanceInfo, Run
 from ..pool.pool import WorkerPool, default_threads
 from ..queries import Queries
 from ..registry import cron_entries
@@ -34,6 +36,7 @@ from .acker import Ack, Acker
 from .dispatcher import Dispatcher, RunningJob
 from .freed_capacity import FreedCapacity
 from .heartbeat import Heartbeat, LostJob, reconnect_bound
+from .job_events import JobEvents
 from .leader import Leader
 from .notifier import Notifier
 from .outcomes import JobOutcomes
@@ -68,7 +71,7 @@ class Runtime:
         self._loops: list[Periodic] = []
         self._notifier: Notifier | None = None
         self._acker: Acker | None = None
-        self._freed = FreedCapacity(pool, queries, self._globally_limited)
+        self._freed = FreedCapacity(pool, queries, self._held_back_by_global_limit)
         self._dispatcher: Dispatcher | None = None
         self._leader: Leader | None = None
         self._heartbeat: Heartbeat | None = None
@@ -116,7 +119,9 @@ class Runtime:
         pool = self._pool
         cfg = self.config
         m = self.metrics
-        outcomes = JobOutcomes(m)
+        # The engine reports through telemetry events; the metrics (when on) subscribe to them.
+        events = JobEvents(self.name, self.node)
+        outcomes = JobOutcomes(None, events)
 
         def written(acks: list[tuple[Ack, str]]) -> None:
             outcomes.written(acks)
@@ -129,7 +134,8 @@ class Runtime:
             batch_size=cfg.ack_batch_size,
             interval=cfg.ack_interval,
             max_backlog=cfg.ack_max_backlog,
-            on_batch=self._on_ack_batch if m else None,
+            name=self.name,
+            node=self.node,
             on_error=lambda: self._on_db_error("ack"),
             on_written=written,
         )
@@ -139,6 +145,7 @@ class Runtime:
             default_timeout=cfg.job_timeout,
             isolated_queues=cfg.isolated_queues,
             threads_follow_limits=not cfg.threads,
+            events=events,
         )
         worker_pool = self._dispatcher.pool
         await worker_pool.start()
@@ -168,7 +175,6 @@ class Runtime:
 
     def _make_pool(self, **callbacks: Any) -> WorkerPool:
         cfg = self.config
-        m = self.metrics
         return WorkerPool(
             cfg.processes,
             start_method=cfg.start_method,
@@ -178,15 +184,32 @@ class Runtime:
             max_memory=cfg.max_memory,
             memory_ceiling=cfg.memory_ceiling,
             kill_grace=cfg.kill_grace,
-            on_restart=m.child_restart if m else None,
+            cancel_grace=cfg.cancel_grace,
+            on_restart=self._on_child_restart,
+            instance=self._instance_info(),
             **callbacks,
+        )
+
+    def _instance_info(self) -> InstanceInfo:
+        """What the children need to be this instance in job code (Oban.get_instance())."""
+        cfg = self.config
+        kwargs = dict(getattr(self._pool, "kwargs", None) or {})
+        # Only plain values cross to the children (a row_factory or a callable cannot).
+        plain = {k: v for k, v in kwargs.items() if isinstance(v, (str, int, float, bool))}
+        return InstanceInfo(
+            name=cfg.name,
+            node=cfg.node,
+            prefix=cfg.prefix,
+            conninfo=self._conninfo(),
+            connect_kwargs=plain,
+            pool_max_size=min(2, cfg.pool_size),
+            pool_timeout=cfg.pool_timeout,
         )
 
     def _make_producer(
         self, queue: str, limit: int, pool: AsyncConnectionPool, limits: QueueLimits | None
     ) -> Producer:
         assert self._dispatcher is not None and self._acker is not None
-        m = self.metrics
         acker = self._acker
         producer = Producer(
             queue=queue,
@@ -198,7 +221,6 @@ class Runtime:
             dispatcher=self._dispatcher,
             poll_interval=self.config.poll_interval,
             blocked=lambda: acker.backpressure,
-            on_fetch=m.jobs_fetched if m else None,
             on_error=self._on_db_error,
             heartbeat_ttl=self.config.heartbeat_ttl,
             limits=limits,
@@ -236,7 +258,6 @@ class Runtime:
             producers=lambda: list(self.producers.values()),
             running=dispatcher.running,
             on_lost=self._on_lost_jobs,
-            on_beat=m.heartbeat_sent if m else None,
             on_error=on_error,
         )
         stager = Stager(pool, self.queries, self._wake_queue)
@@ -249,6 +270,8 @@ class Runtime:
             is_leader=lambda: self.is_leader,
             on_rescued=self._on_rescued,
             healthy_for=self.seconds_since_db_error,
+            name=self.name,
+            node=self.node,
         )
         pruner = Pruner(pool, self.queries, max_age=cfg.prune_max_age, limit=cfg.prune_limit)
         self._scheduler = Scheduler(  # compat hook: cron_timezone (Oban.py's scheduler.timezone)
@@ -297,8 +320,10 @@ class Runtime:
         for producer in self.producers.values():
             await producer.stop()
         if self._dispatcher is not None:
+            shutdown_started = time.monotonic_ns()
             unfinished = await self._dispatcher.pool.stop(self.config.shutdown_timeout)
             self._dispatcher.release(unfinished)
+            self._report_shutdown(time.monotonic_ns() - shutdown_started, unfinished)
         for loop in self._loops:
             await loop.stop()
         if self._heartbeat is not None:
@@ -333,9 +358,24 @@ class Runtime:
 
     # -- callbacks ----------------------------------------------------------------------------
 
+    def _emit(self, event: str, metadata: dict[str, Any]) -> None:
+        """One of oban_pro's own events of this instance (see :mod:`oban_pro.telemetry`)."""
+        if telemetry.listening(event):
+            telemetry.execute(event, {"name": self.name, "node": self.node, **metadata})
+
+    def _report_shutdown(self, elapsed: int, unfinished: list[Run]) -> None:
+        """Oban.py's ``oban.queue.shutdown``, per queue: the jobs that did not finish in time
+        (``orphaned``; they were released, available again)."""
+        for queue in self.producers:
+            orphaned = [run.job_id for run in unfinished if run.queue == queue]
+            self._emit(
+                "oban.queue.shutdown", {"queue": queue, "elapsed": elapsed, "orphaned": orphaned}
+            )
+
+    def _on_child_restart(self, reason: str) -> None:
+        self._emit("oban.pool.restart", {"reason": reason})
+
     def _on_leader_change(self, leading: bool) -> None:
-        if self.metrics is not None:
-            self.metrics.set_leader(leading)
         if leading:  # a new leader stages and rescues at once rather than at its next tick
             for loop in self._loops:
                 if loop.name in ("stage", "rescue"):
@@ -343,18 +383,11 @@ class Runtime:
 
     def _on_db_error(self, operation: str) -> None:
         self._last_db_error = time.monotonic()
-        if self.metrics is not None:
-            self.metrics.db_error(operation)
+        self._emit("oban.db.error", {"operation": operation})
 
     def seconds_since_db_error(self) -> float:
         """How long this node has talked to the database without an error."""
         return time.monotonic() - self._last_db_error
-
-    def _on_ack_batch(self, size: int, seconds: float, stale: int) -> None:
-        assert self.metrics is not None and self._acker is not None
-        self.metrics.ack_batch(size, seconds)
-        self.metrics.acks_stale(stale)
-        self.metrics.set_ack_backlog(self._acker.backlog - size)
 
     def _wake_queue(self, queue: str) -> None:
         producer = self.producers.get(queue)
@@ -367,8 +400,7 @@ class Runtime:
             self._wake_queue(queue)
 
     def _on_notifier_reconnect(self) -> None:
-        if self.metrics is not None:
-            self.metrics.notifier_reconnect()
+        self._emit("oban.notifier.reconnect", {})
         for producer in self.producers.values():
             producer.notice()  # notices may have been missed while disconnected
 
@@ -381,18 +413,19 @@ class Runtime:
             )
 
     def _on_rescued(self, count: int, queues: set[str]) -> None:
-        if self.metrics is not None:
-            self.metrics.jobs_rescued(count)
         for queue in queues:
             self._wake_queue(queue)
-        self._freed.freed(queues)  # a dead node's share of a global limit is free again
+        self._freed.freed(queues, always=True)  # a dead node's share of a global limit is back
 
-    def _globally_limited(self, queue: str) -> bool:
+    def _held_back_by_global_limit(self, queue: str) -> bool:
+        # Other nodes wait for room only if the limit binds; then this node's fetches come back
+        # short too. While it never binds, freed-capacity notices would only add fetches.
         producer = self.producers.get(queue)
         return (
             producer is not None
             and producer.limits is not None
             and producer.limits.global_limit is not None
+            and producer.held_back
         )
 
     def _producer_gauges(self) -> list[tuple[str, int, int, bool]]:

@@ -53,6 +53,8 @@ class Lifeline:
         is_leader: Callable[[], bool] = lambda: True,
         on_rescued: Callable[[int, set[str]], None] | None = None,
         healthy_for: Callable[[], float] = lambda: float("inf"),
+        name: str = "",
+        node: str = "",
     ) -> None:
         self._pool = pool
         self._queries = queries
@@ -63,6 +65,8 @@ class Lifeline:
         self._is_leader = is_leader
         self._on_rescued = on_rescued
         self._healthy_for = healthy_for
+        # Telemetry metadata: which instance rescued.
+        self._identity = {"name": name, "node": node}
         self._workflows = WorkflowRepair(pool, queries.prefix)
         # uuid -> (last heartbeat seen, its ttl, monotonic time it was last seen)
         self._known: dict[str, tuple[datetime, float, float]] = {}
@@ -84,7 +88,7 @@ class Lifeline:
             log.info("lifeline waits: the database connection recovered less than %ss ago",
                      self._ttl + self._grace)  # fmt: skip
             return 0
-        with telemetry.span("oban.lifeline.rescue", {}) as context:
+        with telemetry.span("oban.lifeline.rescue", self._identity) as context:
             total = await self._rescue(now)
             context.add({"rescued_count": total})
         await self._delete_dead(now)

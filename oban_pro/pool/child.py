@@ -11,7 +11,10 @@ The parent's pipe is read by the loop (``add_reader``, non-blocking); messages t
 through :class:`_Outbox`, which gathers everything produced in one loop iteration into one frame.
 Jobs that end on threads are handed back to the loop in batches (one wake-up per batch).
 
-Stopping a job (:class:`~.messages.Interrupt`) is cooperative: a task is cancelled, a thread
+Cancelling a job starts with :class:`~.messages.RequestCancel`, which only makes its
+``job.cancelled()`` return True (the job may notice and return, as in Oban.py). Stopping a job
+(:class:`~.messages.Interrupt`, sent after the cancel grace or at a timeout) is cooperative
+too: a task is cancelled, a thread
 gets :class:`~oban_pro.runner.JobInterrupted` raised in it (``PyThreadState_SetAsyncExc``, which
 takes effect at the job's next Python bytecode: a job blocked in a C call does not notice, and
 the parent kills the child after its kill grace).
@@ -35,13 +38,18 @@ import time
 import traceback
 from typing import Any
 
+from ..job import Job
 from ..runner import JobInterrupted, JobRunner, Prepared
+from . import child_instance
+from .child_instance import ChildOban
 from .framing import FrameProtocol, write_frame
 from .job_threads import JobThreads
 from .messages import (
     Done,
+    InstanceInfo,
     Interrupt,
     Ready,
+    RequestCancel,
     Resize,
     Run,
     Started,
@@ -102,6 +110,7 @@ def child_main(
     imports: list[str],
     close_fds: list[int] | None = None,
     threads: int = 64,
+    instance: InstanceInfo | None = None,
 ) -> None:
     """Entry point of a worker process.
 
@@ -109,7 +118,8 @@ def child_main(
     survive every start method) or plain descriptors; only their descriptors are used, with the
     raw framing of :mod:`oban_pro.pool.framing`. ``close_fds`` are descriptors inherited through
     ``fork`` that belong to the parent or to sibling children. ``threads`` caps the thread pool
-    that runs sync jobs.
+    that runs sync jobs. ``instance`` is the node's instance for job code
+    (``Oban.get_instance()``, see :mod:`.child_instance`); None leaves it unavailable.
     """
     _reset_process_state(close_fds or [])
     read_fd = read_conn if isinstance(read_conn, int) else read_conn.fileno()
@@ -120,7 +130,7 @@ def child_main(
         except OSError:
             pass
     runner = JobRunner(imports)
-    server = _Server(read_fd, write_fd, runner, max(1, threads))
+    server = _Server(read_fd, write_fd, runner, max(1, threads), instance)
     _start_orphan_watchdog(read_fd, server)
     try:
         write_frame(write_fd, encode_to_parent([Ready(os.getpid(), runner.import_errors)]))
@@ -157,10 +167,12 @@ class _Outbox:
 class _Job:
     """One job in this child: how it runs and how to stop it."""
 
-    __slots__ = ("run", "task", "thread_id", "lock", "interrupted", "finished")
+    __slots__ = ("run", "job", "task", "thread_id", "lock", "interrupted", "finished")
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: Run, job: Job) -> None:
         self.run = run
+        #: The Job the worker's code is given (its ``cancelled()`` flag is set from here).
+        self.job = job
         self.task: asyncio.Task[None] | None = None
         self.thread_id: int | None = None
         # Guards thread_id/finished against an Interrupt raising into a thread whose job ended.
@@ -172,7 +184,14 @@ class _Job:
 class _Server:
     """The child's event loop: takes messages, starts jobs, reports their ends."""
 
-    def __init__(self, read_fd: int, write_fd: int, runner: JobRunner, threads: int) -> None:
+    def __init__(
+        self,
+        read_fd: int,
+        write_fd: int,
+        runner: JobRunner,
+        threads: int,
+        instance: InstanceInfo | None = None,
+    ) -> None:
         self._read_fd = read_fd
         self._write_fd = write_fd
         self._runner = runner
@@ -190,6 +209,9 @@ class _Server:
         self._ended_lock = threading.Lock()
         self._finished = self._loop.create_future()
         self._protocol = FrameProtocol(self._on_frame, self._on_eof)
+        # What job code gets from Oban.get_instance(); its pool opens at the first call.
+        self._instance = ChildOban(instance, self._loop) if instance is not None else None
+        child_instance.install(self._instance)
 
     @property
     def busy(self) -> bool:
@@ -203,10 +225,20 @@ class _Server:
         try:
             self._loop.run_until_complete(self._finished)
             self._outbox.flush()
+            self._loop.run_until_complete(self._close_instance())
         finally:
             self._loop.remove_reader(self._read_fd)
             self._job_threads.shutdown()
             self._loop.close()
+
+    async def _close_instance(self) -> None:
+        instance = self._instance
+        child_instance.install(None)
+        if instance is not None:
+            try:
+                await asyncio.wait_for(instance.close(), 2.0)
+            except Exception:  # noqa: BLE001 - leaving anyway: the server drops the sessions
+                pass
 
     def _on_readable(self) -> None:
         try:
@@ -222,8 +254,21 @@ class _Server:
         self._protocol.data_received(data)
 
     def _on_eof(self) -> None:
-        # The parent closed our pipe (or died): nobody will read our results. Leave now; the
-        # orphan watchdog already covers a parent that died while we were busy.
+        # The parent closed our pipe (or died): nobody will read our results. Leave now (after
+        # closing job code's connections, if it opened any); the orphan watchdog already covers
+        # a parent that died while we were busy.
+        if self._instance is not None and self._instance.has_pool:
+            self._loop.create_task(self._exit_after(self._close_instance()))
+            return
+        self._exit()
+
+    async def _exit_after(self, closing: Any) -> None:
+        try:
+            await closing
+        finally:
+            self._exit()
+
+    def _exit(self) -> None:
         try:
             self._outbox.flush()
             sys.stdout.flush()
@@ -240,6 +285,8 @@ class _Server:
                 self._start(starting)
                 starting = []
                 self._interrupt(message.job_id)
+            elif isinstance(message, RequestCancel):
+                self._request_cancel(message.job_id)  # a flag: jobs prepared above have it
             elif isinstance(message, Stop):
                 self._stopping = True
                 self._maybe_finish()
@@ -259,7 +306,7 @@ class _Server:
             self._outbox.put(Started(run.job_id))
             self._report(prepared, 0.0)
             return
-        job = self._jobs[run.job_id] = _Job(run)
+        job = self._jobs[run.job_id] = _Job(run, prepared.job)
         self._outbox.put(Started(run.job_id, thread=not prepared.is_async))
         starting.append((job, prepared))
 
@@ -295,8 +342,8 @@ class _Server:
             if not job.interrupted:
                 raise  # the loop itself is going away
             done = Done(job.run.job_id, "interrupted")
-        except BaseException:  # noqa: BLE001 - SystemExit in a job fails the job, not the child
-            done = self._runner.failure(prepared, traceback.format_exc())
+        except BaseException as exc:  # noqa: BLE001 - SystemExit fails the job, not the child
+            done = self._runner.failure(prepared, traceback.format_exc(), exc)
         self._leave_if_forked()
         self._finish(job, done, started)
 
@@ -315,8 +362,8 @@ class _Server:
                 done = self._runner.classify(job.run.job_id, result)
             except JobInterrupted:
                 done = Done(job.run.job_id, "interrupted")
-            except BaseException:  # noqa: BLE001 - SystemExit in a job fails the job only
-                done = self._runner.failure(prepared, traceback.format_exc())
+            except BaseException as exc:  # noqa: BLE001 - SystemExit in a job fails the job only
+                done = self._runner.failure(prepared, traceback.format_exc(), exc)
             self._end_thread_job(job)
         except JobInterrupted:
             # An interrupt that arrived as the job was ending, raised in our own bookkeeping.
@@ -351,6 +398,11 @@ class _Server:
             os._exit(0)
 
     # -- stopping ---------------------------------------------------------------------------
+
+    def _request_cancel(self, job_id: int) -> None:
+        job = self._jobs.get(job_id)
+        if job is not None:  # else it ended already; its Done is on the way
+            job.job.request_cancellation()
 
     def _interrupt(self, job_id: int) -> None:
         job = self._jobs.get(job_id)

@@ -20,10 +20,12 @@ __all__ = [
     "Run",
     "Stop",
     "Interrupt",
+    "RequestCancel",
     "Resize",
     "Ready",
     "Started",
     "Done",
+    "InstanceInfo",
     "ToChild",
     "ToParent",
     "encode_to_child",
@@ -35,6 +37,24 @@ __all__ = [
 
 
 # ---------------------------------------------------------------- parent -> child
+
+
+class InstanceInfo(msgspec.Struct, frozen=True, gc=False):
+    """What a child is given at start to act as its node's instance in job code
+    (``Oban.get_instance()``, :mod:`oban_pro.pool.child_instance`): where the database is and
+    which instance, schema and node the jobs belong to."""
+
+    name: str
+    node: str
+    prefix: str
+    #: libpq connection string of the node's database.
+    conninfo: str
+    #: Extra ``psycopg.connect`` keywords of the node's pool (plain values only).
+    connect_kwargs: dict[str, Any] = {}
+    #: Connections the child opens at most (only once job code first uses the instance).
+    pool_max_size: int = 2
+    #: Seconds to wait for one of them.
+    pool_timeout: float = 30.0
 
 
 class Run(msgspec.Struct, tag=True, array_like=True, gc=False):
@@ -78,13 +98,23 @@ class Interrupt(msgspec.Struct, tag=True, array_like=True, gc=False):
     job_id: int
 
 
+class RequestCancel(msgspec.Struct, tag=True, array_like=True, gc=False):
+    """Cancelling ``job_id`` was asked for: from now on its ``job.cancelled()`` returns True.
+
+    The first step of a cancel (pkill): the job may notice and return (``Cancel(...)``, as
+    Oban.py's jobs do) before the parent sends :class:`Interrupt` after the cancel grace.
+    """
+
+    job_id: int
+
+
 class Resize(msgspec.Struct, tag=True, array_like=True, gc=False):
     """Allow up to ``threads`` threads for sync jobs (a queue was scaled up)."""
 
     threads: int
 
 
-ToChild = Run | Stop | Interrupt | Resize
+ToChild = Run | Stop | Interrupt | RequestCancel | Resize
 
 
 # ---------------------------------------------------------------- child -> parent
@@ -134,6 +164,10 @@ class Done(msgspec.Struct, tag=True, array_like=True, gc=False):
     duration: float = 0.0
     #: Resident set size of the child after the job, in bytes.
     rss: int = 0
+    #: For "error": the exception's class name and message (telemetry's ``error_type`` and
+    #: ``error_message``; ``error`` has the whole traceback).
+    error_type: str | None = None
+    error_message: str | None = None
 
 
 ToParent = Ready | Started | Done
@@ -145,12 +179,12 @@ _parent_encoder = msgspec.msgpack.Encoder()
 _parent_decoder = msgspec.msgpack.Decoder(list[ToParent])
 
 
-def encode_to_child(messages: list[Run | Stop | Interrupt | Resize]) -> bytes:
+def encode_to_child(messages: list[ToChild]) -> bytes:
     """Encode a frame payload for a child (the parent side)."""
     return _child_encoder.encode(messages)
 
 
-def decode_to_child(payload: bytes) -> list[Run | Stop | Interrupt | Resize]:
+def decode_to_child(payload: bytes) -> list[ToChild]:
     """Decode a frame payload from the parent (the child side)."""
     return _child_decoder.decode(payload)
 

@@ -7,7 +7,9 @@ grace) and :mod:`.memory` (RSS limits).
 
 What runs where is always known: a child reports when each job starts and ends. So:
 
-- a timeout or a cancel first asks the child to stop that one job (its task is cancelled, its
+- a cancel (pkill) first tells the job (its ``job.cancelled()`` turns True) and gives it
+  ``cancel_grace`` seconds to return by itself;
+- then, and at a timeout, the child is asked to stop that one job (its task is cancelled, its
   thread gets an exception); only if it has not stopped within ``kill_grace`` is the child
   killed, and the other jobs that were running in it are *given back* (``on_released``: back to
   available, attempt returned, never charged), with an error entry naming the job that caused
@@ -32,7 +34,17 @@ from .child import read_rss
 from .deadlines import Deadlines
 from .ledger import Ledger, PoolJob
 from .memory import MemoryWatch
-from .messages import Done, Interrupt, Ready, Resize, Run, Started, decode_to_parent
+from .messages import (
+    Done,
+    InstanceInfo,
+    Interrupt,
+    Ready,
+    RequestCancel,
+    Resize,
+    Run,
+    Started,
+    decode_to_parent,
+)
 from .placement import Placement
 from .processes import (
     DEAD,
@@ -90,9 +102,12 @@ class WorkerPool:
       in a child that died), "memory" (alone in a child killed past the memory ceiling),
       "timeout", "cancelled" or "rescued" (see :meth:`stop_job`);
     - ``on_released(run, text, isolate)``: given back without being charged (its child was
-      killed for another job, or died while it was not alone: then ``isolate`` is True).
+      killed for another job, or died while it was not alone: then ``isolate`` is True);
+    - ``on_started(run)``: the child reported that the job's code began.
 
-    ``await stop(timeout)`` returns the runs of jobs that did not finish.
+    ``await stop(timeout)`` returns the runs of jobs that did not finish. ``instance`` (the
+    node's database and instance name) lets job code use ``Oban.get_instance()`` in the
+    children.
     """
 
     def __init__(
@@ -104,6 +119,7 @@ class WorkerPool:
         on_released: Callable[[Run, str, bool], None] | None = None,
         on_capacity: Callable[[], None] | None = None,
         on_restart: Callable[[str], None] | None = None,
+        on_started: Callable[[Run], None] | None = None,
         ledger: Ledger | None = None,
         start_method: str = "forkserver",
         imports: Iterable[str] = (),
@@ -113,7 +129,9 @@ class WorkerPool:
         memory_ceiling: int = 0,
         memory_check_interval: float = 0.25,
         kill_grace: float = 3.0,
+        cancel_grace: float = 1.0,
         start_timeout: float = 60.0,
+        instance: InstanceInfo | None = None,
     ) -> None:
         if processes < 1:
             raise ValueError(f"processes must be >= 1, got {processes}")
@@ -128,6 +146,7 @@ class WorkerPool:
         self._on_released = on_released
         self._on_capacity = on_capacity
         self._on_restart = on_restart
+        self._on_started = on_started
         self._supervisor = Supervisor(
             processes,
             start_method=start_method,
@@ -137,10 +156,15 @@ class WorkerPool:
             on_frame=self._on_frame,
             on_exit=self._on_exit,
             on_restart=self._count_restart,
+            instance=instance,
         )
         self._placement = Placement(lambda: self._supervisor.children)
         self._deadlines = Deadlines(
-            kill_grace=kill_grace, on_timeout=self._on_timeout, on_grace_over=self._on_grace_over
+            kill_grace=kill_grace,
+            on_timeout=self._on_timeout,
+            on_grace_over=self._on_grace_over,
+            cancel_grace=cancel_grace,
+            on_cancel_grace_over=self._on_cancel_grace_over,
         )
         self._memory = MemoryWatch(
             max_memory=max_memory,
@@ -418,6 +442,8 @@ class WorkerPool:
         """Stop a job: first cooperatively, then by killing its child after the kill grace.
 
         ``reason`` ("cancelled", "rescued", ...) ends up in ``on_failed(run, reason, text)``.
+        A "cancelled" job is told first (``job.cancelled()``) and gets the cancel grace to
+        return by itself; a "rescued" one belongs to another node now and is stopped at once.
         Returns False when the job is not in the pool (or had already finished).
         """
         job = self.ledger.get(job_id)
@@ -434,12 +460,32 @@ class WorkerPool:
         child.read_pending()  # a result already in the pipe wins over the stop
         if self.ledger.get(job_id) is not job:
             return False
-        self._ask_to_stop(job, reason, f"job was {reason}")
+        if reason == "cancelled" and self._deadlines.cancel_grace > 0:
+            self._tell_cancelled(job)
+        else:
+            self._ask_to_stop(job, reason, f"job was {reason}")
         return True
 
     def kill_job(self, job_id: int, reason: str = "cancelled") -> bool:
         """The pkill of a job (see :meth:`stop_job`)."""
         return self.stop_job(job_id, reason)
+
+    def _tell_cancelled(self, job: PoolJob) -> None:
+        """The first step of a cancel: the job sees ``job.cancelled()`` and may return."""
+        assert job.child is not None
+        job.stop_reason = "cancelled"
+        job.stop_text = "job was cancelled"
+        job.child.send([RequestCancel(job.job_id)])
+        self._deadlines.cancel_requested(job)
+
+    def _on_cancel_grace_over(self, job: PoolJob) -> None:
+        child = job.child
+        if child is None:
+            return
+        child.read_pending()  # it may have returned just now
+        if self.ledger.get(job.job_id) is not job:
+            return
+        self._ask_to_stop(job, "cancelled", job.stop_text)
 
     def _ask_to_stop(self, job: PoolJob, reason: str, text: str) -> None:
         assert job.child is not None
@@ -516,6 +562,8 @@ class WorkerPool:
                     job.started = True
                     job.thread = message.thread
                     self._deadlines.job_started(job)
+                    if self._on_started is not None:
+                        self._call(self._on_started, job.run)
             elif isinstance(message, Done):
                 self._on_job_done(child, message)
             elif isinstance(message, Ready):

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ObanError
 from .child import child_main
 from .framing import FrameProtocol, encode_frame
-from .messages import Stop, encode_to_child
+from .messages import InstanceInfo, Stop, encode_to_child
 
 if TYPE_CHECKING:
     from .ledger import PoolJob
@@ -185,6 +185,7 @@ class Supervisor:
         on_frame: Callable[[ChildProcess, bytes], None],
         on_exit: Callable[[ChildProcess, int | None, str], None],
         on_restart: Callable[[str], None],
+        instance: InstanceInfo | None = None,
     ) -> None:
         if start_method not in ("fork", "forkserver", "spawn"):
             raise ValueError(
@@ -195,6 +196,8 @@ class Supervisor:
         self.imports = imports
         self.threads = threads
         self.start_timeout = start_timeout
+        #: Given to every child at start: the node's instance for job code.
+        self.instance = instance
         self.children: list[ChildProcess] = []  # every child not yet reaped
         self.closing = False
         self.last_start = 0.0
@@ -295,7 +298,7 @@ class Supervisor:
                     close_fds.append(other.writer.get_extra_info("pipe").fileno())
         process = self._ctx.Process(
             target=child_main,
-            args=(child_read, child_write, self.imports, close_fds, self.threads),
+            args=(child_read, child_write, self.imports, close_fds, self.threads, self.instance),
             name="oban-pool-child",
             daemon=True,
         )

@@ -12,8 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from threading import RLock
 from typing import Any
 
@@ -39,6 +38,16 @@ class Collector:
 
     def get_all(self) -> dict[str, Any]:
         return dict(self._metadata)
+
+
+class _Unheard(Collector):
+    """The collector of a span nobody listens to: what is added goes nowhere."""
+
+    def add(self, metadata: dict[str, Any]) -> None:
+        pass
+
+
+_UNHEARD = _Unheard()
 
 
 def attach(id: str, events: list[str], handler: Handler) -> None:
@@ -78,33 +87,62 @@ def execute(name: str, metadata: Metadata) -> None:
             log.exception("telemetry handler for %r raised", name)
 
 
-@contextmanager
-def span(prefix: str, start_metadata: Metadata) -> Iterator[Collector]:
+def span(prefix: str, start_metadata: Metadata) -> _Span:
     """Emit ``{prefix}.start``, then ``{prefix}.stop`` or ``{prefix}.exception`` (which
-    re-raises), with ``duration`` in nanoseconds and ``system_time``."""
-    started = time.monotonic_ns()
-    execute(f"{prefix}.start", {"system_time": started, **start_metadata})
-    collector = Collector()
-    try:
-        yield collector
-    except Exception as error:
+    re-raises), with ``duration`` in nanoseconds and ``system_time``. Use as
+    ``with span(prefix, metadata) as collector:``; metadata added to the collector goes into
+    the stop or exception event."""
+    return _Span(prefix, start_metadata)
+
+
+class _Span:
+    """:func:`span`'s context manager. A class rather than a generator: the engine wraps every
+    fetch and ack statement in a span, and with nobody listening this costs ~0.5 us instead of
+    ~3.5 us."""
+
+    __slots__ = ("_names", "_metadata", "_started", "_collector")
+
+    def __init__(self, prefix: str, start_metadata: Metadata) -> None:
+        names = _span_names.get(prefix)
+        if names is None:
+            names = (f"{prefix}.start", f"{prefix}.stop", f"{prefix}.exception")
+            if len(_span_names) < 1024:  # bounded: prefixes may be made up at run time
+                _span_names[prefix] = names
+        self._names = names
+        self._metadata = start_metadata
+        self._started = 0
+        self._collector: Collector | None = None
+
+    def __enter__(self) -> Collector:
+        start, stop, failed = self._names
+        if start not in _handlers and stop not in _handlers and failed not in _handlers:
+            return _UNHEARD  # nobody listens: no metadata is built
+        self._started = time.monotonic_ns()
+        if start in _handlers:
+            execute(start, {"system_time": self._started, **self._metadata})
+        self._collector = Collector()
+        return self._collector
+
+    def __exit__(self, exc_type: Any, error: Any, tb: Any) -> None:
+        # Returns None: an exception goes on.
+        collector = self._collector
+        if collector is None:
+            return
         ended = time.monotonic_ns()
-        execute(
-            f"{prefix}.exception",
-            {
+        if exc_type is None:
+            stop = self._names[1]
+            if stop in _handlers:
+                execute(stop, {"system_time": ended, "duration": ended - self._started,
+                               **self._metadata, **collector._metadata})  # fmt: skip
+        elif issubclass(exc_type, Exception):  # not CancelledError and the like, as before
+            failure = {
                 "system_time": ended,
-                "duration": ended - started,
+                "duration": ended - self._started,
                 "error_message": str(error),
-                "error_type": type(error).__name__,
-                "traceback": traceback.format_exc(),
-                **start_metadata,
-                **collector.get_all(),
-            },
-        )
-        raise
-    ended = time.monotonic_ns()
-    execute(
-        f"{prefix}.stop",
-        {"system_time": ended, "duration": ended - started, **start_metadata,
-         **collector.get_all()},
-    )  # fmt: skip
+                "error_type": exc_type.__name__,
+                "traceback": "".join(traceback.format_exception(exc_type, error, tb)),
+            }
+            execute(self._names[2], {**failure, **self._metadata, **collector._metadata})
+
+
+_span_names: dict[str, tuple[str, str, str]] = {}
