@@ -269,7 +269,7 @@ def test_the_one_command_forges_the_badges(pdf_tools, database, tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2/2 badges forged" in result.stdout
-    assert "2 BadgeForge.PrintCenter jobs wait in queue printing" in result.stdout
+    assert "2 BadgeForge.PrintCenter jobs in queue printing" in result.stdout
     pdfs = sorted(out.glob("*.pdf"))
     assert [p.name.split("-")[0] for p in pdfs] == ["ada", "jose"]
     assert all(pdf_text(pdf_tools, p)[0] == 1 for p in pdfs)

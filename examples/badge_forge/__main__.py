@@ -86,7 +86,7 @@ async def forge(dsn: str, names: list[str], processes: int, timeout: float) -> i
     attendees = [{"id": str(uuid.uuid4()), "name": name} for name in names]
     with psycopg.connect(dsn, autocommit=True) as conn:
         job_ids = elixir_side.insert_badge_jobs(conn, attendees)
-    print(f"the Elixir side enqueued {len(job_ids)} GenerateBadge jobs in queue badges")
+    print(f"the Elixir side enqueued {_jobs(len(job_ids), 'GenerateBadge')} in queue badges")
     started = time.monotonic()
     async with make_node(dsn, processes):
         states = await _wait_for_jobs(dsn, job_ids, timeout)
@@ -101,10 +101,14 @@ async def forge(dsn: str, names: list[str], processes: int, timeout: float) -> i
     forged = sum(1 for state in states.values() if state == "completed")
     print(
         f"{forged}/{len(job_ids)} badges forged in {took:.1f}s on {processes} worker processes; "
-        f"{len(confirmations)} {PRINT_CENTER} jobs wait in queue {PRINT_QUEUE} for the Elixir app"
+        f"{_jobs(len(confirmations), PRINT_CENTER)} in queue {PRINT_QUEUE} for the Elixir app"
     )
     ok = forged == len(job_ids) and len(confirmations) == len(job_ids)
     return EXIT_OK if ok else EXIT_FAILURE
+
+
+def _jobs(count: int, worker: str) -> str:
+    return f"{count} {worker} job" + ("" if count == 1 else "s")
 
 
 async def _wait_for_jobs(dsn: str, job_ids: list[int], timeout: float) -> dict[int, str]:
