@@ -90,6 +90,8 @@ DB_OPERATIONS = (
 )
 #: Job states counted in the database by the leader (``state`` label of ``oban_pro_queue_jobs``).
 QUEUE_STATES = ("available", "scheduled", "retryable", "executing")
+#: The ``state`` label of ``oban_pro_workflows``.
+WORKFLOW_STATES = ("executing", "completed", "cancelled", "discarded")
 #: Label value used for a fixed-set label given a value outside its set.
 OTHER = "other"
 #: Label value that stands for every ``queue``/``worker`` beyond ``label_limit`` distinct ones.
@@ -151,6 +153,9 @@ METRICS: list[tuple[str, str, tuple[str, ...], str]] = [
     ("oban_pro_queue_jobs", "gauge", ("node", "queue", "state"),
      "Jobs in the database by queue and state (available, scheduled, retryable, executing: "
      "cluster-wide); exported by the leader only."),
+    ("oban_pro_workflows", "gauge", ("node", "state"),
+     "Workflows by current state (executing while any step is unfinished, else discarded, "
+     "cancelled or completed; a sub-workflow counts as one); exported by the leader only."),
     ("oban_pro_queue_executing", "gauge", ("node", "queue"),
      "Jobs this node is executing, per local queue."),
     ("oban_pro_queue_limit", "gauge", ("node", "queue"),
@@ -334,6 +339,7 @@ _SCRAPE_TIME = frozenset({
     "oban_pro_jobs_fetched_total", "oban_pro_fetch_duration_seconds", "oban_pro_ack_batch_size",
     "oban_pro_ack_duration_seconds",
     "oban_pro_heartbeat_age_seconds", "oban_pro_queue_jobs", "oban_pro_queue_executing",
+    "oban_pro_workflows",
     "oban_pro_queue_limit", "oban_pro_queue_paused", "oban_pro_pool_children",
     "oban_pro_queue_global_limit", "oban_pro_queue_global_executing", "oban_pro_queue_rate_limit",
     "oban_pro_queue_rate_window_used", "oban_pro_queue_rate_window_remaining",
@@ -432,6 +438,12 @@ class _ScrapeCollector(Collector):
         for (queue, state), count in self._m._queue_counts.items():
             family.add_metric([node, queue, state], count)
         yield family
+        workflows = GaugeMetricFamily(
+            "oban_pro_workflows", _help("oban_pro_workflows"), labels=["node", "state"]
+        )
+        for state, count in self._m._workflow_counts.items():
+            workflows.add_metric([node, state], count)
+        yield workflows
 
     def _producers(self, node: str) -> Iterable[Metric]:
         provider = self._m._producers
@@ -585,6 +597,7 @@ class Metrics:
         self._thread: threading.Thread | None = None
         self._last_heartbeat = time.monotonic()
         self._queue_counts: dict[tuple[str, str], int] = {}
+        self._workflow_counts: dict[str, int] = {}
         self._producers: ProducersProvider | None = None
         self._cluster_limits: Callable[[], Iterable[ClusterLimitRow]] | None = None
         self._pool: PoolProvider | None = None
@@ -724,6 +737,7 @@ class Metrics:
         self._leader.set(1 if is_leader else 0)
         if not is_leader:
             self._queue_counts = {}
+            self._workflow_counts = {}
 
     def notifier_reconnect(self) -> None:
         """The LISTEN connection was re-established."""
@@ -744,6 +758,12 @@ class Metrics:
             key = (self._queue_label(queue), _fixed(state, QUEUE_STATES))
             snapshot[key] = snapshot.get(key, 0) + count
         self._queue_counts = snapshot  # one reference swap: a concurrent scrape sees old or new
+
+    def set_workflow_counts(self, counts: Mapping[str, int]) -> None:
+        """Replace the state -> workflows snapshot (leader only); absent states disappear."""
+        self._workflow_counts = {
+            _fixed(state, WORKFLOW_STATES): count for state, count in counts.items()
+        }
 
     # -- scrape-time providers ----------------------------------------------------------------
 

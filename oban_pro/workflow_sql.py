@@ -178,6 +178,21 @@ SELECT state::text, count(*)::int, min(attempted_at), max(coalesce(completed_at,
 FROM family GROUP BY state
 """
 
+# Workflows by current state, as workflow_status decides it (any job unfinished: executing;
+# else discarded, cancelled, completed in that order). A sub-workflow has an id of its own and
+# counts as one. For the leader's gauge: jobs carrying a workflow_id, through the meta index.
+WORKFLOW_COUNTS = """
+SELECT state, count(*)::int FROM (
+  SELECT CASE
+      WHEN bool_or(state NOT IN ('completed', 'cancelled', 'discarded')) THEN 'executing'
+      WHEN bool_or(state = 'discarded') THEN 'discarded'
+      WHEN bool_or(state = 'cancelled') THEN 'cancelled'
+      ELSE 'completed' END AS state
+  FROM {p}.oban_jobs WHERE meta ? 'workflow_id'
+  GROUP BY meta->>'workflow_id'
+) AS w GROUP BY state
+"""
+
 # Cancel every unfinished job of the workflow (sub-workflows included), seal them, and release
 # or cancel what waits for them outside it (a parent workflow's steps). Executing jobs are
 # cancelled in the row at once, so their acks are fenced out; the caller sends pkill.
@@ -325,6 +340,7 @@ class WorkflowQueries:
             "INSERT_WORKFLOW_JOBS",
             "WORKFLOW_JOBS",
             "WORKFLOW_STATUS",
+            "WORKFLOW_COUNTS",
             "CANCEL_WORKFLOW",
             "RETRY_WORKFLOW",
             "WORKFLOW_UPSTREAM",
@@ -339,6 +355,7 @@ class WorkflowQueries:
     insert_workflow_jobs: str
     workflow_jobs: str
     workflow_status: str
+    workflow_counts: str
     cancel_workflow: str
     retry_workflow: str
     workflow_upstream: str

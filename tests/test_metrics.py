@@ -205,6 +205,16 @@ def test_queue_counts_replace_the_whole_set(m: Metrics) -> None:
     ]
 
 
+def test_workflow_counts_by_state_and_dropped_with_leadership(m: Metrics) -> None:
+    m.set_leader(True)
+    m.set_workflow_counts({"executing": 2, "completed": 5, "weird": 1})
+    assert value(m, "oban_pro_workflows", state="executing") == 2
+    assert value(m, "oban_pro_workflows", state="completed") == 5
+    assert value(m, "oban_pro_workflows", state="other") == 1
+    m.set_leader(False)
+    assert value(m, "oban_pro_workflows", state="executing") is None
+
+
 def test_losing_leadership_drops_queue_counts(m: Metrics) -> None:
     m.set_leader(True)
     m.set_queue_counts({("default", "available"): 10})
@@ -307,6 +317,7 @@ def _exercise(m: Metrics) -> None:
     m.db_error("fetch")
     m.heartbeat_sent()
     m.set_queue_counts({("default", "available"): 1})
+    m.set_workflow_counts({"executing": 2, "completed": 5})
     m.track_producers(lambda: [("default", 1, 1, False)])
     m.track_cluster_limits(lambda: [ClusterLimitRow("default", 4, 2, 20, 5, 15)])
     m.track_pool(

@@ -45,6 +45,7 @@ from prometheus_support import (  # noqa: E402 - after the skip above
 )
 
 from oban_pro import Oban  # noqa: E402
+from oban_pro.workflow import Workflow  # noqa: E402
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.timeout(90)]
 
@@ -139,6 +140,12 @@ async def test_every_panel_and_rule_against_a_real_prometheus(
         )
         for job in jobs:
             await oban.enqueue(job)
+        # A workflow, for the "Workflows by state" panel.
+        await oban.enqueue_many(
+            Workflow(name="panel")
+            .add("a", Complete.new({"ms": 5}))
+            .add("b", Complete.new({"ms": 5}), deps="a")
+        )
 
         # 1. The events have reached Prometheus.
         expected = {
@@ -153,9 +160,10 @@ async def test_every_panel_and_rule_against_a_real_prometheus(
             'sum(oban_pro_queue_jobs{queue="default", state="retryable"})': 1,
             "sum(oban_pro_leader)": 1,
             "sum(oban_pro_ack_batch_size_count)": 1,
-            "sum(oban_pro_jobs_fetched_total)": 31,
+            "sum(oban_pro_jobs_fetched_total)": 33,
             'sum(oban_pro_queue_rate_window_used{queue="limited"})': 3,
             'sum(oban_pro_queue_global_limit{queue="limited"})': 2,
+            'sum(oban_pro_workflows{state="completed"})': 1,
         }
 
         def events_arrived() -> bool:

@@ -492,3 +492,30 @@ async def test_workflow_on_tables_made_by_elixir_or_obanpy(
                       "e": "completed"}  # fmt: skip
     assert "upstream step c" in by_name(oban_dsn, prefix)["d"]["errors"][-1]["error"]
     assert_order(oban_dsn, prefix, log)
+
+
+# -- the leader's gauge -----------------------------------------------------------------------
+
+
+async def test_workflow_gauge_counts_workflows_by_their_current_state(oban_dsn, oban_prefix):
+    from psycopg_pool import AsyncConnectionPool
+
+    from oban_pro.plugins.workflow_gauges import WorkflowGauges
+
+    def two_steps(name: str) -> Workflow:
+        return Workflow(name=name).add("a", Job("W", args={})).add("b", Job("W"), deps="a")
+
+    with Client(oban_dsn, prefix=oban_prefix) as client:
+        ids = {n: client.enqueue_many(two_steps(n))[0].meta["workflow_id"] for n in "wxyz"}
+        client.enqueue(Job("W"))  # not a workflow: not counted
+    p = f'"{oban_prefix}".oban_jobs'
+    final = {"x": "completed", "y": "cancelled", "z": "discarded"}
+    for name, state in final.items():
+        query(oban_dsn, f"UPDATE {p} SET state = 'completed' WHERE meta->>'workflow_id' = %s",
+              (ids[name],))  # fmt: skip
+        query(oban_dsn, f"UPDATE {p} SET state = %s WHERE meta->>'workflow_id' = %s "
+              f"AND meta->>'name' = 'b'", (state, ids[name]))  # fmt: skip
+    published: list[dict[str, int]] = []
+    async with AsyncConnectionPool(oban_dsn, min_size=1, max_size=1, open=False) as pool:
+        await WorkflowGauges(pool, oban_prefix, published.append).step()
+    assert published == [{"executing": 1, "completed": 1, "cancelled": 1, "discarded": 1}]

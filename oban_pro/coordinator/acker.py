@@ -87,11 +87,16 @@ class Acker:
         self._drained.set()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        # Acks ever added / ever written (batches are written in order, so a count says which).
+        self._added = 0
+        self._written = 0
+        self._progress = asyncio.Event()
 
     # -- producer side --------------------------------------------------------------------
 
     def add(self, ack: Ack) -> None:
         self._buffer.append(ack)
+        self._added += 1
         self._drained.clear()
         if not self._wake.is_set():
             self._wake.set()
@@ -108,6 +113,23 @@ class Acker:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="oban-acker")
+
+    async def caught_up(self, timeout: float) -> bool:
+        """Wait until every ack added so far is written (later ones are not waited for);
+        False if ``timeout`` passed first. A limited fetch waits for this: the global count
+        is read from the database, where a job that finished here is still ``executing``
+        until its ack is written."""
+        target = self._added
+        if self._written >= target:
+            return True
+        self._wake.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._written < target:
+            left = deadline - loop.time()
+            if left <= 0 or not await wait_event(self._progress, left):
+                return False
+        return True
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Wait until every buffered ack is written; False if ``timeout`` passed first."""
@@ -153,6 +175,9 @@ class Acker:
                     continue
                 failures = 0
                 del self._buffer[: len(batch)]
+                self._written += len(batch)
+                self._progress.set()  # wake every waiter, then re-arm for the next batch
+                self._progress = asyncio.Event()
             self._drained.set()
 
     async def _write(self, batch: list[Ack]) -> None:

@@ -17,7 +17,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -35,6 +35,8 @@ FetchedRow = tuple[Any, ...]
 
 #: Seconds a stopping producer waits for its fetch in flight before cancelling it.
 STOP_GRACE = 5.0
+#: Seconds a globally limited fetch waits at most for this node's earlier acks to be written.
+ACK_WAIT = 1.0
 
 
 class Producer:
@@ -53,6 +55,7 @@ class Producer:
         on_error: Callable[[str], None] | None = None,
         heartbeat_ttl: float | None = None,
         limits: QueueLimits | None = None,
+        acks_written: Callable[[float], Awaitable[bool]] | None = None,
     ) -> None:
         self.queue = queue
         self.limit = limit
@@ -77,6 +80,7 @@ class Producer:
         self._span_meta = {"queue": queue, "name": name, "node": node}
         self._on_error = on_error
         self._heartbeat_ttl = heartbeat_ttl
+        self._acks_written = acks_written
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -240,6 +244,11 @@ class Producer:
         self._wake.clear()
 
     async def _fetch(self, demand: int) -> int:
+        if self.limits is not None and self.limits.global_limit and self._acks_written:
+            # The global count is read from the database, where this node's finished jobs stay
+            # executing until their acks are written: without this wait the limit would hold
+            # back room that is free (measured: a fifth more fetches, each smaller).
+            await self._acks_written(ACK_WAIT)
         sent = time.monotonic()
         with telemetry.span("oban.producer.get", self._span_meta) as span:
             async with self._db.connection() as conn:

@@ -28,6 +28,7 @@ from ..plugins.lifeline import Lifeline
 from ..plugins.pruner import Pruner
 from ..plugins.scheduler import Scheduler
 from ..plugins.stager import Stager
+from ..plugins.workflow_gauges import WorkflowGauges
 from ..pool.messages import InstanceInfo, Run
 from ..pool.pool import WorkerPool, default_threads
 from ..queries import Queries
@@ -224,6 +225,7 @@ class Runtime:
             on_error=self._on_db_error,
             heartbeat_ttl=self.config.heartbeat_ttl,
             limits=limits,
+            acks_written=acker.caught_up,
         )
         self._dispatcher.register(producer)
         return producer
@@ -289,9 +291,11 @@ class Runtime:
         ]
         if m is not None:
             gauges = QueueGauges(pool, self.queries, m.set_queue_counts)
-            self._loops.append(
-                Periodic("gauge", 5.0, self._if_leader(gauges.step), on_error=on_error)
-            )
+            workflows = WorkflowGauges(pool, cfg.prefix, m.set_workflow_counts)
+            self._loops += [
+                Periodic("gauge", 5.0, self._if_leader(gauges.step), on_error=on_error),
+                Periodic("gauge", 5.0, self._if_leader(workflows.step), on_error=on_error),
+            ]
         self._heartbeat.start()
         for loop in self._loops:
             loop.start()
