@@ -33,7 +33,7 @@ from .coordinator.runtime import Runtime
 from .coordinator.signals import apply_signal
 from .cron import CronEntry
 from .database import resolve_dsn
-from .enqueue import insert_steps, run_async, unwrap_async_conn
+from .enqueue import insert_steps, jobs_list, run_async, unwrap_async_conn
 from .errors import NotRunningError, SchemaNotReadyError, ValidationError
 from .job import Job
 from .limits import LIMIT_OPTIONS, QueueLimits, rescale
@@ -50,6 +50,7 @@ from .operations import (
     update_steps,
 )
 from .queries import Queries
+from .testing.mode import current_mode
 from .workflow import Workflow
 from .workflow_ops import WorkflowStatus, enqueue_many_steps
 
@@ -328,8 +329,12 @@ class Oban:
 
         ``conn`` may be a psycopg ``AsyncConnection`` (or cursor), or a SQLAlchemy
         ``AsyncSession`` / ``AsyncConnection`` on the psycopg driver, as in Oban.py. A unique job
-        that matches an existing one returns that job with ``conflict = True``.
+        that matches an existing one returns that job with ``conflict = True``. Inside
+        ``oban_pro.testing.mode("inline")`` the job runs at once, here, and is returned with
+        the state it ended in; nothing is written.
         """
+        if current_mode() == "inline":
+            return (await self._run_inline([job]))[0]
         return (await self._insert_jobs([job], conn))[0]
 
     async def enqueue_many(
@@ -340,10 +345,20 @@ class Oban:
         Takes an iterable of jobs, or the jobs themselves: ``enqueue_many(job1, job2)``.
         A :class:`~oban_pro.workflow.Workflow` is inserted whole, in one statement.
         """
+        if current_mode() == "inline" and not isinstance(jobs_or_first, Workflow):
+            # A workflow is inserted in the inline testing mode too: its steps run in the order
+            # of their dependencies, which only the database path keeps.
+            return await self._run_inline(jobs_list(jobs_or_first, rest))
         steps = enqueue_many_steps(self.queries, jobs_or_first, rest)
         if conn is not None:
             return await run_async(await unwrap_async_conn(conn), steps)
         return await self._run(steps)
+
+    async def _run_inline(self, jobs: list[Job]) -> list[Job]:
+        """``oban_pro.testing.mode("inline")``: run the jobs here and now, no database."""
+        from .testing.process import run_inline
+
+        return await run_inline(jobs, self.config.imports)
 
     # -- workflows ------------------------------------------------------------------------
 

@@ -5,6 +5,9 @@
 - ``oban_prefix``: a fresh schema, migrated, dropped after the test; tests cannot see each
   other's rows.
 - ``oban_empty_prefix``: a fresh schema with nothing in it (for migration tests).
+- ``oban_instance`` (async; needs pytest-asyncio): an :class:`~oban_pro.Oban` client named
+  "Oban" on ``oban_prefix``, so ``Worker.enqueue(...)`` and the helpers of
+  :mod:`oban_pro.testing` (which find the instance by that name) work; stopped afterwards.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
@@ -65,3 +69,21 @@ def oban_prefix(oban_dsn: str, oban_empty_prefix: str) -> str:
 
     migrate_up(oban_dsn, prefix=oban_empty_prefix)
     return oban_empty_prefix
+
+
+try:
+    import pytest_asyncio
+except ImportError:  # the async fixture needs pytest-asyncio; the others do not
+    pytest_asyncio = None  # type: ignore[assignment]
+
+if pytest_asyncio is not None:
+
+    @pytest_asyncio.fixture
+    async def oban_instance(oban_dsn: str, oban_prefix: str) -> AsyncIterator[Any]:
+        from .oban import Oban
+
+        oban = Oban(dsn=oban_dsn, prefix=oban_prefix)
+        try:
+            yield oban
+        finally:
+            await oban.stop()

@@ -559,6 +559,33 @@ WHERE state IN ('available', 'scheduled')
 ORDER BY id
 """
 
+# -- testing helpers (oban_pro.testing, as Oban.py's) ----------------------------------------
+
+# Oban.py's all_enqueued: every job waiting to run, newest first (the helpers filter in Python,
+# with Oban.py's matching rules).
+WAITING_JOBS = """
+SELECT {job_columns} FROM {p}.oban_jobs
+WHERE state IN ('available', 'scheduled', 'suspended')
+ORDER BY id DESC
+"""
+
+# drain_queue(with_scheduled=True): the queue's scheduled and retryable jobs due by %(now)s
+# (far in the future) become available; other queues are left alone.
+STAGE_QUEUE = """
+UPDATE {p}.oban_jobs SET state = 'available'
+WHERE id IN (
+  SELECT id FROM {p}.oban_jobs
+  WHERE state IN ('scheduled', 'retryable') AND queue = %(queue)s AND scheduled_at <= {now}
+  ORDER BY scheduled_at, id
+  FOR UPDATE SKIP LOCKED
+)
+"""
+
+# reset_oban: empty the tables Oban.py's reset empties, ids starting again from 1.
+RESET_TABLES = """
+TRUNCATE TABLE {p}.oban_jobs, {p}.oban_leaders, {p}.oban_producers RESTART IDENTITY CASCADE
+"""
+
 RETRY_JOBS = """
 UPDATE {p}.oban_jobs SET
   state = 'available', scheduled_at = timezone('UTC', now()),
@@ -656,6 +683,9 @@ class Queries:
     delete_jobs: str
     count_finished: str
     enqueued_jobs: str
+    waiting_jobs: str
+    stage_queue: str
+    reset_tables: str
     all_leaders: str
     all_producers: str
     job_outcomes: str

@@ -1,8 +1,9 @@
 """The job runner: resolve the worker, build the :class:`~oban_pro.job.Job`, classify the result.
 
 Used by every worker process (:mod:`oban_pro.pool.child`, which decides *where* a job runs: a
-task on its event loop or a thread) and by :func:`oban_pro.testing.perform_job`, so a job
-behaves the same in a test as in production. Nothing here touches pipes or processes.
+task on its event loop or a thread) and by :mod:`oban_pro.testing` (``perform_job``,
+``process_job``, ``drain_queue``, the inline mode), so a job behaves the same in a test as in
+production. Nothing here touches pipes or processes.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from typing import Any
 import msgspec
 
 from .backoff import default_backoff
+from .errors import JobTimeoutError, UnknownWorkerError
 from .job import Cancel, Job, Record, Snooze
 from .pool.messages import Done, Run
 from .registry import resolve_worker
 
-__all__ = ["JobInterrupted", "JobRunner", "Prepared"]
+__all__ = ["Executed", "JobInterrupted", "JobRunner", "Prepared"]
 
 _json_decoder = msgspec.json.Decoder()
 
@@ -49,6 +51,19 @@ class Prepared:
     is_async: bool
 
 
+@dataclass(slots=True)
+class Executed:
+    """A job run in the caller's own process (tests, draining, inline mode).
+
+    ``done`` is the outcome a child would report; ``result`` and ``error`` are what ``process``
+    returned or raised, which never cross a pipe but which Oban.py's test helpers hand back.
+    """
+
+    done: Done
+    result: Any = None
+    error: BaseException | None = None
+
+
 class JobRunner:
     """Imports the worker modules once, then prepares jobs and turns outcomes into ``Done``."""
 
@@ -66,22 +81,26 @@ class JobRunner:
 
     def prepare(self, run: Run) -> Prepared | Done:
         """The job with its worker instance, or the ``Done`` that says why it cannot run."""
+        prepared = self._prepare(run)
+        return prepared if isinstance(prepared, Prepared) else prepared.done
+
+    def _prepare(self, run: Run) -> Prepared | Executed:
+        """:meth:`prepare`, keeping the exception of a job that cannot run."""
         cls = self._worker(run.worker)
         if isinstance(cls, str):
-            return Done(run.job_id, "error", error=cls, delay=self.backoff(run))
+            done = Done(run.job_id, "error", error=cls, delay=self.backoff(run))
+            return Executed(done, error=UnknownWorkerError(cls))
         try:
             job = self._job(run)
         except Exception as exc:  # noqa: BLE001 - bad input fails the job, not the child
-            return Done(
-                run.job_id,
-                "error",
-                error=f"job {run.job_id} could not be built from its row: {exc}",
-                delay=self.backoff(run),
-            )
+            text = f"job {run.job_id} could not be built from its row: {exc}"
+            done = Done(run.job_id, "error", error=text, delay=self.backoff(run))
+            return Executed(done, error=exc)
         try:
             instance = cls()
-        except BaseException:  # noqa: BLE001 - a broken constructor fails the job
-            return Done(run.job_id, "error", error=traceback.format_exc(), delay=self.backoff(run))
+        except BaseException as exc:  # noqa: BLE001 - a broken constructor fails the job
+            done = Done(run.job_id, "error", error=traceback.format_exc(), delay=self.backoff(run))
+            return Executed(done, error=exc)
         is_async = inspect.iscoroutinefunction(getattr(instance, "process", None))
         return Prepared(run, job, instance, is_async)
 
@@ -132,7 +151,7 @@ class JobRunner:
             )
             return self.backoff(prepared.run), note
 
-    # -- running in the caller's thread (tests, drain) ----------------------------------------
+    # -- running in the caller's process (tests, drain, inline mode) -------------------------
 
     def run(self, run: Run) -> Done:
         """Run one job to its end in this thread (async ones on a private event loop)."""
@@ -149,6 +168,40 @@ class JobRunner:
             done = self.failure(prepared, traceback.format_exc())
         done.duration = time.perf_counter() - started
         return done
+
+    async def run_here(self, run: Run) -> Executed:
+        """Run one job to its end on the caller's event loop, as a child runs it: an async
+        ``process`` awaited on this loop (so it can use the caller's connections and
+        ``Oban.get_instance()``), a sync one on a thread. ``run.timeout`` applies to async jobs
+        (a thread cannot be stopped from here; in a node the child interrupts it).
+        """
+        started = time.perf_counter()
+        prepared = self._prepare(run)
+        if isinstance(prepared, Executed):
+            return prepared
+        try:
+            result = await self._process_here(prepared)
+            executed = Executed(self.classify(run.job_id, result), result)
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - SystemExit fails the job only
+            executed = Executed(self.failure(prepared, traceback.format_exc()), error=exc)
+        executed.done.duration = time.perf_counter() - started
+        return executed
+
+    async def _process_here(self, prepared: Prepared) -> Any:
+        if not prepared.is_async:
+            result = await asyncio.to_thread(prepared.instance.process, prepared.job)
+            return await result if inspect.isawaitable(result) else result
+        timeout = prepared.run.timeout or None
+        try:
+            async with asyncio.timeout(timeout) as deadline:
+                return await prepared.instance.process(prepared.job)
+        except TimeoutError as exc:
+            if deadline.expired():
+                raise JobTimeoutError(
+                    f"{prepared.run.worker} (job {prepared.run.job_id}) timed out after "
+                    f"{timeout:g}s"
+                ) from exc
+            raise
 
     # -- resolving ----------------------------------------------------------------------------
 

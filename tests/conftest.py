@@ -12,6 +12,10 @@ from psycopg_pool import AsyncConnectionPool
 
 TESTS_DIR = Path(__file__).resolve().parent
 
+# Oban.py's testing guide, copied as an application's test suite: it imports ``oban`` (the
+# test-only shim) and runs in a pytest of its own (tests/compat/test_obanpy_testing_docs.py).
+collect_ignore = ["compat/obanpy_testing_guide"]
+
 # Worker modules used by tests live in tests/; child processes and node subprocesses must be
 # able to import them by name.
 if str(TESTS_DIR) not in sys.path:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from engine_workers import CancelSelf, Fail, Noop, RecordIt
 
-from oban_pro import Client
+from oban_pro import Client, Oban
 from oban_pro.testing import (
     all_enqueued,
     assert_enqueued,
     drain_queue,
     perform_job,
     refute_enqueued,
+    reset_oban,
 )
 
 
@@ -50,3 +53,25 @@ async def test_drain_queue_uses_the_real_fetch_and_ack_path(oban_dsn, oban_prefi
     assert counts == {"completed": 2, "retryable": 1, "cancelled": 1}
     refute_enqueued(oban_dsn, prefix=oban_prefix, queue="default")
     assert_enqueued(oban_dsn, prefix=oban_prefix, queue="other")
+
+
+async def test_the_oban_instance_fixture_serves_the_obanpy_helpers(oban_instance, oban_prefix):
+    assert Oban.get_instance() is oban_instance and oban_instance.config.prefix == oban_prefix
+    await Noop.enqueue({"user": 1})
+    await assert_enqueued(worker=Noop, args={"user": 1})
+    assert (await drain_queue())["completed"] == 1
+    await refute_enqueued(worker=Noop)
+    await oban_instance.enqueue(Noop.new({}))
+    await reset_oban()
+    assert await all_enqueued() == []
+
+
+async def test_drain_queue_dsn_form_takes_the_flags_too(oban_dsn, oban_prefix):
+    with Client(oban_dsn, prefix=oban_prefix) as client:
+        client.enqueue_many([Noop.new({}, scheduled_in=timedelta(hours=1)), Fail.new({})])
+    assert await drain_queue(oban_dsn, "default", prefix=oban_prefix) == {"retryable": 1}
+    counts = await drain_queue("default", dsn=oban_dsn, prefix=oban_prefix, with_scheduled=True)
+    assert counts == {"completed": 1, "retryable": 1}
+    with pytest.raises(RuntimeError, match="boom on attempt 3"):
+        await drain_queue(oban_dsn, "default", prefix=oban_prefix, with_scheduled=True,
+                          with_safety=False)  # fmt: skip

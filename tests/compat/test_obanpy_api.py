@@ -106,7 +106,8 @@ def test_every_obanpy_public_name_and_parameter_is_accepted():
     source = _obanpy_source()
     if source is None:
         pytest.skip("Oban.py's source is not installed here (no bench/interop virtualenv)")
-    names = ("__init__", "oban", "job", "schema", "worker", "decorators", "_producer", "_executor")
+    names = ("__init__", "oban", "job", "schema", "worker", "decorators", "_producer", "_executor",
+             "testing")  # fmt: skip
     read = {name: _parse(source / f"{name}.py") for name in names}
     problems: list[str] = []
 
@@ -158,6 +159,18 @@ def test_every_obanpy_public_name_and_parameter_is_accepted():
             problems.append(f"oban.schema.{name} missing")
             continue
         problems += _check_accepts(f"schema.{name}", getattr(schema, name), _params(node))
+
+    testing = importlib.import_module("oban_pro.testing")
+    for name, node in _functions(read["testing"]).items():
+        if name.startswith("_"):
+            continue
+        if not hasattr(testing, name):
+            problems.append(f"oban.testing.{name} missing")
+            continue
+        problems += _check_accepts(f"testing.{name}", getattr(testing, name), _params(node))
+    for name in ("FAR_FUTURE", "SCHEDULED_IN_DELTA"):
+        if getattr(testing, name, None) is None:
+            problems.append(f"oban.testing.{name} missing")
 
     for name, node in _functions(read["decorators"]).items():
         problems += _check_accepts(f"@{name}", getattr(WORKER_MODULE, name), _params(node))
