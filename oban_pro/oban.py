@@ -36,23 +36,13 @@ from .database import resolve_dsn
 from .enqueue import insert_steps, jobs_list, run_async, unwrap_async_conn
 from .errors import NotRunningError, SchemaNotReadyError, ValidationError
 from .job import Job
+from .job_operations import AsyncJobOperations
 from .limits import LIMIT_OPTIONS, QueueLimits, rescale
 from .naming import validate_name
-from .operations import (
-    Changes,
-    cancel_steps,
-    delete_steps,
-    follow_updates,
-    get_job_steps,
-    job_id_of,
-    list_jobs_steps,
-    retry_steps,
-    update_steps,
-)
 from .queries import Queries
 from .testing.mode import current_mode
 from .workflow import Workflow
-from .workflow_ops import WorkflowStatus, enqueue_many_steps
+from .workflow_ops import WorkflowStatus
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +83,7 @@ class QueueInfo:
             raise KeyError(key) from None
 
 
-class Oban:
+class Oban(AsyncJobOperations):
     """A node (or a client, when no queues are given).
 
     Either pass ``config=Config(...)`` or the same fields as keyword arguments, e.g.
@@ -349,10 +339,7 @@ class Oban:
             # A workflow is inserted in the inline testing mode too: its steps run in the order
             # of their dependencies, which only the database path keeps.
             return await self._run_inline(jobs_list(jobs_or_first, rest))
-        steps = enqueue_many_steps(self.queries, jobs_or_first, rest)
-        if conn is not None:
-            return await run_async(await unwrap_async_conn(conn), steps)
-        return await self._run(steps)
+        return await self._insert(jobs_or_first, rest, conn)
 
     async def _run_inline(self, jobs: list[Job]) -> list[Job]:
         """``oban_pro.testing.mode("inline")``: run the jobs here and now, no database."""
@@ -400,52 +387,7 @@ class Oban:
         async with pool.connection() as conn:
             return await run_async(conn, steps)
 
-    # -- job operations -------------------------------------------------------------------
-
-    async def get_job(self, job_id: int) -> Job | None:
-        found = await self._run(get_job_steps(self.queries, job_id))
-        return found[0] if found else None
-
-    async def list_jobs(
-        self, *, state: str | None = None, queue: str | None = None, limit: int = 100
-    ) -> list[Job]:
-        return await self._run(list_jobs_steps(self.queries, state=state, queue=queue, limit=limit))
-
-    async def update_job(self, job: Job | int, changes: Changes) -> Job:
-        """Change a job's ``args``, ``max_attempts``, ``meta``, ``priority``, ``queue``,
-        ``scheduled_at`` (or ``scheduled_in``), ``tags`` or ``worker``; returns the job as now
-        stored. ``changes`` is a dict or a callable given the job (as Oban.py's update_job).
-        Raises :class:`~oban_pro.errors.JobNotFoundError` for a missing job and
-        :class:`~oban_pro.errors.ValidationError` for a bad change; nothing is written then.
-        """
-        return (await self.update_many_jobs([job], changes))[0]
-
-    async def update_many_jobs(self, jobs: Iterable[Job | int], changes: Changes) -> list[Job]:
-        """:meth:`update_job` for many jobs, in one transaction with the rows locked."""
-        jobs = list(jobs)
-        fresh = await self._run(update_steps(self.queries, jobs, changes))
-        follow_updates(jobs, fresh)  # the caller's objects follow too
-        return fresh
-
-    async def retry_job(self, job: Job | int) -> None:
-        await self.retry_many_jobs([job_id_of(job)])
-
-    async def retry_many_jobs(self, jobs: Iterable[Job | int]) -> int:
-        return len(await self._run(retry_steps(self.queries, jobs)))
-
-    async def cancel_job(self, job: Job | int) -> None:
-        await self.cancel_many_jobs([job_id_of(job)])
-
-    async def cancel_many_jobs(self, jobs: Iterable[Job | int]) -> int:
-        """Cancel jobs in any non-final state; executing ones are also stopped (pkill)."""
-        return len(await self._run(cancel_steps(self.queries, jobs)))
-
-    async def delete_job(self, job: Job | int) -> None:
-        await self.delete_many_jobs([job_id_of(job)])
-
-    async def delete_many_jobs(self, jobs: Iterable[Job | int]) -> int:
-        """Delete jobs in any state but ``executing``."""
-        return len(await self._run(delete_steps(self.queries, jobs)))
+    # job operations (get, list, update, retry, cancel, delete): AsyncJobOperations
 
     # -- queue operations (local at once, and across nodes through signals) ---------------
 

@@ -36,22 +36,14 @@ from ..enqueue import (
     Steps,
     run_async,
     run_sync,
-    unwrap_async_conn,
     unwrap_sync_conn,
 )
 from ..errors import BlockingCallOnLoopError, CoordinatorOnlyError, ValidationError
 from ..job import Job
+from ..job_operations import AsyncJobOperations
 from ..naming import channel, validate_name
 from ..operations import (
     Changes,
-    cancel_steps,
-    delete_steps,
-    follow_updates,
-    get_job_steps,
-    job_id_of,
-    list_jobs_steps,
-    retry_steps,
-    update_steps,
 )
 from ..payloads import encode_payload
 from ..queries import Queries
@@ -147,7 +139,7 @@ class _CoordinatorOnly:
         )
 
 
-class ChildOban(_CoordinatorOnly):
+class ChildOban(AsyncJobOperations, _CoordinatorOnly):
     """The node's instance in a worker process, with Oban's coroutine methods.
 
     Built by the worker process from its :class:`~.messages.InstanceInfo` and its event loop;
@@ -256,60 +248,7 @@ class ChildOban(_CoordinatorOnly):
         async with pool.connection() as conn:
             yield conn
 
-    # -- enqueueing -----------------------------------------------------------------------
-
-    async def enqueue(self, job: Job, *, conn: Any = None) -> Job:
-        """Insert one job, as :meth:`oban_pro.Oban.enqueue` (``conn``: your transaction)."""
-        return (await self.enqueue_many([job], conn=conn))[0]
-
-    async def enqueue_many(
-        self, jobs_or_first: Iterable[Job] | Job, /, *rest: Job, conn: Any = None
-    ) -> list[Job]:
-        """Insert many jobs in one round trip per batch (an iterable, or the jobs themselves)."""
-        steps = enqueue_many_steps(self.queries, jobs_or_first, rest)
-        if conn is not None:
-            return await run_async(await unwrap_async_conn(conn), steps)
-        return await self._run(steps)
-
-    # -- job operations -------------------------------------------------------------------
-
-    async def get_job(self, job_id: int) -> Job | None:
-        found = await self._run(get_job_steps(self.queries, job_id))
-        return found[0] if found else None
-
-    async def list_jobs(
-        self, *, state: str | None = None, queue: str | None = None, limit: int = 100
-    ) -> list[Job]:
-        return await self._run(list_jobs_steps(self.queries, state=state, queue=queue, limit=limit))
-
-    async def update_job(self, job: Job | int, changes: Changes) -> Job:
-        """See :meth:`oban_pro.Oban.update_job`."""
-        return (await self.update_many_jobs([job], changes))[0]
-
-    async def update_many_jobs(self, jobs: Iterable[Job | int], changes: Changes) -> list[Job]:
-        jobs = list(jobs)
-        fresh = await self._run(update_steps(self.queries, jobs, changes))
-        follow_updates(jobs, fresh)
-        return fresh
-
-    async def retry_job(self, job: Job | int) -> None:
-        await self.retry_many_jobs([job_id_of(job)])
-
-    async def retry_many_jobs(self, jobs: Iterable[Job | int]) -> int:
-        return len(await self._run(retry_steps(self.queries, jobs)))
-
-    async def cancel_job(self, job: Job | int) -> None:
-        """Cancel a job; an executing one is also stopped by the node running it (pkill)."""
-        await self.cancel_many_jobs([job_id_of(job)])
-
-    async def cancel_many_jobs(self, jobs: Iterable[Job | int]) -> int:
-        return len(await self._run(cancel_steps(self.queries, jobs)))
-
-    async def delete_job(self, job: Job | int) -> None:
-        await self.delete_many_jobs([job_id_of(job)])
-
-    async def delete_many_jobs(self, jobs: Iterable[Job | int]) -> int:
-        return len(await self._run(delete_steps(self.queries, jobs)))
+    # enqueueing and job operations: AsyncJobOperations
 
     # -- queue operations: signals, which this node's coordinator receives too --------------
 
