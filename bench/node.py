@@ -12,8 +12,9 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import sys
+
+from bench.node_commands import serve
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,31 +45,7 @@ async def main(args: argparse.Namespace) -> int:
         **json.loads(args.config),
     )
     await oban.start()
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    print(f"ready {os.getpid()}", flush=True)
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-
-    async def commands() -> None:
-        while True:
-            line = (await reader.readline()).decode().strip()
-            if not line:
-                stop.set()
-                return
-            if line == "pause":
-                await oban.pause_queue(args.queue, node=args.node)
-                print("ok", flush=True)
-            elif line == "resume":
-                await oban.resume_queue(args.queue, node=args.node)
-                print("ok", flush=True)
-            elif line == "leader?":
-                print(f"leader {'yes' if oban.is_leader else 'no'}", flush=True)
-
-    task = asyncio.create_task(commands())
-    await stop.wait()
-    task.cancel()
+    await serve(oban, args.queue, args.node)
     await oban.stop()
     return 0
 

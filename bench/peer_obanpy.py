@@ -17,7 +17,6 @@ import importlib.util
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,10 @@ assert _spec is not None and _spec.loader is not None
 measure = importlib.util.module_from_spec(_spec)
 sys.modules["bench_measure"] = measure
 _spec.loader.exec_module(measure)
+_spec = importlib.util.spec_from_file_location("bench_node_commands", HERE / "node_commands.py")
+assert _spec is not None and _spec.loader is not None
+node_commands = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(node_commands)
 
 from oban import Oban, worker  # noqa: E402
 
@@ -228,31 +231,7 @@ async def node(args: argparse.Namespace) -> dict:
         lifeline={"interval": args.lifeline_interval, "rescue_after": args.rescue_after},
         shutdown_grace_period=1.0,
     )
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    print(f"ready {os.getpid()}", flush=True)
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-
-    async def commands() -> None:
-        while True:
-            line = (await reader.readline()).decode().strip()
-            if not line:
-                stop.set()
-                return
-            if line == "pause":
-                await oban.pause_queue(args.queue, node=args.node)
-                print("ok", flush=True)
-            elif line == "resume":
-                await oban.resume_queue(args.queue, node=args.node)
-                print("ok", flush=True)
-            elif line == "leader?":
-                print(f"leader {'yes' if oban.is_leader else 'no'}", flush=True)
-
-    task = asyncio.create_task(commands())
-    await stop.wait()
-    task.cancel()
+    await node_commands.serve(oban, args.queue, args.node)
     await oban.stop()
     await pool.close()
     return {}
