@@ -101,6 +101,14 @@ class RecordIt:
 
 
 @worker(queue="default")
+class EnvValue:
+    """Records the value of the environment variable ``args["name"]`` in the child."""
+
+    def process(self, job):
+        return Record({"value": os.environ.get(job.args["name"])})
+
+
+@worker(queue="default")
 class Exit3:
     def process(self, job):
         log_execution(job)

@@ -431,3 +431,23 @@ async def test_signals_reach_other_nodes(oban_dsn, oban_prefix):
         await b.resume_queue("default", node="n1")
         await wait_until(lambda: not a.check_queue("default")["paused"], message="n1 resumed")
         assert b.check_queue("default")["paused"]
+
+
+async def test_children_see_the_environment_of_their_node_not_of_the_forkserver(
+    oban_dsn, oban_prefix, monkeypatch
+):
+    """The forkserver is started once per process, by the first node; a variable set after
+    that (as a test fixture or an application does before starting another node) must still
+    reach the children of a node started later."""
+    from engine_workers import EnvValue
+
+    from oban_pro.term import decode_recorded
+
+    async with node(oban_dsn, oban_prefix, "first") as first:
+        job = await first.enqueue(EnvValue.new({"name": "OBAN_PRO_TEST_LATE"}))
+        await finished(oban_dsn, oban_prefix, job.id)
+    monkeypatch.setenv("OBAN_PRO_TEST_LATE", "set after the forkserver started")
+    async with node(oban_dsn, oban_prefix, "second") as second:
+        job = await second.enqueue(EnvValue.new({"name": "OBAN_PRO_TEST_LATE"}))
+        row = await finished(oban_dsn, oban_prefix, job.id)
+    assert decode_recorded(row["meta"]["return"]) == {"value": "set after the forkserver started"}

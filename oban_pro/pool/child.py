@@ -111,6 +111,7 @@ def child_main(
     close_fds: list[int] | None = None,
     threads: int = 64,
     instance: InstanceInfo | None = None,
+    environ: dict[str, str] | None = None,
 ) -> None:
     """Entry point of a worker process.
 
@@ -120,7 +121,13 @@ def child_main(
     ``fork`` that belong to the parent or to sibling children. ``threads`` caps the thread pool
     that runs sync jobs. ``instance`` is the node's instance for job code
     (``Oban.get_instance()``, see :mod:`.child_instance`); None leaves it unavailable.
+    ``environ`` is the node's environment when this child was started: a forkserver started
+    earlier (by the first node of the process) would otherwise hand it the environment of that
+    moment, and job code reads settings from it.
     """
+    if environ is not None:
+        os.environ.clear()
+        os.environ.update(environ)
     _reset_process_state(close_fds or [])
     read_fd = read_conn if isinstance(read_conn, int) else read_conn.fileno()
     write_fd = write_conn if isinstance(write_conn, int) else write_conn.fileno()

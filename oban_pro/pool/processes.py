@@ -298,7 +298,15 @@ class Supervisor:
                     close_fds.append(other.writer.get_extra_info("pipe").fileno())
         process = self._ctx.Process(
             target=child_main,
-            args=(child_read, child_write, self.imports, close_fds, self.threads, self.instance),
+            args=(
+                child_read,
+                child_write,
+                self.imports,
+                close_fds,
+                self.threads,
+                self.instance,
+                dict(os.environ),
+            ),  # fmt: skip
             name="oban-pool-child",
             daemon=True,
         )
