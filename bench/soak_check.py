@@ -447,7 +447,10 @@ def explain_error(
         pids = {e.pid for e in ran}
         for f in faults.node_kills:
             if f["node"] == node and since - ORPHAN_GRACE <= f["at"] <= at:
-                if not pids or "pids" not in f or pids & set(f["pids"]):
+                # Started before the kill: the incarnation alive then is the one killed (its
+                # process may be missing from the kill's list: it died just before, with
+                # another job). Started after it: only an orphan of that incarnation (its pid).
+                if f["at"] >= since or not pids or "pids" not in f or pids & set(f["pids"]):
                     return None
         for f in faults.pauses:
             if f["node"] == node and f["at"] <= at <= f["until"] + s.rescue_slack:

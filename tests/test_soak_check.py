@@ -67,9 +67,19 @@ def test_rerun_after_node_kill_while_running_is_explained_and_without_it_is_not(
     got = run(lines, rows)
     assert got["duplicates"]["unexplained"] == 1
     assert got["counts"]["rescue of a live node"] == 1
-    # a kill of another incarnation of the same node name (other pids) explains nothing
-    got = run(lines, rows, [dict(kill, pids=[99])])
+    # a kill of another incarnation of the same node name (other pids, before this run
+    # started) explains nothing
+    got = run(lines, rows, [dict(kill, at=0.5, pids=[99])])
     assert got["duplicates"]["unexplained"] == 1
+
+
+def test_a_rescue_after_a_kill_during_the_run_is_explained_even_if_its_pid_was_not_listed():
+    # The job's process died (with another job) just before its node was killed, so the kill's
+    # process list lacks it; the node's kill during the run still explains the rescue entry.
+    lines = [S(1, 1, "a", 10, 1), S(1, 2, "b", 20, 9), E(1, 2, "b", 20, 9.1)]
+    rows = [row(1, attempt=2, node="b", done=9.2, errors=[rescue(1, "a", 8)])]
+    got = run(lines, rows, [{"kind": "node_kill", "node": "a", "at": 2.0, "pids": [99]}])
+    assert got["counts"].get("rescue of a live node", 0) == 0, got["failures"]
 
 
 def test_finished_job_whose_ack_died_with_its_node_is_explained_within_the_bound():
