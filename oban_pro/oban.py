@@ -37,9 +37,10 @@ from .enqueue import insert_steps, jobs_list, run_async, unwrap_async_conn
 from .errors import NotRunningError, SchemaNotReadyError, ValidationError
 from .job import Job
 from .job_operations import AsyncJobOperations
-from .limits import LIMIT_OPTIONS, QueueLimits, rescale
+from .limits import LIMIT_OPTIONS, QueueLimits
 from .naming import validate_name
 from .queries import Queries
+from .queue_signals import QueueSignals, start_payload
 from .testing.mode import current_mode
 from .workflow import Workflow
 from .workflow_ops import WorkflowStatus
@@ -83,7 +84,7 @@ class QueueInfo:
             raise KeyError(key) from None
 
 
-class Oban(AsyncJobOperations):
+class Oban(AsyncJobOperations, QueueSignals):
     """A node (or a client, when no queues are given).
 
     Either pass ``config=Config(...)`` or the same fields as keyword arguments, e.g.
@@ -405,51 +406,6 @@ class Oban(AsyncJobOperations):
                 self.queries.notify, notify_params(self.config.prefix, event, payload)
             )
 
-    async def pause_queue(self, queue: str, *, node: str | None = None) -> None:
-        await self._signal({"action": "pause", "queue": validate_name("queue", queue)}, node)
-
-    async def resume_queue(self, queue: str, *, node: str | None = None) -> None:
-        await self._signal({"action": "resume", "queue": validate_name("queue", queue)}, node)
-
-    async def pause_all_queues(self, *, node: str | None = None) -> None:
-        await self._signal({"action": "pause", "queue": "*"}, node)
-
-    async def resume_all_queues(self, *, node: str | None = None) -> None:
-        await self._signal({"action": "resume", "queue": "*"}, node)
-
-    async def scale_queue(
-        self,
-        queue: str,
-        *,
-        limit: int | None = None,
-        node: str | None = None,
-        **options: Any,
-    ) -> None:
-        """Change ``queue``'s limits on every node (or on ``node``).
-
-        ``limit`` is the local limit; ``global_limit`` and ``rate_limit`` (Oban Pro's options:
-        an int or ``{"allowed": n, "partition": ...}``, ``{"allowed": n, "period": s}``) change
-        the limits across nodes, and ``None`` removes one. Options are checked here first: a bad
-        value raises :class:`ValidationError` and no signal is sent.
-        """
-        validate_name("queue", queue)
-        if limit is not None and (
-            isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
-        ):
-            raise ValidationError("limit", f"must be an integer >= 1, got {limit!r}")
-        unknown = sorted(set(options) - set(LIMIT_OPTIONS))
-        if unknown:
-            raise ValidationError(
-                unknown[0], "is not a queue option; scale limit, global_limit or rate_limit"
-            )
-        if limit is None and not options:
-            raise ValidationError("limit", "give limit, global_limit or rate_limit to change")
-        rescale(None, options, queue)  # validates every given option
-        payload: dict[str, Any] = {"action": "scale", "queue": queue, **options}
-        if limit is not None:
-            payload["limit"] = limit
-        await self._signal(payload, node)
-
     async def start_queue(
         self,
         *,
@@ -466,15 +422,7 @@ class Oban(AsyncJobOperations):
         A node already running the queue ignores it. An instance without queues (a client)
         starts no queue itself: the signal goes to the nodes.
         """
-        validate_name("queue", queue)
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValidationError("limit", f"must be an integer >= 1, got {limit!r}")
-        if not isinstance(paused, bool):
-            raise ValidationError("paused", f"must be True or False, got {paused!r}")
-        given = {"global_limit": global_limit, "rate_limit": rate_limit}
-        options = {k: v for k, v in given.items() if v is not None}
-        limits = QueueLimits.parse(options, queue)
-        payload = {"action": "start", "queue": queue, "limit": limit, "paused": paused, **options}
+        payload, limits = start_payload(queue, limit, paused, global_limit, rate_limit)
         if node is None or node == self.node:
             await self._start_queue_local(queue, limit, paused, limits)
         if node != self.node or self._runtime is None:

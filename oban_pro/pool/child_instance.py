@@ -38,7 +38,7 @@ from ..enqueue import (
     run_sync,
     unwrap_sync_conn,
 )
-from ..errors import BlockingCallOnLoopError, CoordinatorOnlyError, ValidationError
+from ..errors import BlockingCallOnLoopError, CoordinatorOnlyError
 from ..job import Job
 from ..job_operations import AsyncJobOperations
 from ..naming import channel, validate_name
@@ -47,6 +47,7 @@ from ..operations import (
 )
 from ..payloads import encode_payload
 from ..queries import Queries
+from ..queue_signals import QueueSignals, start_payload
 from ..workflow_ops import enqueue_many_steps
 from .messages import InstanceInfo
 
@@ -139,7 +140,7 @@ class _CoordinatorOnly:
         )
 
 
-class ChildOban(AsyncJobOperations, _CoordinatorOnly):
+class ChildOban(AsyncJobOperations, QueueSignals, _CoordinatorOnly):
     """The node's instance in a worker process, with Oban's coroutine methods.
 
     Built by the worker process from its :class:`~.messages.InstanceInfo` and its event loop;
@@ -256,38 +257,19 @@ class ChildOban(AsyncJobOperations, _CoordinatorOnly):
         payload = {**payload, "ident": f"{self.name}.{node}" if node else "any"}
         await self._run(_notify_steps(self.queries, payload))
 
-    async def pause_queue(self, queue: str, *, node: str | None = None) -> None:
-        await self._signal({"action": "pause", "queue": validate_name("queue", queue)}, node)
-
-    async def resume_queue(self, queue: str, *, node: str | None = None) -> None:
-        await self._signal({"action": "resume", "queue": validate_name("queue", queue)}, node)
-
-    async def pause_all_queues(self, *, node: str | None = None) -> None:
-        await self._signal({"action": "pause", "queue": "*"}, node)
-
-    async def resume_all_queues(self, *, node: str | None = None) -> None:
-        await self._signal({"action": "resume", "queue": "*"}, node)
-
-    async def scale_queue(
-        self, queue: str, *, limit: int | None = None, node: str | None = None, **options: Any
-    ) -> None:
-        """Change ``queue``'s limit on every node (or on ``node``); see
-        :meth:`oban_pro.Oban.scale_queue`."""
-        _check_limit(limit)
-        payload = {"action": "scale", **options, "queue": validate_name("queue", queue)}
-        await self._signal({**payload, "limit": limit}, node)
-
     async def start_queue(
-        self, *, queue: str, limit: int, paused: bool = False, node: str | None = None
+        self,
+        *,
+        queue: str,
+        limit: int,
+        paused: bool = False,
+        node: str | None = None,
+        global_limit: Any = None,
+        rate_limit: Any = None,
     ) -> None:
         """Start ``queue`` on every node (or on ``node``): this node's coordinator too."""
-        validate_name("queue", queue)
-        _check_limit(limit)
-        if not isinstance(paused, bool):
-            raise ValidationError("paused", f"must be True or False, got {paused!r}")
-        await self._signal(
-            {"action": "start", "queue": queue, "limit": limit, "paused": paused}, node
-        )
+        payload, _limits = start_payload(queue, limit, paused, global_limit, rate_limit)
+        await self._signal(payload, node)
 
     async def stop_queue(self, queue: str, *, node: str | None = None) -> None:
         """Stop ``queue`` on every node (or on ``node``): this node's coordinator too."""
@@ -404,9 +386,17 @@ class BlockingChildOban(_CoordinatorOnly):
         self._wait(self._instance.scale_queue(queue, limit=limit, node=node, **options))
 
     def start_queue(
-        self, *, queue: str, limit: int, paused: bool = False, node: str | None = None
+        self,
+        *,
+        queue: str,
+        limit: int,
+        paused: bool = False,
+        node: str | None = None,
+        **limits: Any,
     ) -> None:
-        self._wait(self._instance.start_queue(queue=queue, limit=limit, paused=paused, node=node))
+        self._wait(
+            self._instance.start_queue(queue=queue, limit=limit, paused=paused, node=node, **limits)
+        )
 
     def stop_queue(self, queue: str, *, node: str | None = None) -> None:
         self._wait(self._instance.stop_queue(queue, node=node))
@@ -415,11 +405,6 @@ class BlockingChildOban(_CoordinatorOnly):
 def application_name(instance: str) -> str:
     """The ``application_name`` of the sessions a worker process opens for job code."""
     return f"oban_pro job code {instance}"[:63]  # PostgreSQL keeps 63 bytes of it
-
-
-def _check_limit(limit: object) -> None:
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ValidationError("limit", f"must be an integer >= 1, got {limit!r}")
 
 
 def _notify_steps(queries: Queries, payload: dict[str, Any]) -> Steps:
