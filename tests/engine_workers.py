@@ -9,6 +9,8 @@ import signal
 import time
 from pathlib import Path
 
+from log_lines import append_line
+
 from oban_pro import Cancel, Record, Snooze, worker
 
 
@@ -20,12 +22,7 @@ def log_execution(job) -> None:
     """
     path = job.args.get("log")
     if path:
-        line = f"{job.id} {job.attempt} {os.getpid()}\n".encode()
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
+        append_line(path, f"{job.id} {job.attempt} {os.getpid()}")
 
 
 @worker(queue="default")

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from log_lines import append_line
+
 from oban_pro.job import Cancel, Job, Record, Snooze
 from oban_pro.worker import worker
 
@@ -208,11 +210,7 @@ def not_a_worker() -> Any:
 def event(job: Job, what: str) -> None:
     path = job.args.get("log")
     if path:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, f"{what} {job.id} {os.getpid()}\n".encode())
-        finally:
-            os.close(fd)
+        append_line(path, f"{what} {job.id} {os.getpid()}")
 
 
 def read_events(path: Path) -> list[tuple[str, int, int]]:

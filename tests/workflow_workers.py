@@ -11,18 +11,15 @@ import os
 import time
 from pathlib import Path
 
+from log_lines import append_line
+
 from oban_pro import Cancel, Record, worker
 
 
 def mark(job, event: str) -> None:
     path = job.args.get("log")
     if path:
-        line = f"{job.id} {event} {time.monotonic_ns()} {os.getpid()}\n".encode()
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
+        append_line(path, f"{job.id} {event} {time.monotonic_ns()} {os.getpid()}")
 
 
 @worker(queue="default")

@@ -18,18 +18,15 @@ import sys
 import time
 from pathlib import Path
 
+from log_lines import append_line
+
 from oban_pro import Record, worker
 
 
 def log_run(job, path=None) -> None:
     path = path or job.args.get("log")
     if path:
-        line = f"{job.id} {job.attempt} {os.getpid()} {time.time():.6f}\n".encode()
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
+        append_line(path, f"{job.id} {job.attempt} {os.getpid()} {time.time():.6f}")
 
 
 def read_runs(path) -> list[tuple[int, int, int, float]]:

@@ -12,16 +12,13 @@ import os
 import time
 from pathlib import Path
 
+from log_lines import append_line
+
 from oban_pro import worker
 
 
 def _log(path: str, what: str, job_id: int) -> None:
-    line = f"{what} {job_id} {os.getpid()} {time.time():.6f}\n".encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-    finally:
-        os.close(fd)
+    append_line(path, f"{what} {job_id} {os.getpid()} {time.time():.6f}")
 
 
 @worker(queue="api")
