@@ -63,6 +63,8 @@ def test_kill_9_node_under_load(oban_dsn, oban_prefix, tmp_path, nodes, client):
     )
     a_pids = a.worker_pids()
     killed_at = a.kill9()
+    time.sleep(0.5)  # an ack statement in flight at the kill has committed by now
+    held = set(executing_on(dsn, prefix, "a"))  # well before heartbeat_ttl: nothing rescued yet
 
     # Rescue: the moment no job is left executing under the dead node.
     wait_for(
@@ -112,8 +114,10 @@ def test_kill_9_node_under_load(oban_dsn, oban_prefix, tmp_path, nodes, client):
         # the final attempt ran on the survivor; an earlier one (if any started) on a
         assert runs[job_id][-1][1] in b_pids, runs[job_id]
         assert all(pid in a_pids for _a, pid, _t in runs[job_id][:-1]), runs[job_id]
-    # a runs up to its queue limit (10) at once, whatever its 3 processes
-    assert len(rescued) <= 10 + 5, "at most a's 10 running jobs plus a few unwritten acks"
+    # Exactly the jobs the dead node held are rescued: the ones it was running (up to its limit
+    # of 10) and the ones it finished but had not acked yet (how many depends on the machine's
+    # speed, so no count is asserted: a bound of 15 failed one run in five under load).
+    assert rescued == held, (sorted(rescued - held), sorted(held - rescued))
 
 
 def test_long_jobs_on_live_nodes_never_run_twice(oban_dsn, oban_prefix, tmp_path, nodes, client):
