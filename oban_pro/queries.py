@@ -108,10 +108,13 @@ RETURNING j.id, j.worker, j.args::text, coalesce(j.meta, '{}'::jsonb)::text, j.a
   extract(epoch FROM j.inserted_at)::float8, extract(epoch FROM j.scheduled_at)::float8,
   extract(epoch FROM j.attempted_at)::float8"""
 
-# Limited fetches stamp attempted_at with the clock time their rate window used.
+# Limited fetches stamp attempted_at with the clock time their rate window used. Their LIMIT
+# is an expression, so the planner guesses a tenth of the table for ``next`` and joined it by
+# a hash over a sequential scan of oban_jobs (1.9 ms of 4.2 at 10,000 rows, growing with the
+# table); rows looked up by id from an array use the primary key whatever the guess.
 TAKE_NEXT_CLOCK = TAKE_NEXT.replace(
     "attempted_at = timezone('UTC', now())", "attempted_at = (SELECT t FROM clock)"
-)
+).replace("FROM next\nWHERE j.id = next.id", "WHERE j.id = ANY(ARRAY(SELECT id FROM next))")
 
 FETCH_JOBS = """
 WITH next AS (

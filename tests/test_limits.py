@@ -124,6 +124,54 @@ async def test_global_limit_counts_every_engines_executing_jobs(oban_dsn, oban_p
     assert len(await _fetch(pool, oban_prefix, GlobalLimit(5), demand=1)) == 1  # demand caps
 
 
+@pytest.mark.parametrize("partitioned", [False, True])
+def test_limited_fetch_takes_its_rows_by_index(oban_dsn, oban_prefix, partitioned):
+    """Its LIMIT is an expression: the planner guesses a tenth of the backlog and once updated
+    the taken rows through a hash join over a sequential scan of all of oban_jobs. (A
+    partitioned fetch ranks the queue's whole backlog by design; its update must not scan.)"""
+    query(oban_dsn, f"INSERT INTO \"{oban_prefix}\".oban_jobs (queue, worker, args) "
+                    f"SELECT 'api', 'app.W', jsonb_build_object('tenant', 't' || i % 5) "
+                    f"FROM generate_series(1, 10000) AS i")  # fmt: skip
+    query(oban_dsn, f'ANALYZE "{oban_prefix}".oban_jobs')
+    spec: dict = {"allowed": 10}
+    if partitioned:
+        spec["partition"] = {"fields": ["args"], "keys": ["tenant"]}
+    limits = QueueLimits(global_limit=GlobalLimit.parse(spec))
+    params = {**fetch_params(limits, oban_prefix, "api"), "demand": 30, "node": "n",
+              "uuid": str(uuid.uuid4()), "now": None}  # fmt: skip
+    queries = Queries(oban_prefix)
+    statement = queries.fetch_partitioned_jobs if partitioned else queries.fetch_limited_jobs
+    with psycopg.connect(oban_dsn) as conn:  # rolled back: nothing is taken
+        plan = conn.execute("EXPLAIN (FORMAT JSON) " + statement, params).fetchone()[0][0]
+
+    def nodes(node):
+        yield node
+        for child in node.get("Plans", []):
+            yield from nodes(child)
+
+    def seq_scans(node):
+        return [n for n in nodes(node) if n["Node Type"] == "Seq Scan"]
+
+    (update,) = [n for n in nodes(plan["Plan"]) if n.get("Operation") == "Update"]
+    assert seq_scans(update) == [], update
+    if not partitioned:
+        assert seq_scans(plan["Plan"]) == [], plan
+
+
+async def test_limited_fetch_on_a_connection_in_a_transaction_mode(oban_dsn, oban_prefix):
+    """A connection that is not in autocommit mode (a caller's pool) gets the same limit."""
+    _insert(oban_dsn, oban_prefix, 10)
+    limits = QueueLimits(global_limit=GlobalLimit(4))
+    params = {**fetch_params(limits, oban_prefix, "api"), "demand": 10, "node": "n",
+              "uuid": str(uuid.uuid4()), "now": None}  # fmt: skip
+    async with await psycopg.AsyncConnection.connect(oban_dsn) as conn:
+        assert not conn.autocommit
+        rows = await fetch_limited(conn, Queries(oban_prefix), limits, params)
+        assert len(rows) == 4
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE  # committed
+    assert _executing(oban_dsn, oban_prefix) == 4
+
+
 async def test_partitioned_limit_holds_per_tenant_and_serves_every_tenant(
     oban_dsn, oban_prefix, pool
 ):

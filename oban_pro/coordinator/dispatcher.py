@@ -127,8 +127,18 @@ class Dispatcher:
         return self.ledger.count(queue)
 
     def demand(self, producer: Producer) -> int:
-        """How many jobs ``producer`` may fetch now: its limit minus its jobs running here."""
-        return max(0, producer.limit - self.ledger.count(producer.queue))
+        """How many jobs ``producer`` may fetch now: its limit minus its jobs running here.
+
+        While some of the queue's jobs still wait for a child (isolated jobs on busy
+        children), the children are not short of work: the room is fetched once a quarter of
+        the limit is free, in one statement, instead of one fetch per finished job (CPU-bound
+        isolated jobs: half the fetches at limit 10, each a round trip and a commit)."""
+        room = producer.limit - self.ledger.count(producer.queue)
+        if room <= 0:
+            return 0
+        if room < producer.limit // 4 and self.pool.waiting_in(producer.queue):
+            return 0
+        return room
 
     def running(self) -> list[RunningJob]:
         """``(job_id, attempt, producer_uuid)`` of every job this node holds."""

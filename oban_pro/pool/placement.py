@@ -48,6 +48,10 @@ class Placement:
     def has_waiting(self) -> bool:
         return bool(self._turn)
 
+    def waiting_in(self, queue: str) -> int:
+        """Jobs of ``queue`` waiting for a child."""
+        return len(self._lines.get((queue, False), ())) + len(self._lines.get((queue, True), ()))
+
     def wait(self, job: PoolJob, *, first: bool = False) -> None:
         """Queue ``job`` until a child can take it (``first``: ahead of its queue's line)."""
         key = (job.run.queue, job.isolated)

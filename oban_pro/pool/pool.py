@@ -316,6 +316,10 @@ class WorkerPool:
         """Jobs waiting for a child (isolated ones while no child is empty)."""
         return len(self._placement)
 
+    def waiting_in(self, queue: str) -> int:
+        """Jobs of ``queue`` waiting for a child."""
+        return self._placement.waiting_in(queue)
+
     def pids(self) -> list[int]:
         """Pids of the children alive now."""
         return [c.pid for c in self._supervisor.children if c.alive]
