@@ -100,12 +100,15 @@ def test_waiting_lines_are_served_in_turn_between_queues() -> None:
             j = job(i * 10 + (queue == "b"), queue=queue)
             ledger.add(j)
             placement.wait(j)
+    assert placement.waiting_in("a") == placement.waiting_in("b") == 3
+    assert placement.waiting_in("c") == 0
     children[0].state = READY
     order = []
     while (found := placement.next_placeable(set())) is not None:
         order.append(found[0].run.queue)
         ledger.place(found[0], found[1])
     assert order == ["a", "b", "a", "b", "a", "b"]
+    assert placement.waiting_in("a") == 0
 
 
 def test_the_ledger_refuses_a_job_twice_and_forgets_it_everywhere() -> None:
