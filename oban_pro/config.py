@@ -192,7 +192,9 @@ class Config:
             self.paused_queues = sorted({*self.paused_queues, *specs.paused})
             self.cluster_limits = {**self.cluster_limits, **specs.cluster_limits}
         self.cluster_limits = {
-            queue: _queue_limits(queue, limits) for queue, limits in self.cluster_limits.items()
+            queue: parsed
+            for queue, limits in self.cluster_limits.items()
+            if (parsed := _queue_limits(queue, limits)) is not None
         }
         self.validate()
 

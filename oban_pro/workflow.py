@@ -151,12 +151,19 @@ class Workflow:
             named = [(str(i), job) for i, job in enumerate(jobs)]
         if not named:
             raise WorkflowValidationError(str(name), "jobs", "add_many needs at least one job")
-        sub = Workflow(name=str(name) if isinstance(name, str) else None, **self._defaults)
-        flags = {"ignore_cancelled": ignore_cancelled, "ignore_discarded": ignore_discarded,
-                 "ignore_deleted": ignore_deleted}  # fmt: skip
+        defaults = self._defaults
+        sub = Workflow(
+            name=str(name) if isinstance(name, str) else None,
+            ignore_cancelled=defaults["ignore_cancelled"],
+            ignore_discarded=defaults["ignore_discarded"],
+            ignore_deleted=defaults["ignore_deleted"],
+        )
         for key, job in named:
             try:
-                sub.add(key, job, **flags)
+                sub.add(
+                    key, job, ignore_cancelled=ignore_cancelled,
+                    ignore_discarded=ignore_discarded, ignore_deleted=ignore_deleted,
+                )  # fmt: skip
             except WorkflowValidationError as exc:
                 raise WorkflowValidationError(f"{name}.{key}", exc.field, exc.detail) from None
         return self.add_workflow(name, sub, deps=deps)
@@ -193,7 +200,7 @@ class Workflow:
 
     def __len__(self) -> int:
         """Number of jobs, sub-workflows included."""
-        return sum(1 if s.job is not None else len(s.sub) for s in self._steps.values())  # type: ignore[arg-type]
+        return sum(len(s.sub) if s.sub is not None else 1 for s in self._steps.values())
 
     def __repr__(self) -> str:
         label = f" {self.name!r}" if self.name else ""

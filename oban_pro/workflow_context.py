@@ -84,7 +84,8 @@ def _shape(job: Job, rows: list[tuple[int, str, dict[str, Any]]]) -> dict[str, A
     for _id, _state, up in rows:
         value = decode_recorded(up["return"]) if up.get("recorded") and "return" in up else None
         name = up.get("name") or str(_id)
-        group = group_of.get(up.get("workflow_id"))
+        of = up.get("workflow_id")
+        group = group_of.get(of) if of is not None else None
         if group is not None:
             results.setdefault(group, {})[name] = value
         else:

@@ -149,12 +149,6 @@ def list_steps(queries: Queries, workflow_id: str) -> Steps:
     return [_to_job(row, list(COLUMNS)) for row in rows]
 
 
-def upstream_steps(queries: Queries, job_id: int) -> Steps:
-    """(id, state, meta) of every job that ``job_id`` waits or waited for."""
-    rows = yield workflow_queries(queries.prefix).workflow_upstream, {"id": job_id}
-    return rows
-
-
 # -- acting -----------------------------------------------------------------------------------
 
 
