@@ -22,13 +22,14 @@ SCENARIOS: dict[str, str] = {
     "peer": "the same workloads on the open-source Oban.py and on oban_pro, A B A B, ratios",
     "limits": "global_limit bookkeeping cost (A B vs plain) and a rate limit's achieved rate",
     "workflow": "1 -> 10,000 -> 1 workflow vs 10,002 plain jobs (ratio), ack cost per step",
+    "table_size": "the throughput drain from an empty table vs one with 1M other rows; fetch plan",
     "soak": "3 nodes, 200k mixed jobs under kill -9, PostgreSQL restarts, SIGSTOP: lost? twice?",
     "all": "every scenario above, one after another",
     "plot": "redraw the PNG of result JSON files (no benchmark is run)",
 }
 ORDER = ["throughput", "cpu", "latency", "rescue", "insert", "peer", "limits"]
 # Run by hand (about 12 minutes), not by ``all``; its JSON can still be replotted.
-EXTRA = ["soak", "workflow"]
+EXTRA = ["soak", "workflow", "table_size"]
 
 
 def common_parser() -> argparse.ArgumentParser:

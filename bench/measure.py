@@ -227,16 +227,18 @@ async def drain(
     args: str = "{}",
     timeout: float | None = None,
     on_tick: Callable[[], Awaitable[None]] | None = None,
+    reset: Callable[[Any, str], Awaitable[None]] | None = None,
 ) -> dict[str, Any]:
     """Start a node, COPY ``n`` jobs in one transaction, time until the node has completed all.
 
     Returns ``{"jobs", "seconds", "rate", "completed", "states"}``; ``seconds`` runs from the
-    commit of the insert to the newest ``completed_at``.
+    commit of the insert to the newest ``completed_at``. ``reset(conn, prefix)`` empties the
+    table first (default: :func:`truncate`; table_size keeps its other rows).
     """
     timeout = timeout if timeout is not None else 120.0 + n / 100.0
     conn = await connect(dsn)
     try:
-        await truncate(conn, prefix)
+        await (reset or truncate)(conn, prefix)
         await conn.execute(f"VACUUM ANALYZE {qp(prefix)}.oban_jobs")
         postmaster = await postmaster_pid(conn)
         node = await start_node()

@@ -237,3 +237,15 @@ def test_workflow(tmp_path, oban_dsn):
     assert data["seconds"]["plain"]["n"] == data["seconds"]["workflow"]["n"] == 1
     assert data["ratio_workflow_over_plain"]["median"] > 0
     assert data["release_us_per_step"]["median"] > 0
+
+
+def test_table_size(tmp_path, oban_dsn):
+    data = run_bench(
+        tmp_path, oban_dsn, "table_size", "--size", "300", "--other-rows", "30000",
+        "--processes", "1",
+    )  # fmt: skip
+    assert data["params"]["other_rows"] == 30000
+    for side in ("small", "big"):
+        assert all(run["completed"] == 300 for run in data[side]["runs"])
+    # 30,000 other rows: the fetch reads the state/queue index, never the whole table
+    assert data["plans"]["big"]["uses_index"] and not data["plans"]["big"]["seq_scan"]
