@@ -118,6 +118,8 @@ class Config:
     leader_ttl: float = 30.0
     #: Seconds between gossip checks sent for Oban Web.
     gossip_interval: float = 5.0
+    #: Seconds between the leader's counts of jobs and workflows per state (metrics on only).
+    gauge_interval: float = 5.0
     #: Acks written per statement at most.
     ack_batch_size: int = 1000
     #: Extra seconds the acker waits for a batch to fill (0: write at once; acks arriving during
@@ -251,6 +253,7 @@ class Config:
             "prune_max_age",
             "leader_ttl",
             "gossip_interval",
+            "gauge_interval",
             "ack_interval",
             "kill_grace",
             "cancel_grace",

@@ -8,6 +8,7 @@ import psycopg
 import pytest
 from engine_workers import Fail, Noop
 from helpers import job_row, wait_until
+from plugin_support import FakeNode
 from psycopg_pool import AsyncConnectionPool
 
 from oban_pro import Oban
@@ -17,6 +18,7 @@ from oban_pro.plugins.lifeline import Lifeline
 from oban_pro.plugins.pruner import Pruner
 from oban_pro.plugins.stager import Stager
 from oban_pro.queries import Queries
+from oban_pro.store import Store
 
 
 @pytest.fixture
@@ -61,9 +63,11 @@ async def test_node_runs_with_the_documented_grants(app_role, caplog):
     async with AsyncConnectionPool(dsn, min_size=1, max_size=1, open=False,
                                    kwargs={"autocommit": True}) as pool:  # fmt: skip
         queries = Queries(prefix)
-        await Stager(pool, queries, lambda q: None).step()
-        await Lifeline(pool, queries, heartbeat_ttl=30, reconnect_bound=4, rescue_after=3600).step()
-        await Pruner(pool, queries, max_age=1, limit=10).step()
+        jobs = Store(pool, queries)
+        await Stager(jobs, FakeNode(), interval=1).step()
+        await Lifeline(jobs, FakeNode(), interval=5, heartbeat_ttl=30, reconnect_bound=4,
+                       rescue_after=3600).step()  # fmt: skip
+        await Pruner(jobs, interval=60, max_age=1, limit=10).step()
         assert await Leader(pool=pool, queries=queries, name="x", node="y", ttl=5).elect()
     problems = [r.getMessage() for r in caplog.records if r.levelname in ("WARNING", "ERROR")
                 and "job " not in r.getMessage()]  # fmt: skip

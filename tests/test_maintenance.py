@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 from helpers import job_row, query, wait_until
+from plugin_support import FakeNode, store
 
 from oban_pro import Job
 from oban_pro.client import Client
@@ -66,8 +67,8 @@ async def test_stager_makes_due_jobs_available_and_notifies(oban_dsn, oban_prefi
     client = Client(oban_dsn, prefix=oban_prefix)
     soon = client.enqueue(Job("app.W", queue="mail", schedule_in=30))
     later = client.enqueue(Job("app.W", queue="mail", schedule_in=3600))
-    woken: list[str] = []
-    stager = Stager(pool, Queries(oban_prefix), woken.append)
+    node = FakeNode()
+    stager = Stager(store(pool, oban_prefix), node, interval=1.0)
     listener = psycopg.connect(oban_dsn, autocommit=True)
     listener.execute(f'LISTEN "{oban_prefix}.oban_insert"')
     try:
@@ -75,7 +76,7 @@ async def test_stager_makes_due_jobs_available_and_notifies(oban_dsn, oban_prefi
         assert await stager.step(now=naive(datetime.now(UTC) + timedelta(seconds=60))) == 1
         assert job_row(oban_dsn, oban_prefix, soon.id)["state"] == "available"
         assert job_row(oban_dsn, oban_prefix, later.id)["state"] == "scheduled"
-        assert woken == ["mail"]
+        assert node.staged == ["mail"]
         notices = [n.payload for n in listener.notifies(timeout=2, stop_after=1)]
         assert [json.loads(n) for n in notices] == [{"queue": "mail"}]
     finally:
@@ -103,7 +104,7 @@ async def test_pruner_deletes_old_finished_jobs_in_batches(oban_dsn, oban_prefix
         f"timezone('UTC', now()) WHERE id = %s",
         (ids[3],),
     )
-    pruner = Pruner(pool, Queries(oban_prefix), max_age=3600, limit=2)
+    pruner = Pruner(store(pool, oban_prefix), interval=60, max_age=3600, limit=2)
     assert await pruner.step() == 2
     assert await pruner.step() == 1
     assert await pruner.step() == 0
@@ -112,7 +113,7 @@ async def test_pruner_deletes_old_finished_jobs_in_batches(oban_dsn, oban_prefix
     # with the clock moved a day ahead the recent discarded job goes too, the available stays
     later = naive(datetime.now(UTC) + timedelta(days=1))
     assert await pruner.step(now=later) == 1
-    assert await Pruner(pool, Queries(oban_prefix), max_age=0, limit=10).step() == 0
+    assert await Pruner(store(pool, oban_prefix), interval=60, max_age=0, limit=10).step() == 0
 
 
 # -- lifeline ------------------------------------------------------------------------------
@@ -155,15 +156,15 @@ async def test_lifeline_rescues_only_jobs_of_producers_known_to_heartbeat(
     set_executing(oban_dsn, oban_prefix, py_dead.id, "py-dead", py_dead_uuid)
     set_executing(oban_dsn, oban_prefix, spent.id, "dead-node", dead_uuid)
 
-    def lifeline(**kw):
+    def lifeline(node=None, **kw):
         options = {"heartbeat_ttl": ttl, "reconnect_bound": 0.0, "rescue_after": 3600,
                    "foreign_ttl": uptime * 0.75} | kw  # fmt: skip
-        return Lifeline(pool, Queries(oban_prefix), **options)
+        return Lifeline(store(pool, oban_prefix), node or FakeNode(), interval=5, **options)
 
     # Silence counts from no earlier than the server's start plus the slowest reconnect.
     assert await lifeline(reconnect_bound=uptime).step() == 0
-    rescued: list[int] = []
-    lifeline_ = lifeline(on_rescued=lambda n, queues: rescued.append(n))
+    node = FakeNode()
+    lifeline_ = lifeline(node)
     await lifeline_.observe()  # it sees gone-node's row; then the row vanishes
     query(oban_dsn, f"DELETE FROM {p}.oban_producers WHERE uuid = %s", (gone_uuid,))
     assert gone_uuid in lifeline_.known_producers
@@ -190,7 +191,7 @@ async def test_lifeline_rescues_only_jobs_of_producers_known_to_heartbeat(
     # dead producer rows were deleted once none of their jobs was executing
     uuids = {r[0] for r in query(oban_dsn, f"SELECT uuid::text FROM {p}.oban_producers")}
     assert uuids == {live_uuid, py_recent_uuid}
-    assert rescued == [4]
+    assert node.rescued == [{"default"}]  # the spent job was discarded, not given back
 
 
 async def test_lifeline_on_a_follower_observes_but_never_rescues(oban_dsn, oban_prefix, pool):
@@ -203,12 +204,12 @@ async def test_lifeline_on_a_follower_observes_but_never_rescues(oban_dsn, oban_
     add_producer(oban_dsn, oban_prefix, dead_uuid, "dead-node", age=120)
     set_executing(oban_dsn, oban_prefix, job.id, "dead-node", dead_uuid)
     follower = Lifeline(
-        pool,
-        Queries(oban_prefix),
+        store(pool, oban_prefix),
+        FakeNode(is_leader=False),
+        interval=5,
         heartbeat_ttl=uptime / 2,
         reconnect_bound=0.0,
         rescue_after=3600,
-        is_leader=lambda: False,
     )
     assert await follower.step() == 0
     assert follower.known_producers == {dead_uuid}
@@ -378,8 +379,8 @@ async def test_after_a_stall_of_every_process_the_common_silence_is_not_death(
     add_producer(oban_dsn, oban_prefix, b, "b", age=uptime / 2, meta=meta)
     set_executing(oban_dsn, oban_prefix, on_a.id, "a", a)
     set_executing(oban_dsn, oban_prefix, on_b.id, "b", b)
-    lifeline = Lifeline(pool, Queries(oban_prefix), heartbeat_ttl=ttl, reconnect_bound=0.0,
-                        rescue_after=3600)  # fmt: skip
+    lifeline = Lifeline(store(pool, oban_prefix), FakeNode(), interval=5, heartbeat_ttl=ttl,
+                        reconnect_bound=0.0, rescue_after=3600)  # fmt: skip
     assert await lifeline.step() == 0  # both silent alike: the stall, not death
     query(oban_dsn, f'UPDATE "{oban_prefix}".oban_producers SET updated_at = '
                     f"timezone('UTC', now()) WHERE uuid = %s", (a,))  # fmt: skip

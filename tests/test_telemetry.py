@@ -8,6 +8,7 @@ import logging
 
 import pytest
 from helpers import job_row, query
+from plugin_support import FakeNode
 
 from oban_pro import Job, telemetry
 from oban_pro.client import Client
@@ -15,6 +16,7 @@ from oban_pro.coordinator.leader import Leader
 from oban_pro.plugins.pruner import Pruner
 from oban_pro.plugins.stager import Stager
 from oban_pro.queries import Queries
+from oban_pro.store import Store
 from oban_pro.telemetry import logger as telemetry_logger
 
 
@@ -74,8 +76,8 @@ async def test_maintenance_emits_oban_py_events(oban_dsn, oban_prefix, pool, eve
         f"timezone('UTC', now()) - interval '1 second' WHERE id = %s",
         (job.id,),
     )
-    assert await Stager(pool, queries, lambda q: None).step() == 1
-    await Pruner(pool, queries, max_age=60, limit=10).step()
+    assert await Stager(Store(pool, queries), FakeNode(), interval=1).step() == 1
+    await Pruner(Store(pool, queries), interval=60, max_age=60, limit=10).step()
     await Leader(pool=pool, queries=queries, name="t", node="n", ttl=5).elect()
     by_name = {name: meta for name, meta in events}
     assert by_name["oban.stager.stage.stop"]["staged_count"] == 1

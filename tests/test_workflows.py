@@ -393,12 +393,17 @@ async def test_status_list_and_retry_of_failed_steps(oban_dsn, oban_prefix, tmp_
 
 
 async def lifeline_step(pool, prefix):
+    from plugin_support import FakeNode
+
     from oban_pro.plugins.lifeline import Lifeline
     from oban_pro.queries import Queries
+    from oban_pro.store import Store
+    from oban_pro.workflow_repair import WorkflowRepair
 
     await Lifeline(
-        pool, Queries(prefix), heartbeat_ttl=30, reconnect_bound=0, rescue_after=3600
-    ).step()
+        Store(pool, Queries(prefix)), FakeNode(), interval=5, heartbeat_ttl=30, reconnect_bound=0,
+        rescue_after=3600, repair=WorkflowRepair(pool, prefix),
+    ).step()  # fmt: skip
 
 
 async def test_lifeline_repairs_upstream_cancelled_or_deleted_outside_an_ack(
@@ -500,7 +505,9 @@ async def test_workflow_on_tables_made_by_elixir_or_obanpy(
 async def test_workflow_gauge_counts_workflows_by_their_current_state(oban_dsn, oban_prefix):
     from psycopg_pool import AsyncConnectionPool
 
-    from oban_pro.plugins.workflow_gauges import WorkflowGauges
+    from oban_pro.plugins.gauges import WorkflowGauges
+    from oban_pro.queries import Queries
+    from oban_pro.store import Store
 
     def two_steps(name: str) -> Workflow:
         return Workflow(name=name).add("a", Job("W", args={})).add("b", Job("W"), deps="a")
@@ -517,5 +524,6 @@ async def test_workflow_gauge_counts_workflows_by_their_current_state(oban_dsn, 
               f"AND meta->>'name' = 'b'", (state, ids[name]))  # fmt: skip
     published: list[dict[str, int]] = []
     async with AsyncConnectionPool(oban_dsn, min_size=1, max_size=1, open=False) as pool:
-        await WorkflowGauges(pool, oban_prefix, published.append).step()
+        store = Store(pool, Queries(oban_prefix))
+        await WorkflowGauges(store, published.append, interval=5).step()
     assert published == [{"executing": 1, "completed": 1, "cancelled": 1, "discarded": 1}]

@@ -22,17 +22,19 @@ from ..cron import CronEntry
 from ..job import Job
 from ..limits import QueueLimits
 from ..metrics import ClusterLimitRow
-from ..plugins.gauges import QueueGauges
+from ..plugins.base import Plugin, QueueCheck
+from ..plugins.gauges import QueueGauges, WorkflowGauges
 from ..plugins.gossip import Gossip
 from ..plugins.lifeline import Lifeline
 from ..plugins.pruner import Pruner
 from ..plugins.scheduler import Scheduler
 from ..plugins.stager import Stager
-from ..plugins.workflow_gauges import WorkflowGauges
 from ..pool.messages import InstanceInfo, Run
 from ..pool.pool import WorkerPool, default_threads
 from ..queries import Queries
 from ..registry import cron_entries
+from ..store import Store
+from ..workflow_repair import WorkflowRepair
 from .acker import Ack, Acker
 from .dispatcher import Dispatcher, RunningJob
 from .freed_capacity import FreedCapacity
@@ -42,6 +44,7 @@ from .leader import Leader
 from .notifier import Notifier
 from .outcomes import JobOutcomes
 from .periodic import Periodic
+from .plugin_runner import PluginRunner
 from .producer import Producer
 
 log = logging.getLogger(__name__)
@@ -70,6 +73,7 @@ class Runtime:
         self._insert_jobs = insert_jobs
         self._on_signal = on_signal
         self._loops: list[Periodic] = []
+        self._plugins: PluginRunner | None = None
         self._notifier: Notifier | None = None
         self._acker: Acker | None = None
         self._freed = FreedCapacity(pool, queries, self._held_back_by_global_limit)
@@ -262,51 +266,38 @@ class Runtime:
             on_lost=self._on_lost_jobs,
             on_error=on_error,
         )
-        stager = Stager(pool, self.queries, self._wake_queue)
-        lifeline = Lifeline(
-            pool,
-            self.queries,
-            heartbeat_ttl=cfg.heartbeat_ttl,
-            reconnect_bound=reconnect_bound(cfg.heartbeat_interval),
-            rescue_after=cfg.rescue_after,
-            is_leader=lambda: self.is_leader,
-            on_rescued=self._on_rescued,
-            healthy_for=self.seconds_since_db_error,
-            name=self.name,
-            node=self.node,
-        )
-        pruner = Pruner(pool, self.queries, max_age=cfg.prune_max_age, limit=cfg.prune_limit)
+        store = Store(pool, self.queries)
+        view = _RuntimeView(self)
+        plugins: list[Plugin] = [
+            Gossip(store, view, interval=cfg.gossip_interval),
+            Stager(store, view, interval=cfg.stage_interval),
+            Lifeline(
+                store,
+                view,
+                interval=cfg.lifeline_interval,
+                heartbeat_ttl=cfg.heartbeat_ttl,
+                reconnect_bound=reconnect_bound(cfg.heartbeat_interval),
+                rescue_after=cfg.rescue_after,
+                repair=WorkflowRepair(pool, self.queries.prefix),
+            ),
+            Pruner(
+                store, interval=cfg.prune_interval, max_age=cfg.prune_max_age, limit=cfg.prune_limit
+            ),  # fmt: skip
+        ]
+        if m is not None:
+            plugins += [
+                QueueGauges(store, m.set_queue_counts, interval=cfg.gauge_interval),
+                WorkflowGauges(store, m.set_workflow_counts, interval=cfg.gauge_interval),
+            ]
+        self._plugins = PluginRunner(plugins, view, on_error=on_error)
         self._scheduler = Scheduler(  # compat hook: cron_timezone (Oban.py's scheduler.timezone)
             [*cron_entries(), *self._crontab], self._insert_jobs, cfg.cron_timezone
         )
-        gossip = Gossip(pool, self.queries, lambda: list(self.producers.values()))
-        self._loops = [
-            leader_loop,
-            Periodic("gossip", cfg.gossip_interval, gossip.step, on_error=on_error),
-            Periodic("stage", cfg.stage_interval, self._if_leader(stager.step), on_error=on_error),
-            # Every node observes producers (a new leader then knows them); the leader rescues.
-            Periodic("rescue", cfg.lifeline_interval, lifeline.step, on_error=on_error),
-            Periodic("prune", cfg.prune_interval, self._if_leader(pruner.step), on_error=on_error),
-            Periodic("cron", 1.0, self._cron_step, on_error=on_error),
-        ]
-        if m is not None:
-            gauges = QueueGauges(pool, self.queries, m.set_queue_counts)
-            workflows = WorkflowGauges(pool, cfg.prefix, m.set_workflow_counts)
-            self._loops += [
-                Periodic("gauge", 5.0, self._if_leader(gauges.step), on_error=on_error),
-                Periodic("gauge", 5.0, self._if_leader(workflows.step), on_error=on_error),
-            ]
+        self._loops = [leader_loop, Periodic("cron", 1.0, self._cron_step, on_error=on_error)]
         self._heartbeat.start()
         for loop in self._loops:
             loop.start()
-
-    def _if_leader(self, step: Any) -> Any:
-        async def run() -> Any:
-            if self.is_leader:
-                return await step()
-            return None
-
-        return run
+        self._plugins.start()
 
     async def _cron_step(self) -> None:
         # Sleep to the next minute boundary, then insert that minute's jobs if leading.
@@ -330,6 +321,8 @@ class Runtime:
             self._report_shutdown(time.monotonic_ns() - shutdown_started, unfinished)
         for loop in self._loops:
             await loop.stop()
+        if self._plugins is not None:
+            await self._plugins.stop()
         if self._heartbeat is not None:
             await self._heartbeat.stop()
         if self._acker is not None:
@@ -380,10 +373,10 @@ class Runtime:
         self._emit("oban.pool.restart", {"reason": reason})
 
     def _on_leader_change(self, leading: bool) -> None:
-        if leading:  # a new leader stages and rescues at once rather than at its next tick
-            for loop in self._loops:
-                if loop.name in ("stage", "rescue"):
-                    loop.trigger()
+        if leading and self._plugins is not None:
+            # A new leader stages and rescues at once rather than at its next tick.
+            self._plugins.trigger(Stager.name)
+            self._plugins.trigger(Lifeline.name)
 
     def _on_db_error(self, operation: str) -> None:
         self._last_db_error = time.monotonic()
@@ -416,7 +409,7 @@ class Runtime:
                 job.job_id, f"its row is now {job.state}{where}", attempt=job.attempt
             )
 
-    def _on_rescued(self, count: int, queues: set[str]) -> None:
+    def _on_rescued(self, queues: set[str]) -> None:
         for queue in queues:
             self._wake_queue(queue)
         self._freed.freed(queues, always=True)  # a dead node's share of a global limit is back
@@ -457,3 +450,46 @@ class Runtime:
                 )
             )
         return rows
+
+
+class _RuntimeView:
+    """The plugins' read-only view of their node (:class:`~oban_pro.plugins.base.NodeView`)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    @property
+    def name(self) -> str:
+        return self._runtime.name
+
+    @property
+    def node(self) -> str:
+        return self._runtime.node
+
+    @property
+    def is_leader(self) -> bool:
+        return self._runtime.is_leader
+
+    def seconds_since_db_error(self) -> float:
+        return self._runtime.seconds_since_db_error()
+
+    async def queue_checks(self) -> list[QueueCheck]:
+        checks = []
+        for producer in list(self._runtime.producers.values()):
+            if producer.limits is not None:
+                await producer.refresh_status()  # checks show the limits' use across nodes
+            checks.append(
+                QueueCheck(
+                    uuid=producer.uuid, name=producer.name, node=producer.node,
+                    queue=producer.queue, limit=producer.limit, paused=producer.paused,
+                    running=producer.running, started_at=producer.started_at,
+                    limits=producer.limits_json(),
+                )
+            )  # fmt: skip
+        return checks
+
+    def jobs_staged(self, queue: str) -> None:
+        self._runtime._wake_queue(queue)
+
+    def jobs_rescued(self, queues: set[str]) -> None:
+        self._runtime._on_rescued(queues)

@@ -1,3 +1,4 @@
-"""Periodic maintenance that calls into the database on the leader's (or every node's) behalf:
-stager, lifeline, pruner, cron, queue gauges and gossip. Each module holds one plugin.
+"""Periodic maintenance on the leader's (or every node's) behalf: stager, lifeline, pruner,
+gauges and gossip, each a plugin (:mod:`.base`: the protocol, and what a plugin sees of its node)
+that talks to the database through the :class:`~oban_pro.store.Store`; and the cron scheduler.
 """

@@ -5,55 +5,49 @@ stays under PostgreSQL's 8000-byte payload limit.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from ..coordinator.producer import Producer
+from ..naming import channel
 from ..payloads import encode_payload
+from ..store import Store
+from .base import NodeView, QueueCheck
 
 MAX_RUNNING_IDS = 100
 
 
-def check(producer: Producer) -> dict[str, Any]:
-    now = datetime.now(UTC).isoformat()
-    started = datetime.fromtimestamp(producer.started_at, UTC).isoformat()
+def check(queue: QueueCheck) -> dict[str, Any]:
+    """A queue's check in the fields Oban Web reads."""
     return {
-        "uuid": producer.uuid,
-        "name": producer.name,
-        "node": producer.node,
-        "queue": producer.queue,
-        "limit": producer.limit,
-        "local_limit": producer.limit,
-        "paused": producer.paused,
-        "running": sorted(producer.running)[:MAX_RUNNING_IDS],
-        "started_at": started,
-        "updated_at": now,
-        **producer.limits_json(),
+        "uuid": queue.uuid,
+        "name": queue.name,
+        "node": queue.node,
+        "queue": queue.queue,
+        "limit": queue.limit,
+        "local_limit": queue.limit,
+        "paused": queue.paused,
+        "running": sorted(queue.running)[:MAX_RUNNING_IDS],
+        "started_at": datetime.fromtimestamp(queue.started_at, UTC).isoformat(),
+        "updated_at": datetime.now(UTC).isoformat(),
+        **queue.limits,
     }
 
 
 class Gossip:
-    def __init__(self, pool: Any, queries: Any, producers: Callable[[], Sequence[Producer]]):
-        self._pool = pool
-        self._queries = queries
-        self._producers = producers
+    name = "gossip"
+    leader_only = False
 
-    async def step(self) -> None:
-        producers = self._producers()
-        for producer in producers:
-            if producer.limits is not None:
-                await producer.refresh_status()  # checks show the limits' use across nodes
-        checks = [check(p) for p in producers]
-        if not checks:
-            return
-        payloads = [encode_payload({"checks": group}) for group in _groups(checks)]
-        from ..naming import channel
+    def __init__(self, store: Store, node: NodeView, *, interval: float) -> None:
+        self.interval = interval
+        self._store = store
+        self._node = node
+        self._channel = channel(store.prefix, "gossip")
 
-        async with self._pool.connection() as conn:
-            await conn.execute(
-                self._queries.notify_many,
-                {"channel": channel(self._queries.prefix, "gossip"), "payloads": payloads},
+    async def step(self, now: datetime | None = None) -> None:
+        checks = [check(queue) for queue in await self._node.queue_checks()]
+        if checks:
+            await self._store.notify(
+                self._channel, [encode_payload({"checks": group}) for group in _groups(checks)]
             )
 
 

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from .. import telemetry
-from ..workflow_repair import WorkflowRepair
+from ..store import KnownProducer, RescueRules, Store
+from .base import NodeView
 
 log = logging.getLogger(__name__)
 
@@ -41,33 +41,33 @@ FOREIGN_TTL = 60.0
 
 
 class Lifeline:
+    name = "rescue"
+    # Every node observes producers (a new leader then knows them); the leader rescues.
+    leader_only = False
+
     def __init__(
         self,
-        pool: Any,
-        queries: Any,
+        store: Store,
+        node: NodeView,
         *,
+        interval: float,
         heartbeat_ttl: float,
         reconnect_bound: float,
         rescue_after: float,
         foreign_ttl: float = FOREIGN_TTL,
-        is_leader: Callable[[], bool] = lambda: True,
-        on_rescued: Callable[[int, set[str]], None] | None = None,
-        healthy_for: Callable[[], float] = lambda: float("inf"),
-        name: str = "",
-        node: str = "",
+        repair: Any = None,
     ) -> None:
-        self._pool = pool
-        self._queries = queries
-        self._ttl = heartbeat_ttl
-        self._grace = reconnect_bound
-        self._rescue_after = rescue_after
-        self._foreign_ttl = foreign_ttl
-        self._is_leader = is_leader
-        self._on_rescued = on_rescued
-        self._healthy_for = healthy_for
+        self.interval = interval
+        self._store = store
+        self._node = node
+        self._rules = RescueRules(
+            ttl=heartbeat_ttl, foreign_ttl=foreign_ttl, grace=reconnect_bound,
+            rescue_after=rescue_after,
+        )  # fmt: skip
+        # Workflows left stuck by jobs finished outside an ack (workflow_repair.WorkflowRepair).
+        self._repair = repair
         # Telemetry metadata: which instance rescued.
-        self._identity = {"name": name, "node": node}
-        self._workflows = WorkflowRepair(pool, queries.prefix)
+        self._identity = {"name": node.name, "node": node.node}
         # uuid -> (last heartbeat seen, its ttl, monotonic time it was last seen)
         self._known: dict[str, tuple[datetime, float, float]] = {}
 
@@ -76,73 +76,50 @@ class Lifeline:
         """Producer uuids this node has seen heartbeating (and still remembers)."""
         return set(self._known)
 
-    async def step(self, now: Any = None) -> int:
+    async def step(self, now: datetime | None = None) -> int:
         """Observe producers; on the leader, rescue orphans and delete dead producer rows.
         Returns the number of jobs rescued."""
         await self.observe()
-        if not self._is_leader():
+        if not self._node.is_leader:
             return 0
-        if self._healthy_for() < self._ttl + self._grace:
+        rules = self._rules
+        if self._node.seconds_since_db_error() < rules.ttl + rules.grace:
             # This node lost the database moments ago; other nodes probably did too and have
             # not had the chance to heartbeat since. Judging them now would rescue live jobs.
             log.info("lifeline waits: the database connection recovered less than %ss ago",
-                     self._ttl + self._grace)  # fmt: skip
+                     rules.ttl + rules.grace)  # fmt: skip
             return 0
         with telemetry.span("oban.lifeline.rescue", self._identity) as context:
             total = await self._rescue(now)
             context.add({"rescued_count": total})
-        await self._delete_dead(now)
-        await self._workflows.step()
+        for dead in await self._store.delete_dead_producers(rules=rules, now=now):
+            log.info("deleted dead producer %s of node %s", dead.uuid, dead.node)
+        if self._repair is not None:
+            await self._repair.step()
         return total
 
     async def observe(self) -> None:
         """Remember every producer row there is now, with its last heartbeat and ttl."""
-        async with self._pool.connection() as conn:
-            cur = await conn.execute(self._queries.producer_beats, self._ttls())
-            rows = await cur.fetchall()
+        rules = self._rules
+        beats = await self._store.producer_beats(ttl=rules.ttl, foreign_ttl=rules.foreign_ttl)
         seen = time.monotonic()
-        for uuid, updated_at, ttl in rows:
-            self._known[uuid] = (updated_at, ttl, seen)
+        for beat in beats:
+            self._known[beat.uuid] = (beat.updated_at, beat.ttl, seen)
         # Forget rows gone for longer than the time fallback: by then rescue_after covers them.
-        horizon = seen - max(self._rescue_after, self._ttl)
+        horizon = seen - max(rules.rescue_after, rules.ttl)
         for uuid in [u for u, (_, _, at) in self._known.items() if at < horizon]:
             del self._known[uuid]
 
-    async def _rescue(self, now: Any) -> int:
-        known = list(self._known.items())
-        params = {
-            **self._ttls(),
-            "grace": self._grace,
-            "rescue_after": self._rescue_after,
-            "limit": RESCUE_LIMIT,
-            "now": now,
-            "known_uuids": [uuid for uuid, _ in known],
-            "known_beats": [beat for _, (beat, _, _) in known],
-            "known_ttls": [ttl for _, (_, ttl, _) in known],
-        }
+    async def _rescue(self, now: datetime | None) -> int:
+        known = [KnownProducer(uuid, beat, ttl) for uuid, (beat, ttl, _) in self._known.items()]
         total = 0
         while True:
-            async with self._pool.connection() as conn:
-                cur = await conn.execute(self._queries.rescue_jobs, params)
-                rows = await cur.fetchall()
-            if rows:
-                log.warning("lifeline rescued %d orphaned jobs", len(rows))
-                if self._on_rescued:
-                    self._on_rescued(
-                        len(rows), {queue for _id, queue, state in rows if state == "available"}
-                    )
-            total += len(rows)
-            if len(rows) < RESCUE_LIMIT:
-                return total
-
-    async def _delete_dead(self, now: Any) -> None:
-        async with self._pool.connection() as conn:
-            cur = await conn.execute(
-                self._queries.delete_dead_producers,
-                {**self._ttls(), "grace": self._grace, "now": now},
+            rescued = await self._store.rescue_orphans(
+                rules=self._rules, known=known, limit=RESCUE_LIMIT, now=now
             )
-            for uuid, node in await cur.fetchall():
-                log.info("deleted dead producer %s of node %s", uuid, node)
-
-    def _ttls(self) -> dict[str, float]:
-        return {"ttl": self._ttl, "foreign_ttl": self._foreign_ttl}
+            if rescued:
+                log.warning("lifeline rescued %d orphaned jobs", len(rescued))
+                self._node.jobs_rescued({job.queue for job in rescued if job.state == "available"})
+            total += len(rescued)
+            if len(rescued) < RESCUE_LIMIT:
+                return total

@@ -2,27 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
 
 from .. import telemetry
+from ..store import Store
 
 
 class Pruner:
-    def __init__(self, pool: Any, queries: Any, *, max_age: float, limit: int) -> None:
-        self._pool = pool
-        self._queries = queries
+    name = "prune"
+    leader_only = True
+
+    def __init__(self, store: Store, *, interval: float, max_age: float, limit: int) -> None:
+        self.interval = interval
+        self._store = store
         self._max_age = max_age
         self._limit = limit
 
-    async def step(self, now: Any = None) -> int:
+    async def step(self, now: datetime | None = None) -> int:
         """Delete one batch (at most ``limit`` rows); returns how many were deleted."""
         if self._max_age <= 0:
             return 0
         with telemetry.span("oban.pruner.prune", {}) as context:
-            async with self._pool.connection() as conn:
-                cur = await conn.execute(
-                    self._queries.prune_jobs,
-                    {"max_age": self._max_age, "limit": self._limit, "now": now},
-                )
-            context.add({"pruned_count": cur.rowcount})
-        return cur.rowcount
+            pruned = await self._store.prune_finished(
+                max_age=self._max_age, limit=self._limit, now=now
+            )
+            context.add({"pruned_count": pruned})
+        return pruned

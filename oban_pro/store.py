@@ -1,0 +1,178 @@
+"""The Store: the statements the engine runs, behind typed methods.
+
+Components get a :class:`Store` at construction and call its methods; they never open a
+connection or read a row by position themselves. Each method takes keyword arguments and
+returns plain values or the msgspec records below, so a statement's column order is known in
+one place (here), and a component can be unit-tested against a fake Store.
+
+This first part holds the maintenance plugins' statements (staging, pruning, rescue, producer
+rows, gauges, notices); the producers', acker's, heartbeat's and leader's statements move here
+next (issue 11).
+
+``now`` parameters: the moment to act as of, for tests (a naive UTC ``datetime``); None means
+the database's own clock, which every node shares.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from .queries import Queries
+from .workflow_ops import workflow_queries
+
+__all__ = [
+    "DeadProducer",
+    "KnownProducer",
+    "ProducerBeat",
+    "RescuedJob",
+    "RescueRules",
+    "StagedQueue",
+    "Store",
+]
+
+
+class StagedQueue(msgspec.Struct, frozen=True):
+    """``count`` jobs of ``queue`` became available (an insert notice went out for it)."""
+
+    queue: str
+    count: int
+
+
+class ProducerBeat(msgspec.Struct, frozen=True):
+    """A producer row as the lifeline sees it: its last heartbeat and the ttl it declared."""
+
+    uuid: str
+    updated_at: datetime
+    ttl: float
+
+
+class KnownProducer(msgspec.Struct, frozen=True):
+    """A producer this node has seen heartbeating (its row may be gone since)."""
+
+    uuid: str
+    last_beat: datetime
+    ttl: float
+
+
+class RescueRules(msgspec.Struct, frozen=True):
+    """What a rescue judges by (see :mod:`oban_pro.plugins.lifeline`)."""
+
+    ttl: float  # oban_pro's heartbeat_ttl
+    foreign_ttl: float  # the least silence that proves another engine's producer row dead
+    grace: float  # the slowest reconnect a live node's heartbeat can take
+    rescue_after: float  # the time-based fallback for producers never seen heartbeating
+
+
+class RescuedJob(msgspec.Struct, frozen=True):
+    """A job the lifeline gave back: ``state`` is ``available``, or ``discarded`` when it had
+    no attempt left."""
+
+    id: int
+    queue: str
+    state: str
+
+
+class DeadProducer(msgspec.Struct, frozen=True):
+    uuid: str
+    node: str
+
+
+class Store:
+    def __init__(self, pool: Any, queries: Queries) -> None:
+        self._pool = pool
+        self._queries = queries
+        self._workflow_counts = workflow_queries(queries.prefix).workflow_counts
+
+    @property
+    def prefix(self) -> str:
+        return self._queries.prefix
+
+    # -- staging and pruning ------------------------------------------------------------------
+
+    async def stage_due(
+        self, *, limit: int, channel: str, now: datetime | None = None
+    ) -> list[StagedQueue]:
+        """Make at most ``limit`` scheduled/retryable jobs whose time has come available, and
+        send an insert notice per queue on ``channel`` in the same statement."""
+        rows = await self._all(
+            self._queries.stage_jobs, {"limit": limit, "channel": channel, "now": now}
+        )
+        return [StagedQueue(queue, int(n)) for queue, n, _notified in rows]
+
+    async def prune_finished(
+        self, *, max_age: float, limit: int, now: datetime | None = None
+    ) -> int:
+        """Delete at most ``limit`` finished jobs older than ``max_age`` seconds; how many."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                self._queries.prune_jobs, {"max_age": max_age, "limit": limit, "now": now}
+            )
+            return int(cur.rowcount)
+
+    # -- producer rows and rescue -------------------------------------------------------------
+
+    async def producer_beats(self, *, ttl: float, foreign_ttl: float) -> list[ProducerBeat]:
+        rows = await self._all(
+            self._queries.producer_beats, {"ttl": ttl, "foreign_ttl": foreign_ttl}
+        )
+        return [ProducerBeat(uuid, beat, float(row_ttl)) for uuid, beat, row_ttl in rows]
+
+    async def rescue_orphans(
+        self,
+        *,
+        rules: RescueRules,
+        known: Sequence[KnownProducer],
+        limit: int,
+        now: datetime | None = None,
+    ) -> list[RescuedJob]:
+        """Give back at most ``limit`` executing jobs whose producer is dead by ``rules``."""
+        params = {
+            "ttl": rules.ttl,
+            "foreign_ttl": rules.foreign_ttl,
+            "grace": rules.grace,
+            "rescue_after": rules.rescue_after,
+            "limit": limit,
+            "now": now,
+            "known_uuids": [k.uuid for k in known],
+            "known_beats": [k.last_beat for k in known],
+            "known_ttls": [k.ttl for k in known],
+        }
+        rows = await self._all(self._queries.rescue_jobs, params)
+        return [RescuedJob(int(job_id), queue, state) for job_id, queue, state in rows]
+
+    async def delete_dead_producers(
+        self, *, rules: RescueRules, now: datetime | None = None
+    ) -> list[DeadProducer]:
+        """Delete the rows of dead producers none of whose jobs still executes."""
+        params = {"ttl": rules.ttl, "foreign_ttl": rules.foreign_ttl, "grace": rules.grace,
+                  "now": now}  # fmt: skip
+        rows = await self._all(self._queries.delete_dead_producers, params)
+        return [DeadProducer(uuid, node) for uuid, node in rows]
+
+    # -- gauges and notices -------------------------------------------------------------------
+
+    async def job_counts(self) -> dict[tuple[str, str], int]:
+        """Jobs per (queue, state), for the states that wait or run."""
+        rows = await self._all(self._queries.queue_counts, None)
+        return {(queue, state): int(count) for queue, state, count in rows}
+
+    async def workflow_counts(self) -> dict[str, int]:
+        """Workflows per state (a workflow's state as ``workflow_status`` gives it)."""
+        rows = await self._all(self._workflow_counts, None)
+        return {state: int(count) for state, count in rows}
+
+    async def notify(self, channel: str, payloads: Sequence[str]) -> None:
+        """Send each payload as a notice on ``channel``, in one statement."""
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                self._queries.notify_many, {"channel": channel, "payloads": list(payloads)}
+            )
+
+    async def _all(self, sql: str, params: dict[str, Any] | None) -> list[Any]:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(sql, params)
+            return await cur.fetchall()
