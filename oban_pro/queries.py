@@ -327,7 +327,11 @@ WITH RECURSIVE a AS (
       ELSE 'retryable'
     END AS new_state
   FROM a JOIN {p}.oban_jobs AS j ON j.id = a.id
-  WHERE j.state = 'executing' AND j.attempt = a.attempt AND j.attempted_by[2] = a.uuid
+  -- state as text: no index on state can drive this join. With stale statistics (a burst of
+  -- inserts since the last ANALYZE) the generic plan of this prepared statement walked every
+  -- executing row through the state index and re-read the arrays once per row: 400 ms for
+  -- 30 acks beside 17,000 executing jobs, against 1.6 ms by the primary key.
+  WHERE j.state::text = 'executing' AND j.attempt = a.attempt AND j.attempted_by[2] = a.uuid
   FOR UPDATE OF j
 ), acked AS (
 UPDATE {p}.oban_jobs AS j SET
