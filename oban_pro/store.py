@@ -6,8 +6,8 @@ returns plain values or the msgspec records below, so a statement's column order
 one place (here), and a component can be unit-tested against a fake Store.
 
 This first part holds the maintenance plugins' statements (staging, pruning, rescue, producer
-rows, gauges, notices); the producers', acker's, heartbeat's and leader's statements move here
-next (issue 11).
+rows, gauges, notices) and leadership; the producers', acker's and heartbeat's statements move
+here next (issue 11).
 
 ``now`` parameters: the moment to act as of, for tests (a naive UTC ``datetime``); None means
 the database's own clock, which every node shares.
@@ -152,6 +152,27 @@ class Store:
                   "now": now}  # fmt: skip
         rows = await self._all(self._queries.delete_dead_producers, params)
         return [DeadProducer(uuid, node) for uuid, node in rows]
+
+    # -- leadership -----------------------------------------------------------------------------
+
+    async def elect_leader(
+        self, *, name: str, node: str, ttl: float, now: datetime | None = None
+    ) -> bool:
+        """Take ``name``'s lease for ``node`` (or refresh it) unless another node holds one
+        that has not expired; whether ``node`` leads now."""
+        rows = await self._all(
+            self._queries.elect_leader, {"name": name, "node": node, "ttl": ttl, "now": now}
+        )
+        return bool(rows) and rows[0][0] == node
+
+    async def resign_leader(self, *, name: str, node: str, channel: str, payload: str) -> None:
+        """Give up ``node``'s lease of ``name`` and tell the others (``payload`` on ``channel``)
+        so one takes over at once."""
+        async with self._pool.connection() as conn:
+            await conn.execute(self._queries.resign_leader, {"name": name, "node": node})
+            await conn.execute(
+                self._queries.notify_many, {"channel": channel, "payloads": [payload]}
+            )
 
     # -- gauges and notices -------------------------------------------------------------------
 

@@ -68,7 +68,7 @@ async def test_node_runs_with_the_documented_grants(app_role, caplog):
         await Lifeline(jobs, FakeNode(), interval=5, heartbeat_ttl=30, reconnect_bound=4,
                        rescue_after=3600).step()  # fmt: skip
         await Pruner(jobs, interval=60, max_age=1, limit=10).step()
-        assert await Leader(pool=pool, queries=queries, name="x", node="y", ttl=5).elect()
+        assert await Leader(store=Store(pool, queries), name="x", node="y", ttl=5).elect()
     problems = [r.getMessage() for r in caplog.records if r.levelname in ("WARNING", "ERROR")
                 and "job " not in r.getMessage()]  # fmt: skip
     assert problems == []

@@ -26,6 +26,7 @@ from oban_pro.plugins.pruner import Pruner
 from oban_pro.plugins.scheduler import Scheduler
 from oban_pro.plugins.stager import Stager
 from oban_pro.queries import Queries
+from oban_pro.store import Store
 
 pytestmark = pytest.mark.asyncio
 
@@ -226,8 +227,8 @@ def server_uptime(dsn: str) -> float:
 
 async def test_leader_lease_takeover_and_resign(oban_dsn, oban_prefix, pool):
     queries = Queries(oban_prefix)
-    a = Leader(pool=pool, queries=queries, name="Oban", node="a", ttl=30)
-    b = Leader(pool=pool, queries=queries, name="Oban", node="b", ttl=30)
+    a = Leader(store=Store(pool, queries), name="Oban", node="a", ttl=30)
+    b = Leader(store=Store(pool, queries), name="Oban", node="b", ttl=30)
     assert await a.elect() is True
     assert await b.elect() is False
     assert await a.elect() is True  # refresh keeps it

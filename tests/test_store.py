@@ -138,3 +138,21 @@ async def test_notify_sends_every_payload(store, oban_dsn):
         await store.notify(channel(prefix, "gossip"), ['{"a": 1}', '{"b": 2}'])
         got = [n.payload for n in listener.notifies(timeout=5, stop_after=2)]
     assert got == ['{"a": 1}', '{"b": 2}']
+
+
+async def test_leadership_lease_and_resignation(store, oban_dsn):
+    import psycopg
+
+    prefix = store.prefix
+    assert await store.elect_leader(name="Oban", node="a", ttl=30) is True
+    assert await store.elect_leader(name="Oban", node="b", ttl=30) is False
+    assert await store.elect_leader(name="Oban", node="a", ttl=30) is True  # a refresh
+    later = naive(datetime.now(UTC) + timedelta(minutes=1))  # a's lease has expired by then
+    assert await store.elect_leader(name="Oban", node="b", ttl=30, now=later) is True
+    with psycopg.connect(oban_dsn, autocommit=True) as listener:
+        listener.execute(f'LISTEN "{prefix}.oban_leader"')
+        await store.resign_leader(name="Oban", node="b", channel=channel(prefix, "leader"),
+                                  payload='{"down": "Oban"}')  # fmt: skip
+        got = [n.payload for n in listener.notifies(timeout=5, stop_after=1)]
+    assert got == ['{"down": "Oban"}']
+    assert query(oban_dsn, f'SELECT count(*) FROM "{prefix}".oban_leaders') == [(0,)]

@@ -78,7 +78,7 @@ async def test_maintenance_emits_oban_py_events(oban_dsn, oban_prefix, pool, eve
     )
     assert await Stager(Store(pool, queries), FakeNode(), interval=1).step() == 1
     await Pruner(Store(pool, queries), interval=60, max_age=60, limit=10).step()
-    await Leader(pool=pool, queries=queries, name="t", node="n", ttl=5).elect()
+    await Leader(store=Store(pool, queries), name="t", node="n", ttl=5).elect()
     by_name = {name: meta for name, meta in events}
     assert by_name["oban.stager.stage.stop"]["staged_count"] == 1
     assert by_name["oban.stager.stage.stop"]["available_queues"] == ["default"]

@@ -12,6 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import telemetry
+from ..naming import channel
+from ..payloads import encode_payload
+from ..store import Store
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +23,7 @@ class Leader:
     def __init__(
         self,
         *,
-        pool: Any,
-        queries: Any,
+        store: Store,
         name: str,
         node: str,
         ttl: float,
@@ -30,8 +32,7 @@ class Leader:
     ) -> None:
         #: False (Oban.py's ``leadership=False``): this node never takes the lease.
         self.enabled = enabled
-        self._pool = pool
-        self._queries = queries
+        self._store = store
         self.name = name
         self.node = node
         self.ttl = ttl
@@ -43,27 +44,19 @@ class Leader:
         if not self.enabled:
             return False
         with telemetry.span("oban.leader.election", {"name": self.name, "node": self.node}) as ctx:
-            async with self._pool.connection() as conn:
-                cur = await conn.execute(
-                    self._queries.elect_leader,
-                    {"name": self.name, "node": self.node, "ttl": self.ttl, "now": None},
-                )
-                row = await cur.fetchone()
-            self._set(row is not None and row[0] == self.node)
+            self._set(await self._store.elect_leader(name=self.name, node=self.node, ttl=self.ttl))
             ctx.add({"leader": self.is_leader})
         return self.is_leader
 
     async def resign(self) -> None:
         if not self.is_leader:
             return
-        from .notifier import notify_params
-
-        async with self._pool.connection() as conn:
-            await conn.execute(self._queries.resign_leader, {"name": self.name, "node": self.node})
-            await conn.execute(
-                self._queries.notify,
-                notify_params(self._queries.prefix, "leader", {"down": self.name}),
-            )
+        await self._store.resign_leader(
+            name=self.name,
+            node=self.node,
+            channel=channel(self._store.prefix, "leader"),
+            payload=encode_payload({"down": self.name}),
+        )
         self._set(False)
 
     def on_notice(self, payload: dict[str, Any], trigger: Callable[[], None]) -> None:

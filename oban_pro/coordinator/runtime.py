@@ -237,9 +237,9 @@ class Runtime:
     def _start_loops(self, pool: AsyncConnectionPool) -> None:
         cfg, m = self.config, self.metrics
         on_error = self._on_db_error
+        store = Store(pool, self.queries)
         self._leader = Leader(
-            pool=pool,
-            queries=self.queries,
+            store=store,
             name=self.name,
             node=self.node,
             ttl=cfg.leader_ttl,
@@ -266,7 +266,6 @@ class Runtime:
             on_lost=self._on_lost_jobs,
             on_error=on_error,
         )
-        store = Store(pool, self.queries)
         view = _RuntimeView(self)
         plugins: list[Plugin] = [
             Gossip(store, view, interval=cfg.gossip_interval),
