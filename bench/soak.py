@@ -100,7 +100,10 @@ class SoakConfig:
     nodes: int = 3
     processes: int = 6  # worker processes per node
     limits: dict[str, int] = field(
-        default_factory=lambda: {"soak": 8, "soak_io": 8, "soak_risky": 2}
+        # soak_risky at 6 (one job per child of the node's 6): each of its timeouts holds a
+        # slot for the timeout plus the 3 s kill grace, and at 2 a node the queue fell ~2,800
+        # jobs behind over the 10 minutes on the rebuilt pool.
+        default_factory=lambda: {"soak": 8, "soak_io": 8, "soak_risky": 6}
     )
     warmup: float = 30.0  # no faults before; leak baselines taken this long after a node is ready
     fault_interval: float = 20.0

@@ -44,6 +44,7 @@ def test_short_soak_loses_nothing_and_runs_nothing_twice_unexplained(
         jobs=3000,
         minutes=0.5,
         processes=2,
+        limits={"soak": 8, "soak_io": 8, "soak_risky": 2},  # 2 processes: risky jobs alone
         warmup=4.0,
         plan=PLAN,
         timings={
