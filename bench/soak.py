@@ -1334,6 +1334,7 @@ def summary_table(result: dict[str, Any]) -> str:
     c = result["check"]
     counts = c["counts"]
     ack = result["ack_window"]
+    lost = c.get("results_lost_with_process") or soak_check.death_window_summary([])
     faults = result["faults_by_kind"]
     fault_list = result["faults"]
     outages = [f"{f['outage']:.1f}" for f in fault_list if f["kind"] == "pg_restart"]
@@ -1420,6 +1421,12 @@ def summary_table(result: dict[str, Any]) -> str:
         [
             "ack loss window: finished this long before the kill",
             f"p50 {_ms(ack['p50_s'])}, p99 {_ms(ack['p99_s'])}, max {_ms(ack['max_s'])}",
+            "",
+        ],
+        [
+            "results lost with their worker process (ran again)",
+            f"{lost['jobs']} jobs; it died p50 {_ms(lost['p50_s'])}, p99 {_ms(lost['p99_s'])}, "
+            f"max {_ms(lost['max_s'])} after they finished",
             "",
         ],
     ]

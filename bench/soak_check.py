@@ -267,31 +267,41 @@ class Faults:
 
 
 class ProcessDeaths:
-    """Processes that died by a job's own doing: (node, pid) -> latest possible time of death."""
+    """Processes that died by a job's own doing: (node, pid) -> the killer job's start, the
+    latest possible time of death, the job, and the earliest time of death the log shows."""
 
     def __init__(self, execs: Mapping[int, list[Exec]], timeout: float) -> None:
-        self._by: dict[tuple[str, int], list[tuple[float, float, int]]] = defaultdict(list)
+        self._by: dict[tuple[str, int], list[tuple[float, float, int, float]]] = defaultdict(list)
         for runs in execs.values():
             for e in runs:
                 if e.outcome == "crash" and e.end is not None:
                     # END is written just before os._exit/abort: the process dies moments
                     # later, and jobs of the same child may start in that moment.
-                    self._by[(e.node, e.pid)].append((e.start, e.end + CRASH_SLACK, e.job))
+                    self._by[(e.node, e.pid)].append((e.start, e.end + CRASH_SLACK, e.job, e.end))
                 elif e.plan == "timeout" and e.end is None:
-                    self._by[(e.node, e.pid)].append((e.start, e.start + timeout + 5.0, e.job))
+                    self._by[(e.node, e.pid)].append(
+                        (e.start, e.start + timeout + 5.0, e.job, e.start + timeout)
+                    )
 
     def on_pid(self, pid: int, before: float) -> int | None:
         """A job whose crash/timeout took down process ``pid`` (any node) by ``before``."""
         for (_node, p), deaths in self._by.items():
             if p == pid:
-                for start, _died_by, job in deaths:
+                for start, _died_by, job, _earliest in deaths:
                     if start <= before:
                         return job
         return None
 
+    def died_at(self, ex: Exec, killer: int) -> float:
+        """The earliest time ``killer`` can have taken down ``ex``'s process."""
+        for _start, _died_by, job, earliest in self._by.get((ex.node, ex.pid), ()):
+            if job == killer:
+                return earliest
+        return math.inf
+
     def killer(self, ex: Exec, before: float) -> int | None:
         """The job whose crash/timeout took down ``ex``'s process while ``ex`` ran."""
-        for start, died_by, job in self._by.get((ex.node, ex.pid), ()):
+        for start, died_by, job, _earliest in self._by.get((ex.node, ex.pid), ()):
             if job != ex.job and died_by >= ex.start and start <= before:
                 return job
         return None
@@ -352,16 +362,34 @@ def justify(prev: Exec, nxt: Exec, faults: Faults, deaths: ProcessDeaths, s: Che
     if prev.outcome == "timeout-missed":
         return "unexplained", "ran past its timeout and then ran again", None, {}
     assert prev.end is not None
-    f = faults.node_kill(prev.node, prev.pid, prev.end, nxt.start)
-    if f and f["at"] < prev.end:
-        return "fault", "node kill -9 while running (it finished after)", f, {}
-    if f:
-        delay = f["at"] - prev.end
-        allowed = s.ack_bound + faults.outage_overlap(prev.end, f["at"])
-        allowed += s.ack_retry_slack * faults.outages_between(prev.end, f["at"])
+    late_kill = faults.node_kill(prev.node, prev.pid, prev.end, nxt.start)
+    if late_kill and late_kill["at"] < prev.end:
+        return "fault", "node kill -9 while running (it finished after)", late_kill, {}
+    if late_kill:
+        delay = late_kill["at"] - prev.end
+        allowed = s.ack_bound + faults.outage_overlap(prev.end, late_kill["at"])
+        allowed += s.ack_retry_slack * faults.outages_between(prev.end, late_kill["at"])
         if delay <= allowed:
-            return "fault", "finished, ack lost in node kill -9", f, {"unacked_for": delay}
-        return "unexplained", "finished long before its node was killed", f, {"unacked_for": delay}
+            return "fault", "finished, ack lost in node kill -9", late_kill, {"unacked_for": delay}
+        # Too long before the kill for the ack to have been pending: the kill explains nothing,
+        # but the job's own process may have died before it reported (below).
+    why = _finished_then_lost(prev, nxt, faults, deaths, s)
+    if why is not None:
+        return why
+    if late_kill:
+        delay = late_kill["at"] - prev.end
+        return "unexplained", "finished long before its node was killed", late_kill, {
+            "unacked_for": delay
+        }
+    return "unexplained", f"finished ({prev.outcome}) and ran again", None, {}
+
+
+def _finished_then_lost(prev: Exec, nxt: Exec, faults: Faults, deaths: ProcessDeaths, s: Any):
+    """Why a finished execution's result may never have reached its node, other than a node
+    kill: its process was killed, or died of another job, before the result left it (the
+    ``lost_after`` extra is how long after the finish that death came), or its node was
+    paused. None when none of these happened."""
+    assert prev.end is not None
     f = faults.child_kill(prev.node, prev.pid, prev.start, nxt.start)
     if f and f["at"] - prev.end <= 1.0:
         return "fault", "worker process kill -9 before it reported", f, {}
@@ -372,7 +400,12 @@ def justify(prev: Exec, nxt: Exec, faults: Faults, deaths: ProcessDeaths, s: Che
         return "fault", "finished, ack held by the paused node", f, {}
     d = faults.engine_death(prev.node, prev.pid, prev.end, prev.end + 1.0)
     if d:
-        return "fault", f"its process died before it reported ({d.get('reason', '?')})", d, {}
+        return (
+            "fault",
+            f"its process died before it reported ({d.get('reason', '?')})",
+            d,
+            {"lost_after": d["at"] - prev.end},
+        )
     # Several jobs share a child now: another job's crash can take the process down after this
     # one finished but before its result reached the parent; it is given back and runs again.
     killer = deaths.killer(prev, prev.end + 1.0)
@@ -381,9 +414,9 @@ def justify(prev: Exec, nxt: Exec, faults: Faults, deaths: ProcessDeaths, s: Che
             "fault",
             "its process died with another job's crash/timeout before it reported",
             None,
-            {"killer_job": killer},
+            {"killer_job": killer, "lost_after": deaths.died_at(prev, killer) - prev.end},
         )
-    return "unexplained", f"finished ({prev.outcome}) and ran again", None, {}
+    return None
 
 
 def error_kind(entry: Mapping[str, Any]) -> tuple[str, Any]:
@@ -435,8 +468,12 @@ def explain_error(
                 return None
             if deaths.killer(e, at) is not None:
                 return None
-        if not mine and any(f["pid"] == pid and f["at"] <= at + 1.0 for f in faults.child_kills):
-            return None  # killed after the fetch, before the job's first line
+        if not any(e.pid == pid for e in mine) and any(
+            f["pid"] == pid and f["at"] <= at + 1.0 for f in faults.child_kills
+        ):
+            # Killed after the fetch, before the job's first line there (given back with its
+            # attempt, so the same attempt may have run elsewhere since).
+            return None
         if not any(e.pid == pid for e in mine) and deaths.on_pid(pid, at) is not None:
             return None  # given back: its child died with another job before its first line
         return f"pid {pid} died with no crash or kill the log or the injector knows of"
@@ -481,6 +518,8 @@ def check(
     reexec: dict[str, Counter[str]] = {"designed": Counter(), "fault": Counter()}
     rescues: Counter[str] = Counter()
     acklost: list[dict[str, Any]] = []
+    # Finished jobs whose result died with their worker process before it left it.
+    lost_with_process: list[float] = []
 
     for job_id, kind in enqueued.items():
         if job_id not in rows:
@@ -516,6 +555,8 @@ def check(
                 if "unacked_for" in extra:
                     acklost.append({"id": job_id, "node": prev.node, "kill_at": f["at"],
                                     "unacked_for": extra["unacked_for"]})  # fmt: skip
+                if "lost_after" in extra:
+                    lost_with_process.append(extra["lost_after"])
         # -- final state
         if row.state not in FINAL:
             v.add("lost: not finished after the drain", _row_brief(row, runs))
@@ -566,6 +607,7 @@ def check(
         + v.counts.get("lost: enqueued, no row", 0),
         "rescues": dict(rescues),
         "ack_lost_from_log": ack,
+        "results_lost_with_process": death_window_summary(lost_with_process),
     }
 
 
@@ -691,6 +733,18 @@ def ack_loss_summary(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "p50_s": percentile(delays, 50),
         "p99_s": percentile(delays, 99),
         "max_s": max(delays) if delays else math.nan,
+    }
+
+
+def death_window_summary(gaps: Sequence[float]) -> dict[str, Any]:
+    """Finished jobs whose result was lost with their worker process (it died, of another
+    job or a kill, before the result left it), and how long after the finish it died: the
+    log's END line to the death the engine logged (or the killer's own END line)."""
+    return {
+        "jobs": len(gaps),
+        "p50_s": percentile(gaps, 50),
+        "p99_s": percentile(gaps, 99),
+        "max_s": max(gaps) if gaps else math.nan,
     }
 
 

@@ -291,3 +291,53 @@ class SegfaultAfterOthers:
         while _holding(job) and time.monotonic() < deadline:
             time.sleep(0.005)
         ctypes.string_at(0)
+
+
+# -- results in flight when a sibling takes the process down ---------------------------------
+
+
+def _wait_for_file(path: str, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not Path(path).exists() and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+@worker()
+class BlockLoop:
+    """Async, but blocks the child's event loop (``time.sleep``) for ``args["seconds"]``."""
+
+    async def process(self, job: Job) -> None:
+        _started(job)
+        time.sleep(job.args.get("seconds", 3))
+
+
+@worker()
+class MarkOnReturn:
+    """Sync: writes ``args["done"]`` as the last thing before it returns."""
+
+    def process(self, job: Job) -> None:
+        Path(job.args["done"]).write_text(str(os.getpid()))
+
+
+@worker()
+class ExitAfterFile:
+    """Sync: waits until the file ``args["after"]`` exists, a moment more, then exits(7)."""
+
+    def process(self, job: Job) -> None:
+        _wait_for_file(job.args["after"])
+        time.sleep(job.args.get("then", 0.2))
+        os._exit(7)
+
+
+@worker()
+class ShrugsOffInterrupts:
+    """Sync: holds for ``args["seconds"]``, ignoring interrupts; writes ``args["interrupted"]``
+    the first time one is raised in it."""
+
+    def process(self, job: Job) -> None:
+        deadline = time.monotonic() + job.args.get("seconds", 20)
+        while time.monotonic() < deadline:
+            try:
+                time.sleep(0.005)
+            except BaseException:  # noqa: BLE001 - the point: it does not stop
+                Path(job.args["interrupted"]).write_text("1")

@@ -740,6 +740,53 @@ async def test_a_child_that_segfaults_with_ten_jobs_charges_none_of_them(tmp_pat
 
 @pytest.mark.reliability
 @async_test
+async def test_a_sync_job_that_finished_is_reported_even_if_the_child_dies_while_its_loop_is_busy(
+    tmp_path: Path,
+) -> None:
+    """A thread's result must not wait for the child's event loop: here an async job blocks the
+    loop while a sync job finishes, then a third job kills the process. The finished job is
+    done, not given back to run again."""
+    finished = tmp_path / "finished"
+    async with Harness(processes=1) as h:
+        runs = [
+            h.run("BlockLoop", {"seconds": 5}),
+            h.run("MarkOnReturn", {"done": str(finished)}),
+            h.run("ExitAfterFile", {"after": str(finished)}),
+        ]
+        for run in runs:
+            h._future(run.job_id)
+        h.pool.submit_many(runs)
+        blocker, marker, crasher = (r.job_id for r in runs)
+        assert (await h.done(marker)).kind == "completed"
+        for job_id in (blocker, crasher):
+            text, isolate = await h.released(job_id)
+            assert "exited with code 7 while running 2 jobs" in text and isolate is True
+
+
+@pytest.mark.reliability
+@async_test
+async def test_a_job_past_its_timeout_in_a_child_that_dies_of_another_cause_is_not_charged(
+    tmp_path: Path,
+) -> None:
+    """The child dies within the kill grace of a timed-out job, beside another job: nobody
+    knows which caused it, so the timed-out job is given back (and runs isolated), not failed
+    as a timeout."""
+    interrupted = tmp_path / "interrupted"
+    async with Harness(processes=1, kill_grace=20) as h:
+        slow = h.submit(
+            "ShrugsOffInterrupts", {"interrupted": str(interrupted), "seconds": 30}, timeout=0.2
+        )
+        crasher = h.submit("ExitAfterFile", {"after": str(interrupted), "then": 0.05})
+        text, isolate = await h.released(slow)
+        assert isolate is True and "while the job was being stopped" in text, text
+        assert "job exceeded its timeout of 0.2 s" in text
+        text, isolate = await h.released(crasher)
+        assert isolate is True and "while running 2 jobs" in text, text
+        assert h.pool.stats.kills["timeout"] == 0
+
+
+@pytest.mark.reliability
+@async_test
 async def test_jobs_sent_to_a_child_that_died_before_they_started_run_elsewhere() -> None:
     async with Harness(processes=1) as h:
         job_id = h.submit("Exit", {"code": 3})

@@ -187,3 +187,56 @@ def test_a_job_the_paused_node_starts_just_after_sigcont_may_still_be_rescued():
     assert got["ok"], got["failures"]
     got = run(lines, rows, [{"kind": "pause", "node": "c", "at": 1.0, "until": 9.4 - 30}])
     assert not got["ok"]
+
+
+def given_back(attempt, pid, t, why="exited with code 7 while running 2 jobs"):
+    at = sc.datetime.fromtimestamp(T + t, sc.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    text = (
+        f"child process (pid {pid}) {why} (this one and 2); last RSS 30 MiB. Which job caused "
+        f"it is not known, so this one was given back without being charged and runs isolated"
+    )
+    return {"attempt": attempt, "at": at, "error": text}
+
+
+def test_a_result_lost_with_a_sibling_crash_is_explained_even_if_the_node_died_much_later():
+    # Job 1 finished on pid 10; job 2 crashed pid 10 30 ms later, before job 1's result left
+    # it; job 1 was given back (attempt returned) and ran again on b. Node a was killed much
+    # later: that kill explains nothing, the crash does.
+    lines = [
+        S(1, 1, "a", 10, 1), E(1, 1, "a", 10, 1.0),
+        S(2, 1, "a", 10, 1.01, kind="crash", plan="crash"),
+        E(2, 1, "a", 10, 1.03, kind="crash", outcome="crash"),
+        S(2, 2, "b", 20, 80, kind="crash"), E(2, 2, "b", 20, 80.1, kind="crash"),
+        S(1, 1, "b", 20, 80), E(1, 1, "b", 20, 80.1),
+    ]  # fmt: skip
+    rows = [
+        row(1, node="b", done=80.2, errors=[given_back(1, 10, 1.05)]),
+        row(2, attempt=2, node="b", kind="crash", done=80.2, errors=[given_back(1, 10, 1.05)]),
+    ]
+    late_kill = {"kind": "node_kill", "node": "a", "at": 60.0, "pids": [9, 10]}
+    got = run(lines, rows, [late_kill])
+    assert got["ok"], got["failures"]
+    reason = "its process died with another job's crash/timeout before it reported"
+    assert got["reexecutions"]["fault"][reason] == 1
+    lost = got["results_lost_with_process"]
+    assert lost["jobs"] == 1 and abs(lost["p50_s"] - 0.03) < 1e-6
+    # Without the crash, the same re-run is unexplained (and the late kill is named).
+    no_crash = [line for line in lines if not line.startswith(("S 2 1", "E 2 1"))]
+    got = run(no_crash, rows[:1], [late_kill])
+    assert got["duplicates"]["unexplained"] == 1
+    assert got["details"]["unexplained duplicate"][0]["why"] == (
+        "finished long before its node was killed"
+    )
+
+
+def test_a_job_given_back_by_an_injected_child_kill_before_its_first_line_is_explained():
+    # Sent to pid 10 (the parent saw it start), killed by the injector before the job's code
+    # logged anything there; given back, the same attempt ran on b.
+    lines = [S(1, 1, "b", 20, 3), E(1, 1, "b", 20, 3.1)]
+    entry = given_back(1, 10, 1.05, why="killed by signal SIGKILL (9) while running 3 jobs")
+    rows = [row(1, node="b", done=3.2, errors=[entry])]
+    kill = {"kind": "child_kill", "node": "a", "pid": 10, "at": 1.0}
+    got = run(lines, rows, [kill])
+    assert got["ok"], got["failures"]
+    got = run(lines, rows)
+    assert got["counts"]["error entry the log cannot explain"] == 1

@@ -9,7 +9,10 @@ the parent knows exactly what runs where.
 
 The parent's pipe is read by the loop (``add_reader``, non-blocking); messages to the parent go
 through :class:`_Outbox`, which gathers everything produced in one loop iteration into one frame.
-Jobs that end on threads are handed back to the loop in batches (one wake-up per batch).
+A job that ends on a thread writes its Done itself, at once: a result waiting for the loop (which
+job code can keep busy, or starve of the GIL, for many milliseconds) would be lost if a sibling
+job crashed the process meanwhile, and the finished job would run again. The loop's bookkeeping
+of those jobs is handed back to it in batches (one wake-up per batch).
 
 Cancelling a job starts with :class:`~.messages.RequestCancel`, which only makes its
 ``job.cancelled()`` return True (the job may notice and return, as in Oban.py). Stopping a job
@@ -150,13 +153,15 @@ def child_main(
 
 class _Outbox:
     """Messages for the parent, written as one frame per loop iteration (or sooner: a frame of
-    jobs' Started messages is flushed before those jobs start)."""
+    jobs' Started messages is flushed before those jobs start). Job threads write their Done
+    frames through :meth:`send_now`; a lock keeps frames from interleaving on the pipe."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, write_fd: int) -> None:
         self._loop = loop
         self._fd = write_fd
         self._messages: list[Any] = []
         self._scheduled = False
+        self._write_lock = threading.Lock()
 
     def put(self, message: Any) -> None:
         self._messages.append(message)
@@ -168,7 +173,18 @@ class _Outbox:
         messages, self._messages = self._messages, []
         self._scheduled = False
         if messages:
-            write_frame(self._fd, encode_to_parent(messages))
+            payload = encode_to_parent(messages)
+            with self._write_lock:
+                write_frame(self._fd, payload)
+
+    def send_now(self, message: Any) -> None:
+        """Write one message from any thread, now (the parent gone: nothing to do)."""
+        payload = encode_to_parent([message])
+        try:
+            with self._write_lock:
+                write_frame(self._fd, payload)
+        except OSError:
+            pass  # the parent is gone; the orphan watchdog ends this process
 
 
 class _Job:
@@ -211,8 +227,9 @@ class _Server:
         asyncio.set_event_loop(self._loop)
         self._outbox = _Outbox(self._loop, write_fd)
         self._job_threads = JobThreads(threads)
-        # Jobs that ended on a thread, handed back to the loop in batches (one wake-up each).
-        self._ended: list[tuple[_Job, Done, float]] = []
+        # Jobs that ended on a thread (their Done already written), handed back to the loop in
+        # batches (one wake-up each) to be forgotten.
+        self._ended: list[_Job] = []
         self._ended_lock = threading.Lock()
         self._finished = self._loop.create_future()
         self._protocol = FrameProtocol(self._on_frame, self._on_eof)
@@ -329,15 +346,21 @@ class _Server:
             else:
                 self._job_threads.submit(self._run_thread, job, prepared)
 
-    def _report(self, done: Done, started: float) -> None:
+    def _measure(self, done: Done, started: float) -> Done:
         done.duration = time.perf_counter() - started if started else 0.0
         done.rss = self._rss()
-        self._outbox.put(done)
+        return done
+
+    def _report(self, done: Done, started: float) -> None:
+        self._outbox.put(self._measure(done, started))
 
     def _finish(self, job: _Job, done: Done, started: float) -> None:
-        """Back on the loop: report the job's end and forget it."""
-        self._jobs.pop(job.run.job_id, None)
+        """On the loop: report the job's end and forget it."""
+        self._forget(job)
         self._report(done, started)
+
+    def _forget(self, job: _Job) -> None:
+        self._jobs.pop(job.run.job_id, None)
         self._maybe_finish()
 
     async def _run_task(self, job: _Job, prepared: Prepared) -> None:
@@ -378,17 +401,18 @@ class _Server:
             if done is None:
                 done = Done(job.run.job_id, "interrupted")
         self._leave_if_forked()
+        self._outbox.send_now(self._measure(done, started))
         with self._ended_lock:
             first = not self._ended
-            self._ended.append((job, done, started))
+            self._ended.append(job)
         if first:
-            self._loop.call_soon_threadsafe(self._finish_ended)
+            self._loop.call_soon_threadsafe(self._forget_ended)
 
-    def _finish_ended(self) -> None:
+    def _forget_ended(self) -> None:
         with self._ended_lock:
             ended, self._ended = self._ended, []
-        for job, done, started in ended:
-            self._finish(job, done, started)
+        for job in ended:
+            self._forget(job)
 
     def _end_thread_job(self, job: _Job) -> None:
         with job.lock:

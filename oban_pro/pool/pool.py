@@ -711,7 +711,9 @@ class WorkerPool:
 
         Jobs that never started go to another child. A job alone in the child is charged
         (``reason`` counts toward the poison guard); when several ran, none is charged and
-        each runs isolated next time.
+        each runs isolated next time. That holds for a job being stopped for its timeout too:
+        the child died before the kill grace was over, of a cause nobody knows (the timeout may
+        even have run out only because the death took long to show, as a core dump does).
         """
         jobs = list(child.jobs.values())
         started = [j for j in jobs if j.started]
@@ -719,6 +721,15 @@ class WorkerPool:
         for job in jobs:
             if not job.started and job.stop_reason is None:
                 self._place_again(job)
+            elif job.stop_reason == "timeout" and len(started) > 1:
+                self._release(
+                    job,
+                    f"child process (pid {child.pid}) {how} while the job was being stopped "
+                    f"({job.stop_text}) and {len(started) - 1} other jobs ran beside it; "
+                    f"{rss}. Which job caused it is not known, so this one was given back "
+                    f"without being charged and runs isolated next time",
+                    isolate=True,
+                )
             elif job.stop_reason is not None:
                 self._fail(job, job.stop_reason, f"{job.stop_text}; its child process "
                            f"(pid {child.pid}) {how}")  # fmt: skip
