@@ -83,7 +83,8 @@ _DIED = re.compile(r"child process \(pid (\d+)\) died")
 # process (pid N) was killed because job M ..."). Both are judged like a death of that pid.
 _GIVEN_BACK = re.compile(
     r"child process \(pid (\d+)\)[^;]* while running \d+ jobs|"
-    r"given back without being charged: its child process \(pid (\d+)\)"
+    r"given back without being charged: its child process \(pid (\d+)\)|"
+    r"child process \(pid (\d+)\)[^;]* while the job was being stopped"
 )
 _TIMEOUT = re.compile(r"exceeded its timeout .*\(pid (\d+)\)")
 
@@ -259,6 +260,12 @@ class Faults:
                 return d
         return None
 
+    def death_seen(self, node: str, pid: int, after: float) -> float | None:
+        """When the engine logged the death of ``node``'s process ``pid`` (after ``after``)."""
+        seen = [d["at"] for d in self.deaths if d["node"] == node and d["pid"] == pid]
+        later = [at for at in seen if at >= after - 1.0]
+        return min(later) if later else None
+
     def outage_overlap(self, t0: float, t1: float) -> float:
         return sum(max(0.0, min(t1, b) - max(t0, a)) for a, b in self.outages)
 
@@ -360,6 +367,10 @@ def justify(prev: Exec, nxt: Exec, faults: Faults, deaths: ProcessDeaths, s: Che
         return "unexplained", "interrupted with no fault on its node or process", None, {}
     # prev finished (ok, record, cancel, timeout-missed): its ack must have been lost.
     if prev.outcome == "timeout-missed":
+        # Only a coordinator that could not act (paused) fails to kill a job past its timeout.
+        f = faults.pause(prev.node, prev.start, prev.end, nxt.start)
+        if f:
+            return "fault", "ran past its timeout while its node was paused", f, {}
         return "unexplained", "ran past its timeout and then ran again", None, {}
     assert prev.end is not None
     late_kill = faults.node_kill(prev.node, prev.pid, prev.end, nxt.start)
@@ -378,9 +389,12 @@ def justify(prev: Exec, nxt: Exec, faults: Faults, deaths: ProcessDeaths, s: Che
         return why
     if late_kill:
         delay = late_kill["at"] - prev.end
-        return "unexplained", "finished long before its node was killed", late_kill, {
-            "unacked_for": delay
-        }
+        return (
+            "unexplained",
+            "finished long before its node was killed",
+            late_kill,
+            {"unacked_for": delay},
+        )
     return "unexplained", f"finished ({prev.outcome}) and ran again", None, {}
 
 
@@ -414,9 +428,19 @@ def _finished_then_lost(prev: Exec, nxt: Exec, faults: Faults, deaths: ProcessDe
             "fault",
             "its process died with another job's crash/timeout before it reported",
             None,
-            {"killer_job": killer, "lost_after": deaths.died_at(prev, killer) - prev.end},
+            {
+                "killer_job": killer,
+                "lost_after": _death_time(prev, killer, faults, deaths) - prev.end,
+            },
         )
     return None
+
+
+def _death_time(prev: Exec, killer: int, faults: Faults, deaths: ProcessDeaths) -> float:
+    """When ``prev``'s process died: as the engine logged it (a timeout's kill comes after the
+    kill grace), else as the killer's own log line tells."""
+    seen = faults.death_seen(prev.node, prev.pid, prev.start)
+    return seen if seen is not None else deaths.died_at(prev, killer)
 
 
 def error_kind(entry: Mapping[str, Any]) -> tuple[str, Any]:
@@ -432,7 +456,7 @@ def error_kind(entry: Mapping[str, Any]) -> tuple[str, Any]:
         return "died", int(m.group(1))
     m = _GIVEN_BACK.search(text)
     if m:
-        return "died", int(m.group(1) or m.group(2))
+        return "died", int(m.group(1) or m.group(2) or m.group(3))
     if "SoakError" in text:
         return "raise", None
     if text.startswith("cancelled:"):

@@ -10,6 +10,7 @@ import asyncio
 import ctypes
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -138,7 +139,10 @@ class Segfault:
 @worker()
 class SelfSignal:
     def process(self, job: Job) -> None:
-        os.kill(os.getpid(), getattr(signal, job.args.get("signal", "SIGSEGV")))
+        # To this thread: a signal to the process may be taken by another thread, and the
+        # job would return (and be reported) before the process dies.
+        sig = getattr(signal, job.args.get("signal", "SIGSEGV"))
+        signal.pthread_kill(threading.get_ident(), sig)
 
 
 @worker()

@@ -9,10 +9,11 @@ the parent knows exactly what runs where.
 
 The parent's pipe is read by the loop (``add_reader``, non-blocking); messages to the parent go
 through :class:`_Outbox`, which gathers everything produced in one loop iteration into one frame.
-A job that ends on a thread writes its Done itself, at once: a result waiting for the loop (which
-job code can keep busy, or starve of the GIL, for many milliseconds) would be lost if a sibling
-job crashed the process meanwhile, and the finished job would run again. The loop's bookkeeping
-of those jobs is handed back to it in batches (one wake-up per batch).
+A job that ends on a thread writes its Done itself, at once (threads that end together share
+one frame): a result waiting for the loop, which job code can keep busy or starve of the GIL for
+many milliseconds, would be lost if a sibling job crashed the process meanwhile, and the
+finished job would run again. The loop's bookkeeping of those jobs is handed back to it in
+batches (one wake-up per batch).
 
 Cancelling a job starts with :class:`~.messages.RequestCancel`, which only makes its
 ``job.cancelled()`` return True (the job may notice and return, as in Oban.py). Stopping a job
@@ -90,20 +91,33 @@ def read_rss(pid: int | str = "self") -> int:
 
 
 class _SelfRss:
-    """Reads this process' RSS with one pread on a descriptor kept open (~1 us)."""
+    """Reads this process' RSS with one pread on a descriptor kept open (~2 us).
+
+    The pread is called through ``ctypes.PyDLL``, which keeps the GIL: a job thread reads the
+    RSS between its job's end and writing the Done, and getting the GIL back after a releasing
+    call can take many milliseconds while other threads burn CPU, all of it time in which the
+    result has not left the process (and is lost if a sibling job crashes it).
+    """
 
     def __init__(self) -> None:
+        self._buf = ctypes.create_string_buffer(128)
         try:
             self._fd: int | None = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
+            pread = ctypes.PyDLL(None).pread
+        except (OSError, AttributeError):
             self._fd = None
+            return
+        pread.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_long]
+        pread.restype = ctypes.c_ssize_t
+        self._pread = pread
 
     def __call__(self) -> int:
         if self._fd is None:
             return 0
+        got = self._pread(self._fd, self._buf, 128, 0)
         try:
-            return int(os.pread(self._fd, 128, 0).split()[1]) * _PAGE_SIZE
-        except (OSError, IndexError, ValueError):
+            return int(self._buf.raw[:got].split()[1]) * _PAGE_SIZE if got > 0 else 0
+        except (IndexError, ValueError):
             return 0
 
 
@@ -153,8 +167,13 @@ def child_main(
 
 class _Outbox:
     """Messages for the parent, written as one frame per loop iteration (or sooner: a frame of
-    jobs' Started messages is flushed before those jobs start). Job threads write their Done
-    frames through :meth:`send_now`; a lock keeps frames from interleaving on the pipe."""
+    jobs' Started messages is flushed before those jobs start).
+
+    Job threads hand their Done to :meth:`send_from_thread`, which writes it at once without
+    the loop: the first thread to arrive writes, and keeps writing what other threads add
+    meanwhile, so results that end together still leave in one frame. A lock keeps frames
+    from interleaving on the pipe.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, write_fd: int) -> None:
         self._loop = loop
@@ -162,6 +181,10 @@ class _Outbox:
         self._messages: list[Any] = []
         self._scheduled = False
         self._write_lock = threading.Lock()
+        # Messages from job threads, and whether a thread is writing them now.
+        self._from_threads: list[Any] = []
+        self._threads_lock = threading.Lock()
+        self._thread_writing = False
 
     def put(self, message: Any) -> None:
         self._messages.append(message)
@@ -173,18 +196,35 @@ class _Outbox:
         messages, self._messages = self._messages, []
         self._scheduled = False
         if messages:
-            payload = encode_to_parent(messages)
-            with self._write_lock:
-                write_frame(self._fd, payload)
+            self._write(messages)
 
-    def send_now(self, message: Any) -> None:
-        """Write one message from any thread, now (the parent gone: nothing to do)."""
-        payload = encode_to_parent([message])
+    def send_from_thread(self, message: Any) -> None:
+        """Write ``message`` now, from a job thread (or have the thread writing now do it)."""
+        with self._threads_lock:
+            self._from_threads.append(message)
+            if self._thread_writing:
+                return
+            self._thread_writing = True
+        try:
+            while True:
+                with self._threads_lock:
+                    batch, self._from_threads = self._from_threads, []
+                    if not batch:
+                        self._thread_writing = False
+                        return
+                self._write(batch)
+        except BaseException:
+            with self._threads_lock:
+                self._thread_writing = False
+            raise
+
+    def _write(self, messages: list[Any]) -> None:
+        payload = encode_to_parent(messages)
         try:
             with self._write_lock:
                 write_frame(self._fd, payload)
         except OSError:
-            pass  # the parent is gone; the orphan watchdog ends this process
+            pass  # the parent is gone; the orphan watchdog (or EOF) ends this process
 
 
 class _Job:
@@ -401,7 +441,7 @@ class _Server:
             if done is None:
                 done = Done(job.run.job_id, "interrupted")
         self._leave_if_forked()
-        self._outbox.send_now(self._measure(done, started))
+        self._outbox.send_from_thread(self._measure(done, started))
         with self._ended_lock:
             first = not self._ended
             self._ended.append(job)

@@ -80,6 +80,10 @@ _MIB = 1024 * 1024
 _KILL_OF_REASON = {"timeout": "timeout", "cancelled": "cancel", "rescued": "rescued"}
 
 
+def _jobs(n: int, word: str = "job") -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def default_threads(limits: Iterable[int]) -> int:
     """Threads per child when not configured: enough for every queue at its limit in one child.
 
@@ -725,7 +729,8 @@ class WorkerPool:
                 self._release(
                     job,
                     f"child process (pid {child.pid}) {how} while the job was being stopped "
-                    f"({job.stop_text}) and {len(started) - 1} other jobs ran beside it; "
+                    f"({job.stop_text}) and {_jobs(len(started) - 1, 'other job')} ran beside "
+                    f"it; "
                     f"{rss}. Which job caused it is not known, so this one was given back "
                     f"without being charged and runs isolated next time",
                     isolate=True,
