@@ -83,8 +83,7 @@ _DIED = re.compile(r"child process \(pid (\d+)\) died")
 # process (pid N) was killed because job M ..."). Both are judged like a death of that pid.
 _GIVEN_BACK = re.compile(
     r"child process \(pid (\d+)\)[^;]* while running \d+ jobs|"
-    r"given back without being charged: its child process \(pid (\d+)\)|"
-    r"child process \(pid (\d+)\)[^;]* while the job was being stopped"
+    r"given back without being charged: its child process \(pid (\d+)\)"
 )
 _TIMEOUT = re.compile(r"exceeded its timeout .*\(pid (\d+)\)")
 
@@ -218,15 +217,16 @@ class Faults:
         self.deaths = list(deaths)  # engine-observed: {"node", "pid", "at", "reason"}
 
     def node_kill(
-        self, node: str, pid: int | None, after: float, before: float
+        self, node: str, pid: int | None, after: float, before: float, ppid: int | None = None
     ) -> Mapping[str, Any] | None:
         """The kill -9 of ``node``'s incarnation that ``pid`` belonged to, between ``after``
         (less ORPHAN_GRACE: a worker may start a job it was sent just before its coordinator
-        died) and ``before``."""
+        died) and ``before``. A worker whose parent (``ppid``, the node's forkserver) was in
+        the kill's process list belongs to it too: it was forked after the list was taken."""
         for f in self.node_kills:
             if f["node"] != node or not (after - ORPHAN_GRACE <= f["at"] <= before):
                 continue
-            if pid is None or "pids" not in f or pid in f["pids"]:
+            if pid is None or "pids" not in f or pid in f["pids"] or ppid in f["pids"]:
                 return f
         return None
 
@@ -344,7 +344,7 @@ def justify(prev: Exec, nxt: Exec, faults: Faults, deaths: ProcessDeaths, s: Che
     if prev.end is None:
         if prev.plan == "timeout":
             return "designed", "after timeout", None, {}
-        f = faults.node_kill(prev.node, prev.pid, prev.start, nxt.start)
+        f = faults.node_kill(prev.node, prev.pid, prev.start, nxt.start, prev.ppid)
         if f:
             return "fault", "node kill -9 while running", f, {}
         f = faults.child_kill(prev.node, prev.pid, prev.start, nxt.start)
@@ -373,7 +373,7 @@ def justify(prev: Exec, nxt: Exec, faults: Faults, deaths: ProcessDeaths, s: Che
             return "fault", "ran past its timeout while its node was paused", f, {}
         return "unexplained", "ran past its timeout and then ran again", None, {}
     assert prev.end is not None
-    late_kill = faults.node_kill(prev.node, prev.pid, prev.end, nxt.start)
+    late_kill = faults.node_kill(prev.node, prev.pid, prev.end, nxt.start, prev.ppid)
     if late_kill and late_kill["at"] < prev.end:
         return "fault", "node kill -9 while running (it finished after)", late_kill, {}
     if late_kill:
@@ -456,7 +456,7 @@ def error_kind(entry: Mapping[str, Any]) -> tuple[str, Any]:
         return "died", int(m.group(1))
     m = _GIVEN_BACK.search(text)
     if m:
-        return "died", int(m.group(1) or m.group(2) or m.group(3))
+        return "died", int(m.group(1) or m.group(2))
     if "SoakError" in text:
         return "raise", None
     if text.startswith("cancelled:"):
@@ -505,7 +505,7 @@ def explain_error(
         node = value
         ran = [e for e in mine if e.node == node]
         since = min((e.start for e in ran), default=-math.inf)
-        pids = {e.pid for e in ran}
+        pids = {e.pid for e in ran} | {e.ppid for e in ran}  # a worker, or its forkserver
         for f in faults.node_kills:
             if f["node"] == node and since - ORPHAN_GRACE <= f["at"] <= at:
                 # Started before the kill: the incarnation alive then is the one killed (its

@@ -331,17 +331,3 @@ class ExitAfterFile:
         _wait_for_file(job.args["after"])
         time.sleep(job.args.get("then", 0.2))
         os._exit(7)
-
-
-@worker()
-class ShrugsOffInterrupts:
-    """Sync: holds for ``args["seconds"]``, ignoring interrupts; writes ``args["interrupted"]``
-    the first time one is raised in it."""
-
-    def process(self, job: Job) -> None:
-        deadline = time.monotonic() + job.args.get("seconds", 20)
-        while time.monotonic() < deadline:
-            try:
-                time.sleep(0.005)
-            except BaseException:  # noqa: BLE001 - the point: it does not stop
-                Path(job.args["interrupted"]).write_text("1")

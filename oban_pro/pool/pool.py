@@ -80,10 +80,6 @@ _MIB = 1024 * 1024
 _KILL_OF_REASON = {"timeout": "timeout", "cancelled": "cancel", "rescued": "rescued"}
 
 
-def _jobs(n: int, word: str = "job") -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
 def default_threads(limits: Iterable[int]) -> int:
     """Threads per child when not configured: enough for every queue at its limit in one child.
 
@@ -509,6 +505,11 @@ class WorkerPool:
         child.read_pending()  # the job may have finished just now
         if self.ledger.get(job.job_id) is not job or job.stop_reason is not None:
             return
+        if child.dying():
+            # Its child is dead or dumping core and its pipe is not closed yet (a core dump
+            # can hold it open for a second): the job is settled with the child's death. When
+            # it died cannot be told, so the job is not charged a timeout it may never reach.
+            return
         self._ask_to_stop(job, "timeout", f"job exceeded its timeout of {job.run.timeout:g} s")
 
     def _on_grace_over(self, job: PoolJob) -> None:
@@ -715,9 +716,8 @@ class WorkerPool:
 
         Jobs that never started go to another child. A job alone in the child is charged
         (``reason`` counts toward the poison guard); when several ran, none is charged and
-        each runs isolated next time. That holds for a job being stopped for its timeout too:
-        the child died before the kill grace was over, of a cause nobody knows (the timeout may
-        even have run out only because the death took long to show, as a core dump does).
+        each runs isolated next time. A job being stopped (timeout, cancel, rescue) fails for
+        that reason: its timeout ran out while its child was alive (see :meth:`_on_timeout`).
         """
         jobs = list(child.jobs.values())
         started = [j for j in jobs if j.started]
@@ -725,16 +725,6 @@ class WorkerPool:
         for job in jobs:
             if not job.started and job.stop_reason is None:
                 self._place_again(job)
-            elif job.stop_reason == "timeout" and len(started) > 1:
-                self._release(
-                    job,
-                    f"child process (pid {child.pid}) {how} while the job was being stopped "
-                    f"({job.stop_text}) and {_jobs(len(started) - 1, 'other job')} ran beside "
-                    f"it; "
-                    f"{rss}. Which job caused it is not known, so this one was given back "
-                    f"without being charged and runs isolated next time",
-                    isolate=True,
-                )
             elif job.stop_reason is not None:
                 self._fail(job, job.stop_reason, f"{job.stop_text}; its child process "
                            f"(pid {child.pid}) {how}")  # fmt: skip

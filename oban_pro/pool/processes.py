@@ -128,6 +128,11 @@ class ChildProcess:
     def open_to_jobs(self) -> bool:
         return self.state is READY and not self.isolated and not self.reserved
 
+    def dying(self) -> bool:
+        """The process has exited (not reaped yet) or is writing a core dump: its death is
+        on the way, though its pipe may stay open a while (a core dump can take a second)."""
+        return process_dying(self.pid)
+
     def send(self, messages: list[Any]) -> None:
         if self.writer is not None and not self.writer.is_closing():
             self.writer.write(encode_frame(encode_to_child(messages)))
@@ -516,6 +521,22 @@ class Supervisor:
 def _locked_start(process: Any) -> None:
     with _PROCESS_LOCK:
         process.start()
+
+
+def process_dying(pid: int) -> bool:
+    """True when process ``pid`` is gone, a zombie, or dumping core (``/proc``)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            status = f.read()
+    except OSError:
+        return True
+    for line in status.splitlines():
+        if line.startswith(b"State:"):
+            if line.split()[1:2] in ([b"Z"], [b"X"]):
+                return True
+        elif line.startswith(b"CoreDumping:"):
+            return line.split()[1:2] == [b"1"]
+    return False
 
 
 def describe_exit(code: int | None) -> str:
