@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -803,6 +804,29 @@ def test_process_dying_tells_a_zombie_and_a_gone_pid_from_a_live_process() -> No
         live.wait()
         done.wait()
     assert process_dying(done.pid)  # reaped: gone
+
+
+@pytest.mark.reliability
+@async_test
+async def test_a_sync_job_waiting_for_a_thread_is_not_timed_out_before_it_runs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With one thread, the second sync job waits behind the first: its timeout runs out
+    before its code began, which is not a timeout; it runs once the thread is free."""
+    caplog.set_level(logging.DEBUG, logger="oban_pro.pool.pool")
+    release = tmp_path / "release"
+    async with Harness(processes=1, threads=1) as h:
+        holder = h.submit("Hold", {"release": str(release)})
+        waiting = h.submit("Noop", timeout=0.2)
+        deadline = time.monotonic() + 20
+        note = f"job {waiting} waits for a thread"
+        while not any(note in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, "the timeout never ran out"
+            await asyncio.sleep(0.01)
+        release.touch()
+        assert (await h.done(holder)).kind == "completed"
+        assert (await h.done(waiting)).kind == "completed"
+        assert h.pool.stats.kills["timeout"] == 0
 
 
 @pytest.mark.reliability

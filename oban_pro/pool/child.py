@@ -52,6 +52,7 @@ from .messages import (
     Done,
     InstanceInfo,
     Interrupt,
+    NotBegun,
     Ready,
     RequestCancel,
     Resize,
@@ -348,7 +349,7 @@ class _Server:
             elif isinstance(message, Interrupt):
                 self._start(starting)
                 starting = []
-                self._interrupt(message.job_id)
+                self._interrupt(message.job_id, timeout=message.timeout)
             elif isinstance(message, RequestCancel):
                 self._request_cancel(message.job_id)  # a flag: jobs prepared above have it
             elif isinstance(message, Stop):
@@ -475,15 +476,20 @@ class _Server:
         if job is not None:  # else it ended already; its Done is on the way
             job.job.request_cancellation()
 
-    def _interrupt(self, job_id: int) -> None:
+    def _interrupt(self, job_id: int, *, timeout: bool = False) -> None:
         job = self._jobs.get(job_id)
         if job is None:
             return  # it ended already; its Done is on the way
-        job.interrupted = True
         if job.task is not None:
+            job.interrupted = True
             job.task.cancel()
             return
-        with job.lock:  # a job still waiting for a thread sees the flag when it gets one
+        with job.lock:
+            if job.thread_id is None and timeout:
+                # Still waiting for a thread: it has not run, so it has not run out of time.
+                self._outbox.put(NotBegun(job_id))
+                return
+            job.interrupted = True  # a job still waiting for a thread sees it when it gets one
             if job.thread_id is not None and not job.finished:
                 _raise_in_thread(job.thread_id, JobInterrupted)
 

@@ -25,6 +25,7 @@ __all__ = [
     "Ready",
     "Started",
     "Done",
+    "NotBegun",
     "InstanceInfo",
     "ToChild",
     "ToParent",
@@ -93,9 +94,12 @@ class Interrupt(msgspec.Struct, tag=True, array_like=True, gc=False):
 
     The child answers with the job's :class:`Done` (kind "interrupted" when the request took
     effect); the parent kills the child if that does not come within the kill grace.
+    ``timeout``: sent because the job's timeout ran out. A sync job still waiting for a thread
+    has not run at all: it is left to start, and the child answers :class:`NotBegun`.
     """
 
     job_id: int
+    timeout: bool = False
 
 
 class RequestCancel(msgspec.Struct, tag=True, array_like=True, gc=False):
@@ -170,7 +174,14 @@ class Done(msgspec.Struct, tag=True, array_like=True, gc=False):
     error_message: str | None = None
 
 
-ToParent = Ready | Started | Done
+class NotBegun(msgspec.Struct, tag=True, array_like=True, gc=False):
+    """``job_id``'s timeout ran out while it waited for a thread (the child was handed it, but
+    its code has not begun): its timeout starts again, it has not exceeded it."""
+
+    job_id: int
+
+
+ToParent = Ready | Started | Done | NotBegun
 
 
 _child_encoder = msgspec.msgpack.Encoder()
@@ -189,11 +200,11 @@ def decode_to_child(payload: bytes) -> list[ToChild]:
     return _child_decoder.decode(payload)
 
 
-def encode_to_parent(messages: list[Ready | Started | Done]) -> bytes:
+def encode_to_parent(messages: list[ToParent]) -> bytes:
     """Encode a frame payload for the parent (the child side)."""
     return _parent_encoder.encode(messages)
 
 
-def decode_to_parent(payload: bytes) -> list[Ready | Started | Done]:
+def decode_to_parent(payload: bytes) -> list[ToParent]:
     """Decode a frame payload from a child (the parent side)."""
     return _parent_decoder.decode(payload)

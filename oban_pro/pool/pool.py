@@ -38,6 +38,7 @@ from .messages import (
     Done,
     InstanceInfo,
     Interrupt,
+    NotBegun,
     Ready,
     RequestCancel,
     Resize,
@@ -454,6 +455,10 @@ class WorkerPool:
         if job is None:
             return False
         if job.stop_reason is not None:
+            if job.stop_reason == "timeout" and reason != "timeout":
+                # A timeout's stop is withdrawn if the job had not begun (NotBegun); this one
+                # must not be.
+                self._ask_to_stop(job, reason, f"job was {reason}")
             return True  # already being stopped
         child = job.child
         if child is None:  # still waiting for a child
@@ -495,7 +500,7 @@ class WorkerPool:
         assert job.child is not None
         job.stop_reason = reason
         job.stop_text = text
-        job.child.send([Interrupt(job.job_id)])
+        job.child.send([Interrupt(job.job_id, timeout=reason == "timeout")])
         self._deadlines.stop_requested(job)
 
     def _on_timeout(self, job: PoolJob) -> None:
@@ -575,8 +580,23 @@ class WorkerPool:
                         self._call(self._on_started, job.run)
             elif isinstance(message, Done):
                 self._on_job_done(child, message)
+            elif isinstance(message, NotBegun):
+                self._on_not_begun(child, message.job_id)
             elif isinstance(message, Ready):
                 self._on_ready(child, message)
+
+    def _on_not_begun(self, child: ChildProcess, job_id: int) -> None:
+        """The job's timeout ran out while it waited for a thread in its child: it has not
+        run yet, so its stop is withdrawn and its timeout starts again."""
+        job = child.jobs.get(job_id)
+        if job is None or job.stop_reason != "timeout":
+            return
+        log.debug("job %d waits for a thread in worker process %d; its timeout starts again",
+                  job_id, child.pid)  # fmt: skip
+        job.stop_reason = None
+        job.stop_text = ""
+        self._deadlines.cancel(job)
+        self._deadlines.job_started(job)
 
     def _on_ready(self, child: ChildProcess, ready: Ready) -> None:
         child.import_errors = dict(ready.import_errors)
