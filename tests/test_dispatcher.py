@@ -21,6 +21,7 @@ class FakePool:
         self.ledger = ledger
         self.stopped: list[tuple[int, str]] = []
         self.threads = 1
+        self.processes = 2
         self.waiting: dict[str, int] = {}  # queue -> jobs waiting for a child
 
     def waiting_in(self, queue: str) -> int:
@@ -64,20 +65,25 @@ def test_demand_is_the_limit_minus_the_queues_jobs_in_the_ledger() -> None:
     assert dispatcher.running()[0].producer_uuid == "uuid-q"
 
 
-def test_while_jobs_wait_for_a_child_the_room_is_fetched_a_quarter_of_the_limit_at_once() -> None:
+def test_while_each_child_has_a_job_waiting_the_room_is_fetched_half_the_limit_at_once() -> None:
     acker = FakeAcker()
     dispatcher = Dispatcher(acker, FakePool)  # type: ignore[arg-type]
     producer = FakeProducer("cpu", 10)
     dispatcher.register(producer)  # type: ignore[arg-type]
     dispatcher.dispatch(producer, [row(i) for i in range(1, 10)])  # type: ignore[arg-type]
     assert dispatcher.demand(producer) == 1  # type: ignore[arg-type]
-    dispatcher.pool.waiting["cpu"] = 7  # isolated jobs queued behind busy children
+    dispatcher.pool.waiting["cpu"] = 7  # isolated jobs queued behind the 2 busy children
     assert dispatcher.demand(producer) == 0  # type: ignore[arg-type]
-    dispatcher.pool.ledger.remove(9)
-    assert dispatcher.demand(producer) == 2  # type: ignore[arg-type]  # a quarter (10 // 4)
+    for job_id in (9, 8, 7):
+        dispatcher.pool.ledger.remove(job_id)
+    assert dispatcher.demand(producer) == 0  # type: ignore[arg-type]  # 4 free, 2+ waiting
+    dispatcher.pool.ledger.remove(6)
+    assert dispatcher.demand(producer) == 5  # type: ignore[arg-type]  # half the limit
+    dispatcher.pool.waiting["cpu"] = 1  # fewer waiting than children: fetch what is free
+    dispatcher.dispatch(producer, [row(6)])  # type: ignore[arg-type]
+    assert dispatcher.demand(producer) == 4  # type: ignore[arg-type]
     dispatcher.pool.waiting["cpu"] = 0  # nothing waits: every free slot is fetched at once
-    dispatcher.pool.ledger.remove(8)
-    assert dispatcher.demand(producer) == 3  # type: ignore[arg-type]
+    assert dispatcher.demand(producer) == 4  # type: ignore[arg-type]
 
 
 def test_a_job_fetched_again_while_its_old_attempt_runs_here_keeps_one_copy() -> None:
