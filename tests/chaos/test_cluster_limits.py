@@ -46,12 +46,15 @@ def test_global_limit_4_holds_across_three_nodes_with_local_limits_of_10(
     assert sampler.samples > 100
     assert sampler.peak <= 4, f"{sampler.peak} executing at once in the database"
     assert max_overlap(spans) <= 4, f"{max_overlap(spans)} ran at once by their own log"
-    # The limit is used, not just respected, and every node took part.
+    # The limit is used, not just respected, and it is not one node's local limit: more than
+    # one node ran jobs. Not every node: the limit is held, not shared out, and the node that
+    # frees a slot learns of it first and usually takes it again (six runs split the 150 jobs
+    # 37/13/100 ... 8/92/50; one in ten full chaos runs left a node with none).
     assert sampler.peak == 4
     nodes_used = {
         r[0] for r in client_rows(oban_dsn, oban_prefix, "SELECT DISTINCT attempted_by[1] FROM {p}")
     }
-    assert nodes_used == {"a", "b", "c"}
+    assert len(nodes_used) >= 2 and nodes_used <= {"a", "b", "c"}, nodes_used
 
 
 def test_rate_limit_20_per_2s_holds_over_every_sliding_window_and_is_used(
