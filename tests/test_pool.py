@@ -753,7 +753,9 @@ async def test_a_sync_job_that_finished_is_reported_even_if_the_child_dies_while
         runs = [
             h.run("BlockLoop", {"seconds": 5}),
             h.run("MarkOnReturn", {"done": str(finished)}),
-            h.run("ExitAfterFile", {"after": str(finished)}),
+            # A second after the marker: the thread has long written its result by then (the
+            # old child held it behind the blocked loop for 5 s).
+            h.run("ExitAfterFile", {"after": str(finished), "then": 1.0}),
         ]
         for run in runs:
             h._future(run.job_id)
