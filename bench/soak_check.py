@@ -45,7 +45,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 #: The final state each kind must reach.
 EXPECTED: dict[str, str] = {
@@ -273,44 +273,54 @@ class Faults:
         return sum(1 for a, b in self.outages if a <= t1 and b >= t0)
 
 
+class _Death(NamedTuple):
+    """A process taken down by a job's crash or timeout, as the log tells it."""
+
+    start: float  # the killer job's START
+    died_by: float  # the latest the process can have died
+    job: int  # the killer job
+    earliest: float  # the earliest it can have died (a crash's END; a timeout's expiry)
+
+
 class ProcessDeaths:
-    """Processes that died by a job's own doing: (node, pid) -> the killer job's start, the
-    latest possible time of death, the job, and the earliest time of death the log shows."""
+    """Processes that died by a job's own doing, by (node, pid)."""
 
     def __init__(self, execs: Mapping[int, list[Exec]], timeout: float) -> None:
-        self._by: dict[tuple[str, int], list[tuple[float, float, int, float]]] = defaultdict(list)
+        self._by: dict[tuple[str, int], list[_Death]] = defaultdict(list)
         for runs in execs.values():
             for e in runs:
                 if e.outcome == "crash" and e.end is not None:
                     # END is written just before os._exit/abort: the process dies moments
                     # later, and jobs of the same child may start in that moment.
-                    self._by[(e.node, e.pid)].append((e.start, e.end + CRASH_SLACK, e.job, e.end))
+                    self._by[(e.node, e.pid)].append(
+                        _Death(e.start, e.end + CRASH_SLACK, e.job, e.end)
+                    )
                 elif e.plan == "timeout" and e.end is None:
                     self._by[(e.node, e.pid)].append(
-                        (e.start, e.start + timeout + 5.0, e.job, e.start + timeout)
+                        _Death(e.start, e.start + timeout + 5.0, e.job, e.start + timeout)
                     )
 
     def on_pid(self, pid: int, before: float) -> int | None:
         """A job whose crash/timeout took down process ``pid`` (any node) by ``before``."""
         for (_node, p), deaths in self._by.items():
             if p == pid:
-                for start, _died_by, job, _earliest in deaths:
-                    if start <= before:
-                        return job
+                for d in deaths:
+                    if d.start <= before:
+                        return d.job
         return None
 
     def died_at(self, ex: Exec, killer: int) -> float:
         """The earliest time ``killer`` can have taken down ``ex``'s process."""
-        for _start, _died_by, job, earliest in self._by.get((ex.node, ex.pid), ()):
-            if job == killer:
-                return earliest
+        for d in self._by.get((ex.node, ex.pid), ()):
+            if d.job == killer:
+                return d.earliest
         return math.inf
 
     def killer(self, ex: Exec, before: float) -> int | None:
         """The job whose crash/timeout took down ``ex``'s process while ``ex`` ran."""
-        for start, died_by, job, _earliest in self._by.get((ex.node, ex.pid), ()):
-            if job != ex.job and died_by >= ex.start and start <= before:
-                return job
+        for d in self._by.get((ex.node, ex.pid), ()):
+            if d.job != ex.job and d.died_by >= ex.start and d.start <= before:
+                return d.job
         return None
 
 
@@ -377,24 +387,18 @@ def justify(prev: Exec, nxt: Exec, faults: Faults, deaths: ProcessDeaths, s: Che
     if late_kill and late_kill["at"] < prev.end:
         return "fault", "node kill -9 while running (it finished after)", late_kill, {}
     if late_kill:
-        delay = late_kill["at"] - prev.end
+        unacked = {"unacked_for": late_kill["at"] - prev.end}
         allowed = s.ack_bound + faults.outage_overlap(prev.end, late_kill["at"])
         allowed += s.ack_retry_slack * faults.outages_between(prev.end, late_kill["at"])
-        if delay <= allowed:
-            return "fault", "finished, ack lost in node kill -9", late_kill, {"unacked_for": delay}
+        if unacked["unacked_for"] <= allowed:
+            return "fault", "finished, ack lost in node kill -9", late_kill, unacked
         # Too long before the kill for the ack to have been pending: the kill explains nothing,
         # but the job's own process may have died before it reported (below).
     why = _finished_then_lost(prev, nxt, faults, deaths, s)
     if why is not None:
         return why
     if late_kill:
-        delay = late_kill["at"] - prev.end
-        return (
-            "unexplained",
-            "finished long before its node was killed",
-            late_kill,
-            {"unacked_for": delay},
-        )
+        return "unexplained", "finished long before its node was killed", late_kill, unacked
     return "unexplained", f"finished ({prev.outcome}) and ran again", None, {}
 
 

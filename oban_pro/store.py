@@ -170,9 +170,7 @@ class Store:
         so one takes over at once."""
         async with self._pool.connection() as conn:
             await conn.execute(self._queries.resign_leader, {"name": name, "node": node})
-            await conn.execute(
-                self._queries.notify_many, {"channel": channel, "payloads": [payload]}
-            )
+        await self.notify(channel, [payload])
 
     # -- gauges and notices -------------------------------------------------------------------
 

@@ -142,8 +142,9 @@ class Dispatcher:
         room = producer.limit - self.ledger.count(producer.queue)
         if room <= 0:
             return 0
-        waiting = self.pool.waiting_in(producer.queue)
-        if waiting and waiting >= self.pool.processes and room < producer.limit // 2:
+        if self.pool.waiting_in(producer.queue) >= self.pool.processes and (
+            room < producer.limit // 2
+        ):
             return 0
         return room
 
