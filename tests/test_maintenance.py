@@ -311,6 +311,34 @@ class _FakeProducer:
         return json.dumps({"local_limit": 1, "heartbeat_ttl": 30.0})
 
 
+async def test_heartbeat_does_not_bring_back_the_row_of_a_producer_stopped_during_the_beat(
+    oban_dsn, oban_prefix, caplog
+):
+    import uuid as uuidlib
+
+    from oban_pro.coordinator.heartbeat import Heartbeat
+
+    stopped = str(uuidlib.uuid4())
+    calls: list[int] = []
+
+    def producers() -> list:
+        calls.append(1)  # running when the beat starts, stopped (row deleted) by its end
+        return [_FakeProducer(stopped, "extra")] if len(calls) == 1 else []
+
+    heartbeat = Heartbeat(
+        conninfo=oban_dsn, connect_kwargs={}, queries=Queries(oban_prefix), name="Oban",
+        node="me", interval=1.0, producers=producers, running=lambda: [], on_lost=print,
+    )  # fmt: skip
+    try:
+        await heartbeat.beat()
+    finally:
+        await heartbeat.stop()
+    rows = query(oban_dsn, f'SELECT uuid FROM "{oban_prefix}".oban_producers WHERE uuid = %s',
+                 (stopped,))  # fmt: skip
+    assert rows == [] and len(calls) == 2
+    assert "registered it again" not in caplog.text
+
+
 async def test_heartbeat_registers_vanished_rows_and_reports_jobs_no_longer_ours(
     oban_dsn, oban_prefix, caplog
 ):

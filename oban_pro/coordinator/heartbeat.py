@@ -152,16 +152,30 @@ class Heartbeat:
         attempts = {r.job_id: r.attempt for r in running}
         queues = {p.uuid: p.queue for p in producers}
         lost = []
+        registered = []
         for kind, key, state, node in rows:
             if kind == "registered":
-                log.warning(
-                    "producer row of queue %r was gone; registered it again", queues.get(key, key)
-                )
+                registered.append(key)
             else:
                 job_id = int(key)
                 lost.append(LostJob(job_id, attempts[job_id], state, node))
+        if registered:
+            await self._registered_again(registered, queues)
         if lost:
             self._on_lost(lost)
+
+    async def _registered_again(self, uuids: list[str], queues: dict[str, str]) -> None:
+        """Rows this beat wrote again because they were gone. A producer stopped while the beat
+        was in flight (its queue stopped: it deleted its row) must not be brought back."""
+        current = {p.uuid for p in self._producers()}
+        stopped = [u for u in uuids if u not in current]
+        for uuid in uuids:
+            if uuid in current:
+                log.warning("producer row of queue %r was gone; registered it again",
+                            queues.get(uuid, uuid))  # fmt: skip
+        if stopped:
+            conn = await self._connection()
+            await conn.execute(self._queries.delete_producers, {"uuids": stopped})
 
     async def _execute(
         self, producers: list[Producer], running: list[RunningJob]
