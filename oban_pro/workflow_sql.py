@@ -47,6 +47,15 @@ def _ignored(state: str, meta: str) -> str:
       ELSE false END)"""
 
 
+def _by_id(job_id: str, columns: str, *, suspended: bool = True) -> str:
+    """SQL: the ``columns`` of job ``job_id`` (only if it is suspended, by default), read by
+    primary key. The LIMIT keeps the subquery a lookup per row: flattened into a join, the
+    planner hashed the other side and scanned every row of the table on each statement."""
+    where = " AND state::text = 'suspended'" if suspended else ""
+    return f"""(SELECT {columns} FROM {{p}}.oban_jobs
+    WHERE id = {job_id}{where} LIMIT 1)"""
+
+
 # meta with wf_next moved to wf_sent (the job has told, or is telling, its waiting jobs).
 def _sealed(meta: str) -> str:
     return f"""(CASE WHEN {meta} ? 'wf_next'
@@ -64,14 +73,17 @@ wf_hit AS (
   SELECT r.dep_id, r.up_id, r.up_state, r.up_name, r.n,
     NOT {_ignored("r.up_state", "d.meta")} AS fail
   FROM roots AS r JOIN {{p}}.oban_jobs AS d ON d.id = r.dep_id
-  WHERE d.state::text = 'suspended'
+  -- The ids as an array too, here and in wf_moved: joined to a CTE alone (the planner cannot
+  -- know how few rows it holds) it hashed the CTE and scanned the whole table, on every ack.
+  WHERE d.id = ANY (ARRAY(SELECT dep_id FROM roots)) AND d.state::text = 'suspended'
   UNION
-  SELECT e.id, c.id, 'cancelled'::text, c.meta->>'name', 1, NOT {_ignored("'cancelled'", "e.meta")}
+  SELECT e.id, h.dep_id, 'cancelled'::text, c.name, 1, NOT {_ignored("'cancelled'", "e.meta")}
   FROM wf_hit AS h
-  JOIN {{p}}.oban_jobs AS c ON c.id = h.dep_id
-  CROSS JOIN LATERAL jsonb_array_elements_text(c.meta->'wf_next') AS nx(value)
-  JOIN {{p}}.oban_jobs AS e ON e.id = nx.value::bigint
-  WHERE h.fail AND e.state::text = 'suspended'
+  CROSS JOIN LATERAL {_by_id("h.dep_id", "meta->>'name' AS name, meta->'wf_next' AS next",
+                             suspended=False)} AS c
+  CROSS JOIN LATERAL jsonb_array_elements_text(c.next) AS nx(value)
+  CROSS JOIN LATERAL {_by_id("nx.value::bigint", "id, meta")} AS e
+  WHERE h.fail
 ), wf_verdict AS (
   SELECT h.dep_id, bool_or(h.fail) AS failed,
     coalesce(sum(h.n) FILTER (WHERE NOT h.fail), 0)::int AS done,
@@ -93,7 +105,8 @@ wf_hit AS (
       ELSE jsonb_set(d.meta, '{{wf_wait}}',
         to_jsonb(greatest(coalesce((d.meta->>'wf_wait')::int, 0) - v.done, 0))) END
   FROM wf_verdict AS v
-  WHERE d.id = v.dep_id AND d.state::text = 'suspended'
+  WHERE d.id = ANY (ARRAY(SELECT dep_id FROM wf_verdict))
+    AND d.id = v.dep_id AND d.state::text = 'suspended'
     AND NOT EXISTS (SELECT 1 FROM wf_exclude AS x WHERE x.id = d.id)
   RETURNING d.id, d.queue, d.state::text AS state
 ), wf_notified AS (
