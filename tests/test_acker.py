@@ -143,3 +143,65 @@ async def test_the_ack_reads_no_table_scan_with_or_without_workflow_steps(oban_d
     moved = [n for n in plan_nodes(plan) if n["Node Type"] == "ModifyTable"
              and n.get("Actual Rows", 0) >= 1]  # fmt: skip
     assert len(moved) == 2, "the upstream job's ack and its waiting step's release"
+
+
+class Batches:
+    """The acker's written batches (job ids), with an event per batch."""
+
+    def __init__(self) -> None:
+        self.written: list[list[int]] = []
+        self.event = asyncio.Event()
+
+    def __call__(self, written) -> None:
+        self.written.append([ack.job_id for ack, _state in written])
+        self.event.set()
+
+    async def next(self, timeout: float = 10.0) -> list[int]:
+        await asyncio.wait_for(self.event.wait(), timeout)
+        self.event.clear()
+        return self.written[-1]
+
+
+def done(job_id: int, ran_for: float) -> Ack:
+    return Ack(job_id, 1, UUID, "completed", queue="q", duration=ran_for)
+
+
+async def test_acks_of_long_jobs_linger_to_share_one_write(oban_dsn, oban_prefix):
+    ids = executing_jobs(oban_dsn, oban_prefix, 2)
+    batches = Batches()
+    async with AsyncConnectionPool(oban_dsn, min_size=1, max_size=2, open=False) as pool:
+        acker = Acker(pool, Queries(oban_prefix).ack_jobs, max_crashes=3, linger=0.2,
+                      on_written=batches)  # fmt: skip
+        acker.start()
+        loop = asyncio.get_running_loop()
+        added = loop.time()
+        acker.add(done(ids[0], 5.0))  # ran longer than the linger: waits up to 0.2 s
+        await asyncio.sleep(0.01)  # the acker loop is lingering now
+        acker.add(done(ids[1], 5.0))
+        assert await batches.next() == ids  # one statement for both
+        assert loop.time() - added >= 0.2  # not before the first one's linger ran out
+        await acker.stop()
+
+
+async def test_short_jobs_and_waiting_callers_do_not_linger(oban_dsn, oban_prefix):
+    """Held up to a minute, an ack is written at once when its job ran for no time, when a
+    short job's ack joins it, when someone waits for it (caught_up), and at stop."""
+    a, b, c, d, e = executing_jobs(oban_dsn, oban_prefix, 5)
+    batches = Batches()
+    async with AsyncConnectionPool(oban_dsn, min_size=1, max_size=2, open=False) as pool:
+        acker = Acker(pool, Queries(oban_prefix).ack_jobs, max_crashes=3, linger=60.0,
+                      on_written=batches)  # fmt: skip
+        acker.start()
+        acker.add(done(a, 0.0))
+        assert await batches.next() == [a]
+        acker.add(done(b, 60.0))
+        assert await acker.caught_up(10.0)
+        assert await batches.next() == [b]
+        acker.add(done(c, 60.0))
+        await asyncio.sleep(0.01)
+        acker.add(done(d, 0.0))  # its own wait is none: c goes with it
+        assert await batches.next() == [c, d]
+        acker.add(done(e, 60.0))
+        await acker.stop(timeout=10.0)
+    states = dict(query(oban_dsn, f'SELECT id, state::text FROM "{oban_prefix}".oban_jobs'))
+    assert set(states.values()) == {"completed"}

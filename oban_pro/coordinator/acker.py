@@ -1,8 +1,12 @@
 """The acker: buffers job outcomes and writes them in one fenced, set-based UPDATE per batch.
 
-Writes as soon as an ack arrives (after ``interval`` seconds, 0 by default): batches form by
-themselves from the acks that arrive while the previous write is in flight, so a busy node
-writes large batches and an idle one adds no latency.
+Batches form by themselves from the acks that arrive while the previous write is in flight, so
+a busy node writes large batches. When outcomes trickle in (long jobs finishing one by one) each
+would be a statement and a commit of its own, taken from the cores the jobs run on; so an ack
+may wait for others to share its write — at most ``linger`` seconds, and never longer than its
+job ran, so short jobs are written at once and a job's row reads ``executing`` for at most the
+larger of its own run time and ``linger`` after it ended. (River's batch completer holds
+completions up to 250 ms for the same reason.) ``interval`` adds a fixed wait to every batch.
 Each write is a telemetry span, ``oban.acker.ack`` (``count``, ``stale``: fenced out,
 ``backlog``: left buffered), which the Prometheus metrics subscribe to.
 Database errors are retried with backoff; nothing is dropped. Past ``max_backlog`` buffered acks,
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -65,6 +70,7 @@ class Acker:
         max_crashes: int,
         batch_size: int = 1000,
         interval: float = 0.0,
+        linger: float = 0.0,
         max_backlog: int = 50000,
         name: str = "",
         node: str = "",
@@ -76,6 +82,11 @@ class Acker:
         self._max_crashes = max_crashes
         self._batch_size = batch_size
         self._interval = interval
+        self._linger = linger
+        # loop.time() by which the buffered acks must be written (inf: nothing is waiting), and
+        # whether a caller waits for them (flush, caught_up, stop): then nothing lingers.
+        self._deadline = math.inf
+        self._urgent = False
         self._max_backlog = max_backlog
         # Telemetry metadata: which instance's acker this is.
         self._identity = {"name": name, "node": node}
@@ -98,6 +109,11 @@ class Acker:
         self._buffer.append(ack)
         self._added += 1
         self._drained.clear()
+        wait = min(self._linger, ack.duration)
+        if wait > 0:
+            self._deadline = min(self._deadline, asyncio.get_running_loop().time() + wait)
+        else:
+            self._deadline = -math.inf
         if not self._wake.is_set():
             self._wake.set()
 
@@ -122,7 +138,7 @@ class Acker:
         target = self._added
         if self._written >= target:
             return True
-        self._wake.set()
+        self._hurry()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while self._written < target:
@@ -133,7 +149,7 @@ class Acker:
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Wait until every buffered ack is written; False if ``timeout`` passed first."""
-        self._wake.set()
+        self._hurry()
         return await wait_event(self._drained, timeout)
 
     async def stop(self, timeout: float = 10.0) -> None:
@@ -148,6 +164,11 @@ class Acker:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
+    def _hurry(self) -> None:
+        """Someone waits for the buffered acks: write them now, without lingering."""
+        self._urgent = True
+        self._wake.set()
+
     # -- the loop -------------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -158,7 +179,9 @@ class Acker:
                 # Yield at least once so outcomes that arrived in the same pipe read join this
                 # batch; acks that arrive while a write is in flight form the next one.
                 await asyncio.sleep(self._interval)
+                await self._linger_for_company()
             self._wake.clear()
+            self._deadline = math.inf
             while self._buffer:
                 batch = self._buffer[: self._batch_size]
                 try:
@@ -178,7 +201,23 @@ class Acker:
                 self._written += len(batch)
                 self._progress.set()  # wake every waiter, then re-arm for the next batch
                 self._progress = asyncio.Event()
+            # Everything is written (no await since the loop's last check): what woke or
+            # hurried the loop meanwhile was for acks that are written now.
+            self._wake.clear()
+            self._deadline = math.inf
+            self._urgent = False
             self._drained.set()
+
+    async def _linger_for_company(self) -> None:
+        """Wait until the buffered acks' earliest deadline, a full batch, or a hurry. Each new
+        ack wakes this to bring the deadline closer when it may wait less."""
+        loop = asyncio.get_running_loop()
+        while not (self._urgent or self._closing) and len(self._buffer) < self._batch_size:
+            left = self._deadline - loop.time()
+            if left <= 0:
+                return
+            self._wake.clear()
+            await wait_event(self._wake, left)
 
     async def _write(self, batch: list[Ack]) -> None:
         params = {

@@ -138,6 +138,7 @@ class Runtime:
             max_crashes=cfg.max_crashes,
             batch_size=cfg.ack_batch_size,
             interval=cfg.ack_interval,
+            linger=cfg.ack_linger,
             max_backlog=cfg.ack_max_backlog,
             name=self.name,
             node=self.node,
