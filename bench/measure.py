@@ -188,10 +188,13 @@ async def wait_drained(
     queue: str,
     *,
     timeout: float,
-    interval: float = 0.05,
+    interval: float = 0.25,
     on_tick: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Wait until no job of ``queue`` is available or executing."""
+    """Wait until no job of ``queue`` is available or executing. The end is read from the
+    jobs' ``completed_at``, not from when this notices, so it polls seldom: at 20 polls a
+    second it was a third of the database's transactions during a CPU-bound drain, taken from
+    the cores the engine under test runs on."""
     deadline = time.monotonic() + timeout
     while await pending(conn, prefix, queue):
         if time.monotonic() > deadline:

@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Acks of jobs that ran for less than this are written at once: on a busy node they batch by
+#: themselves, and waits this short cost more turns of the event loop than they save.
+MIN_LINGER = 0.002
+
 
 @dataclass(slots=True)
 class Ack:
@@ -110,7 +114,7 @@ class Acker:
         self._added += 1
         self._drained.clear()
         wait = min(self._linger, ack.duration)
-        if wait > 0:
+        if wait >= MIN_LINGER:
             self._deadline = min(self._deadline, asyncio.get_running_loop().time() + wait)
         else:
             self._deadline = -math.inf
