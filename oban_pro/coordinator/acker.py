@@ -25,8 +25,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from psycopg.types.array import ListBinaryDumper
 
 from .. import telemetry
+from ..prepared import Prepared
 from .._aio import wait_event
 
 if TYPE_CHECKING:
@@ -82,7 +84,9 @@ class Acker:
         on_written: Callable[[list[tuple[Ack, str]]], None] | None = None,
     ) -> None:
         self._pool = pool
-        self._sql = sql
+        # Sent with the server's own $n placeholders (see _write): the statement is too long
+        # for psycopg's cache of converted queries, which re-parsed its 6.8 KB on every write.
+        self._statement = Prepared(sql)
         self._max_crashes = max_crashes
         self._batch_size = batch_size
         self._interval = interval
@@ -234,9 +238,14 @@ class Acker:
             "metas": [a.meta for a in batch],
             "max_crashes": self._max_crashes,
         }
+        statement = self._statement
         with telemetry.span("oban.acker.ack", {**self._identity, "count": len(batch)}) as span:
             async with self._pool.connection() as conn:
-                cur = await conn.execute(self._sql, params)
+                # A raw cursor takes the text as it is (measured: 378 vs 474 us of this
+                # process's CPU per 1-row ack); its lists go in binary, as %(x)b sends them.
+                cur = psycopg.AsyncRawCursor(conn)
+                cur.adapters.register_dumper(list, ListBinaryDumper)
+                await cur.execute(statement.text, [params[name] for name in statement.params])
                 rows = await cur.fetchall()
             span.add({"stale": len(batch) - len(rows), "backlog": len(self._buffer) - len(batch)})
         if self._on_written is not None and rows:
