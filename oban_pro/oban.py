@@ -481,8 +481,7 @@ class Oban(AsyncJobOperations, QueueSignals):
             return
         self._starting.add(queue)
         try:
-            pool = await self._ensure_pool()
-            producer = runtime._make_producer(queue, limit, pool, limits)
+            producer = runtime._make_producer(queue, limit, limits)
             producer.paused = paused
             await producer.register()
             runtime.producers[queue] = producer

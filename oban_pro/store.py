@@ -5,9 +5,9 @@ connection or read a row by position themselves. Each method takes keyword argum
 returns plain values or the msgspec records below, so a statement's column order is known in
 one place (here), and a component can be unit-tested against a fake Store.
 
-This first part holds the maintenance plugins' statements (staging, pruning, rescue, producer
-rows, gauges, notices) and leadership; the producers', acker's and heartbeat's statements move
-here next (issue 11).
+It holds the producers' fetches (plain and limited) and producer rows, the acker's write, the
+maintenance plugins' statements (staging, pruning, rescue, gauges, notices) and leadership; the
+heartbeat's, cron's and signals' statements move here next (issue 11).
 
 ``now`` parameters: the moment to act as of, for tests (a naive UTC ``datetime``); None means
 the database's own clock, which every node shares.
@@ -20,12 +20,17 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
+import psycopg
+from psycopg.types.array import ListBinaryDumper
 
+from .limits import LimitStatus, QueueLimits, fetch_limited, read_status
+from .prepared import Prepared
 from .queries import Queries
 from .workflow_ops import workflow_queries
 
 __all__ = [
     "DeadProducer",
+    "FetchedJob",
     "KnownProducer",
     "ProducerBeat",
     "RescuedJob",
@@ -33,6 +38,32 @@ __all__ = [
     "StagedQueue",
     "Store",
 ]
+
+
+class FetchedJob(msgspec.Struct, frozen=True):
+    """A job a fetch just took for this node: ``executing``, its ``attempt`` counted.
+
+    ``args``, ``meta`` and ``errors`` stay JSON text: the coordinator hands them to a worker
+    process as they are and never decodes them on the hot path. Times are epoch seconds."""
+
+    id: int
+    worker: str
+    args: str
+    meta: str
+    attempt: int
+    max_attempts: int
+    priority: int
+    tags: list[str] | None
+    errors: str | None
+    inserted_at: float | None
+    scheduled_at: float | None
+    attempted_at: float | None
+
+
+def _fetched_jobs(cursor: Any) -> Any:
+    """psycopg row factory: each fetched row straight into a :class:`FetchedJob` (the columns
+    of the fetch's RETURNING list, in the order of the fields)."""
+    return lambda values: FetchedJob(*values)
 
 
 class StagedQueue(msgspec.Struct, frozen=True):
@@ -86,10 +117,96 @@ class Store:
         self._pool = pool
         self._queries = queries
         self._workflow_counts = workflow_queries(queries.prefix).workflow_counts
+        # Sent with the server's own $n placeholders (see ack_jobs): the statement is too long
+        # for psycopg's cache of converted queries, which re-parsed its 6.8 KB on every write.
+        self._ack = Prepared(queries.ack_jobs)
 
     @property
     def prefix(self) -> str:
         return self._queries.prefix
+
+    @property
+    def queries(self) -> Queries:
+        """The statements, for what is not behind a method yet (see the module docstring)."""
+        return self._queries
+
+    # -- fetching -----------------------------------------------------------------------------
+
+    async def fetch_jobs(
+        self, *, queue: str, demand: int, node: str, uuid: str
+    ) -> list[FetchedJob]:
+        """Take up to ``demand`` available jobs of ``queue`` for producer ``uuid`` of ``node``
+        (``FOR UPDATE SKIP LOCKED``: nodes never take the same job)."""
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=_fetched_jobs)
+            # Binary results: the same Python values, parsed in half the CPU (1.6 vs 3.0 us a
+            # row).
+            await cur.execute(
+                self._queries.fetch_jobs,
+                {"queue": queue, "demand": demand, "node": node, "uuid": uuid},
+                binary=True,
+            )
+            return await cur.fetchall()
+
+    async def fetch_limited(
+        self, limits: QueueLimits, params: dict[str, Any], *, status_when_short: bool, now: float
+    ) -> tuple[list[FetchedJob], LimitStatus | None]:
+        """Take up to ``params["demand"]`` jobs of a queue limited across nodes, no more than
+        its limits leave (:func:`oban_pro.limits.fetch_limited`); with ``status_when_short``,
+        a fetch that got fewer also reads the limits' use, on the same connection."""
+        async with self._pool.connection() as conn:
+            rows = await fetch_limited(conn, self._queries, limits, params)
+            status = None
+            if status_when_short and len(rows) < params["demand"]:
+                status = await read_status(conn, self._queries, limits, params, now)
+        return [FetchedJob(*row) for row in rows], status
+
+    async def limit_status(
+        self, limits: QueueLimits, params: dict[str, Any], *, now: float
+    ) -> LimitStatus:
+        """The use of a queue's limits across nodes now."""
+        async with self._pool.connection() as conn:
+            return await read_status(conn, self._queries, limits, params, now)
+
+    async def register_producer(
+        self, *, uuid: str, name: str, node: str, queue: str, meta: str
+    ) -> None:
+        """Write (or refresh) producer ``uuid``'s row in ``oban_producers``."""
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                self._queries.register_producer,
+                {"uuid": uuid, "name": name, "node": node, "queue": queue, "meta": meta},
+            )
+
+    # -- acking -------------------------------------------------------------------------------
+
+    async def ack_jobs(
+        self,
+        *,
+        ids: list[int],
+        attempts: list[int],
+        uuids: list[str],
+        kinds: list[str],
+        delays: list[float],
+        errors: list[str | None],
+        metas: list[str | None],
+        max_crashes: int,
+    ) -> dict[int, str]:
+        """Write a batch of outcomes (one set-based statement, fenced by state, attempt and
+        producer uuid; workflow steps waiting for a finished job are released in it). Returns
+        the state each job is in now, as the statement decided it; acks fenced out are absent.
+        """
+        values = {"ids": ids, "attempts": attempts, "uuids": uuids, "kinds": kinds,
+                  "delays": delays, "errors": errors, "metas": metas,
+                  "max_crashes": max_crashes}  # fmt: skip
+        statement = self._ack
+        async with self._pool.connection() as conn:
+            # A raw cursor takes the text as it is (measured: 378 vs 474 us of this process's
+            # CPU per 1-row ack); its lists go in binary, half the CPU of the text form.
+            cur = psycopg.AsyncRawCursor(conn)
+            cur.adapters.register_dumper(list, ListBinaryDumper)
+            await cur.execute(statement.text, [values[name] for name in statement.params])
+            return {int(job_id): state for job_id, state in await cur.fetchall()}
 
     # -- staging and pruning ------------------------------------------------------------------
 

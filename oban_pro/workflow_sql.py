@@ -63,6 +63,12 @@ def _sealed(meta: str) -> str:
       ELSE {meta} END)"""
 
 
+# A step the cascade cancels, read for its own waiting jobs (still suspended in the statement's
+# snapshot, so not filtered on state).
+_CANCELLED_STEP = _by_id(
+    "h.dep_id", "meta->>'name' AS name, meta->'wf_next' AS next", suspended=False
+)
+
 # The release chain. Input CTEs: roots(dep_id, up_id, up_state, up_name, n): "job dep_id's
 # upstream up_id (named up_name) is now up_state, worth n of its wf_wait"; wf_exclude(id): jobs
 # this statement updates itself (a row must not be updated twice in one statement).
@@ -79,8 +85,7 @@ wf_hit AS (
   UNION
   SELECT e.id, h.dep_id, 'cancelled'::text, c.name, 1, NOT {_ignored("'cancelled'", "e.meta")}
   FROM wf_hit AS h
-  CROSS JOIN LATERAL {_by_id("h.dep_id", "meta->>'name' AS name, meta->'wf_next' AS next",
-                             suspended=False)} AS c
+  CROSS JOIN LATERAL {_CANCELLED_STEP} AS c
   CROSS JOIN LATERAL jsonb_array_elements_text(c.next) AS nx(value)
   CROSS JOIN LATERAL {_by_id("nx.value::bigint", "id, meta")} AS e
   WHERE h.fail

@@ -11,6 +11,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from oban_pro.coordinator.acker import Ack, Acker
 from oban_pro.queries import Queries
+from oban_pro.store import Store
 
 UUID = "00000000-0000-0000-0000-0000000000aa"
 
@@ -29,7 +30,7 @@ def executing_jobs(dsn: str, prefix: str, n: int) -> list[int]:
 async def test_caught_up_waits_for_earlier_acks_only(oban_dsn, oban_prefix):
     ids = executing_jobs(oban_dsn, oban_prefix, 3)
     async with AsyncConnectionPool(oban_dsn, min_size=1, max_size=2, open=False) as pool:
-        acker = Acker(pool, Queries(oban_prefix).ack_jobs, max_crashes=3)
+        acker = Acker(Store(pool, Queries(oban_prefix)), max_crashes=3)
         assert await acker.caught_up(0.01)  # nothing added yet
         acker.add(Ack(ids[0], 1, UUID, "completed", queue="q"))
         acker.add(Ack(ids[1], 1, UUID, "completed", queue="q"))
@@ -124,8 +125,11 @@ async def test_the_ack_reads_no_table_scan_with_or_without_workflow_steps(oban_d
     looked up by id only, whether the acked job has any or not."""
     # Statistics from before a drain's burst of inserts (as in a benchmark or a backlog).
     query(oban_dsn, f'VACUUM ANALYZE "{oban_prefix}".oban_jobs')
-    query(oban_dsn, f"INSERT INTO \"{oban_prefix}\".oban_jobs (state, queue, worker, args) "
-                    f"SELECT 'available', 'other', 'W', '{{}}' FROM generate_series(1, 20000)")
+    query(
+        oban_dsn,
+        f'INSERT INTO "{oban_prefix}".oban_jobs (state, queue, worker, args) '
+        f"SELECT 'available', 'other', 'W', '{{}}' FROM generate_series(1, 20000)",
+    )
     plain = executing_jobs(oban_dsn, oban_prefix, 1)[0]
     waiting = query(oban_dsn, f'INSERT INTO "{oban_prefix}".oban_jobs (state, queue, worker, '
                               f"args, meta) VALUES ('suspended', 'q', 'W', '{{}}', "
@@ -170,7 +174,7 @@ async def test_acks_of_long_jobs_linger_to_share_one_write(oban_dsn, oban_prefix
     ids = executing_jobs(oban_dsn, oban_prefix, 2)
     batches = Batches()
     async with AsyncConnectionPool(oban_dsn, min_size=1, max_size=2, open=False) as pool:
-        acker = Acker(pool, Queries(oban_prefix).ack_jobs, max_crashes=3, linger=0.2,
+        acker = Acker(Store(pool, Queries(oban_prefix)), max_crashes=3, linger=0.2,
                       on_written=batches)  # fmt: skip
         acker.start()
         loop = asyncio.get_running_loop()
@@ -189,7 +193,7 @@ async def test_short_jobs_and_waiting_callers_do_not_linger(oban_dsn, oban_prefi
     a, b, c, d, e = executing_jobs(oban_dsn, oban_prefix, 5)
     batches = Batches()
     async with AsyncConnectionPool(oban_dsn, min_size=1, max_size=2, open=False) as pool:
-        acker = Acker(pool, Queries(oban_prefix).ack_jobs, max_crashes=3, linger=60.0,
+        acker = Acker(Store(pool, Queries(oban_prefix)), max_crashes=3, linger=60.0,
                       on_written=batches)  # fmt: skip
         acker.start()
         acker.add(done(a, 0.0))

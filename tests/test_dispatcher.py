@@ -6,6 +6,7 @@ from typing import Any
 
 from oban_pro.coordinator.dispatcher import Dispatcher, RunningJob
 from oban_pro.pool.ledger import PoolJob
+from oban_pro.store import FetchedJob
 
 
 class FakeAcker:
@@ -44,8 +45,8 @@ class FakeProducer:
         pass
 
 
-def row(job_id: int, attempt: int = 1) -> tuple[Any, ...]:
-    return (job_id, "w.W", "{}", "{}", attempt, 20, 0, [], "[]", 0.0, 0.0, 0.0)
+def row(job_id: int, attempt: int = 1) -> FetchedJob:
+    return FetchedJob(job_id, "w.W", "{}", "{}", attempt, 20, 0, [], "[]", 0.0, 0.0, 0.0)
 
 
 def make() -> tuple[Dispatcher, FakeAcker, FakeProducer]:

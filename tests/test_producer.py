@@ -1,33 +1,26 @@
-"""Producer unit tests against a fake database seam and a fake dispatcher (no PostgreSQL)."""
+"""Producer unit tests against a fake Store and a fake dispatcher (no PostgreSQL)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from types import SimpleNamespace
 
 from oban_pro.coordinator.producer import Producer
+from oban_pro.store import FetchedJob
 
-ROW = (1, "app.W", "{}", "{}", 1, 20, 0, [], "[]", 0.0, 0.0, 0.0)
+JOB = FetchedJob(1, "app.W", "{}", "{}", 1, 20, 0, [], "[]", 0.0, 0.0, 0.0)
 
 
-class FakeDb:
-    """A connection pool whose fetch takes ``delay`` seconds (a frozen node: SIGSTOP)."""
+class FakeStore:
+    """A Store whose fetch takes ``delay`` seconds (a frozen node: SIGSTOP)."""
+
+    prefix = "public"
 
     def __init__(self, delay: float) -> None:
         self.delay = delay
 
-    @contextlib.asynccontextmanager
-    async def connection(self):
-        async def execute(sql, params, binary=False):
-            await asyncio.sleep(self.delay)
-
-            async def fetchall():
-                return [ROW]
-
-            return SimpleNamespace(fetchall=fetchall)
-
-        yield SimpleNamespace(execute=execute)
+    async def fetch_jobs(self, *, queue, demand, node, uuid):
+        await asyncio.sleep(self.delay)
+        return [JOB]
 
 
 class FakeDispatcher:
@@ -43,9 +36,9 @@ class FakeDispatcher:
 
 
 def _producer(delay: float, dispatcher: FakeDispatcher) -> Producer:
-    return Producer(queue="q", limit=5, name="Oban", node="n", db=FakeDb(delay),
-                    queries=SimpleNamespace(fetch_jobs="FETCH"), dispatcher=dispatcher,
-                    poll_interval=1.0, heartbeat_ttl=0.05)  # type: ignore[arg-type]  # fmt: skip
+    return Producer(queue="q", limit=5, name="Oban", node="n", store=FakeStore(delay),
+                    dispatcher=dispatcher, poll_interval=1.0,
+                    heartbeat_ttl=0.05)  # type: ignore[arg-type]  # fmt: skip
 
 
 async def test_a_fetch_slower_than_the_ttl_gives_its_jobs_back_unrun():
@@ -53,10 +46,10 @@ async def test_a_fetch_slower_than_the_ttl_gives_its_jobs_back_unrun():
     assert await _producer(0.2, dispatcher)._fetch(5) == 1
     assert dispatcher.dispatched == []
     ((rows, why),) = dispatcher.given_back
-    assert rows == [ROW] and "longer than heartbeat_ttl" in why
+    assert rows == [JOB] and "longer than heartbeat_ttl" in why
 
 
 async def test_a_normal_fetch_dispatches():
     dispatcher = FakeDispatcher()
     assert await _producer(0.0, dispatcher)._fetch(5) == 1
-    assert dispatcher.dispatched == [ROW] and dispatcher.given_back == []
+    assert dispatcher.dispatched == [JOB] and dispatcher.given_back == []

@@ -22,17 +22,16 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import psycopg
-from psycopg.types.array import ListBinaryDumper
 
 from .. import telemetry
-from ..prepared import Prepared
 from .._aio import wait_event
 
 if TYPE_CHECKING:
     from ..pool.messages import Run
+    from ..store import Store
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +69,7 @@ class Ack:
 class Acker:
     def __init__(
         self,
-        pool: Any,
-        sql: str,
+        store: Store,
         *,
         max_crashes: int,
         batch_size: int = 1000,
@@ -83,10 +81,7 @@ class Acker:
         on_error: Callable[[], None] | None = None,
         on_written: Callable[[list[tuple[Ack, str]]], None] | None = None,
     ) -> None:
-        self._pool = pool
-        # Sent with the server's own $n placeholders (see _write): the statement is too long
-        # for psycopg's cache of converted queries, which re-parsed its 6.8 KB on every write.
-        self._statement = Prepared(sql)
+        self._store = store
         self._max_crashes = max_crashes
         self._batch_size = batch_size
         self._interval = interval
@@ -228,30 +223,21 @@ class Acker:
             await wait_event(self._wake, left)
 
     async def _write(self, batch: list[Ack]) -> None:
-        params = {
-            "ids": [a.job_id for a in batch],
-            "attempts": [a.attempt for a in batch],
-            "uuids": [a.producer_uuid for a in batch],
-            "kinds": [a.kind for a in batch],
-            "delays": [a.delay for a in batch],
-            "errors": [a.error for a in batch],
-            "metas": [a.meta for a in batch],
-            "max_crashes": self._max_crashes,
-        }
-        statement = self._statement
         with telemetry.span("oban.acker.ack", {**self._identity, "count": len(batch)}) as span:
-            async with self._pool.connection() as conn:
-                # A raw cursor takes the text as it is (measured: 378 vs 474 us of this
-                # process's CPU per 1-row ack); its lists go in binary, as %(x)b sends them.
-                cur = psycopg.AsyncRawCursor(conn)
-                cur.adapters.register_dumper(list, ListBinaryDumper)
-                await cur.execute(statement.text, [params[name] for name in statement.params])
-                rows = await cur.fetchall()
-            span.add({"stale": len(batch) - len(rows), "backlog": len(self._buffer) - len(batch)})
-        if self._on_written is not None and rows:
+            states = await self._store.ack_jobs(
+                ids=[a.job_id for a in batch],
+                attempts=[a.attempt for a in batch],
+                uuids=[a.producer_uuid for a in batch],
+                kinds=[a.kind for a in batch],
+                delays=[a.delay for a in batch],
+                errors=[a.error for a in batch],
+                metas=[a.meta for a in batch],
+                max_crashes=self._max_crashes,
+            )
+            span.add({"stale": len(batch) - len(states), "backlog": len(self._buffer) - len(batch)})
+        if self._on_written is not None and states:
             # The state each job is in now, as the statement decided it (RETURNING): the only
             # place a finished job's state is decided. Acks fenced out are not in it.
-            states = dict(rows)
             written = [(a, states[a.job_id]) for a in batch if a.job_id in states]
             try:
                 self._on_written(written)

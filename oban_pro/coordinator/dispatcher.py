@@ -28,7 +28,8 @@ from .acker import Ack, Acker
 from .job_events import JobEvents
 
 if TYPE_CHECKING:
-    from .producer import FetchedRow, Producer
+    from ..store import FetchedJob
+    from .producer import Producer
 
 __all__ = ["Dispatcher", "JobPool", "RunningJob", "ISOLATE_META_KEY"]
 
@@ -178,39 +179,40 @@ class Dispatcher:
 
     # -- dispatch -----------------------------------------------------------------------------
 
-    def give_back(self, producer: Producer, rows: list[FetchedRow], why: str) -> None:
-        """Release fetched rows without running them (available again, attempt returned).
-        The release is fenced like every ack: a row rescued meanwhile is left alone."""
-        log.warning("giving back %d fetched jobs of queue %r unrun: %s", len(rows),
+    def give_back(self, producer: Producer, jobs: list[FetchedJob], why: str) -> None:
+        """Release fetched jobs without running them (available again, attempt returned).
+        The release is fenced like every ack: a job rescued meanwhile is left alone."""
+        log.warning("giving back %d fetched jobs of queue %r unrun: %s", len(jobs),
                     producer.queue, why)  # fmt: skip
-        for row in rows:
-            self.acker.add(Ack(row[0], row[4], producer.uuid, "release"))
+        for job in jobs:
+            self.acker.add(Ack(job.id, job.attempt, producer.uuid, "release"))
 
-    def dispatch(self, producer: Producer, rows: list[FetchedRow]) -> None:
-        """Send fetched jobs to the pool. A row that cannot become a message fails alone."""
+    def dispatch(self, producer: Producer, jobs: list[FetchedJob]) -> None:
+        """Send fetched jobs to the pool. A job that cannot become a message fails alone."""
         runs: list[Run] = []
         isolated: list[int] = []
-        for row in rows:
-            if row[0] in self.ledger:
+        for job in jobs:
+            if job.id in self.ledger:
                 # An older attempt of this job still runs here: it was rescued (this node was
                 # judged dead during an outage) and fetched again. One copy per job: stop the
                 # old one, give this attempt back to be fetched once the old one is gone.
-                self.abandon(row[0], "fetched again after a rescue")
-                self.acker.add(Ack(row[0], row[4], producer.uuid, "release"))
+                self.abandon(job.id, "fetched again after a rescue")
+                self.acker.add(Ack(job.id, job.attempt, producer.uuid, "release"))
                 continue
             try:
-                run = self._run_message(producer, row)
+                run = self._run_message(producer, job)
             except Exception as exc:  # a hostile row must not take the queue down with it
-                job_id, attempt = row[0], row[4]
-                log.warning("could not dispatch job %s: %r", job_id, exc)
+                log.warning("could not dispatch job %s: %r", job.id, exc)
                 text = f"could not dispatch the job: {exc!r}"
                 # The row's own args or meta may be what failed: the event's job gets none.
-                bare = Run(job_id, str(row[1]), b"{}", attempt=attempt, queue=producer.queue)
+                bare = Run(job.id, str(job.worker), b"{}", attempt=job.attempt,
+                           queue=producer.queue)  # fmt: skip
                 self.acker.add(
-                    Ack(job_id, attempt, producer.uuid, "error",
-                        float(default_backoff(attempt, row[5])), _error_entry(attempt, text),
-                        queue=producer.queue, worker=str(row[1]), run=bare,
-                        error_type=type(exc).__name__, error_message=str(exc))
+                    Ack(job.id, job.attempt, producer.uuid, "error",
+                        float(default_backoff(job.attempt, job.max_attempts)),
+                        _error_entry(job.attempt, text), queue=producer.queue,
+                        worker=str(job.worker), run=bare, error_type=type(exc).__name__,
+                        error_message=str(exc))
                 )  # fmt: skip
                 continue
             runs.append(run)
@@ -224,24 +226,22 @@ class Dispatcher:
             log.warning("could not hand %d jobs to the pool (%s); releasing them", len(runs), exc)
             self.release(runs)
 
-    def _run_message(self, producer: Producer, row: FetchedRow) -> Run:
-        (job_id, worker, args, meta, attempt, max_attempts, priority, tags, errors,
-         inserted_at, scheduled_at, attempted_at) = row  # fmt: skip
+    def _run_message(self, producer: Producer, job: FetchedJob) -> Run:
         return Run(
-            job_id=job_id,
-            worker=worker,
-            args=args.encode(),
-            meta=(meta or "{}").encode(),
-            attempt=attempt,
-            max_attempts=max_attempts,
+            job_id=job.id,
+            worker=job.worker,
+            args=job.args.encode(),
+            meta=(job.meta or "{}").encode(),
+            attempt=job.attempt,
+            max_attempts=job.max_attempts,
             queue=producer.queue,
-            priority=priority,
-            tags=tags or [],
-            errors=(errors or "[]").encode(),
-            inserted_at=inserted_at or 0.0,
-            scheduled_at=scheduled_at or 0.0,
-            attempted_at=attempted_at or 0.0,
-            timeout=self._timeout(worker),
+            priority=job.priority,
+            tags=job.tags or [],
+            errors=(job.errors or "[]").encode(),
+            inserted_at=job.inserted_at or 0.0,
+            scheduled_at=job.scheduled_at or 0.0,
+            attempted_at=job.attempted_at or 0.0,
+            timeout=self._timeout(job.worker),
         )
 
     def _timeout(self, worker: str) -> float:

@@ -24,14 +24,13 @@ import psycopg
 
 from .. import telemetry
 from .._aio import wait_event
-from ..limits import LimitStatus, QueueLimits, fetch_limited, fetch_params, read_status
+from ..limits import LimitStatus, QueueLimits, fetch_params
 
 if TYPE_CHECKING:
+    from ..store import FetchedJob, Store
     from .dispatcher import Dispatcher
 
 log = logging.getLogger(__name__)
-
-FetchedRow = tuple[Any, ...]
 
 #: Seconds a stopping producer waits for its fetch in flight before cancelling it.
 STOP_GRACE = 5.0
@@ -47,8 +46,7 @@ class Producer:
         limit: int,
         name: str,
         node: str,
-        db: Any,
-        queries: Any,
+        store: Store,
         dispatcher: Dispatcher,
         poll_interval: float,
         blocked: Callable[[], bool] = lambda: False,
@@ -70,9 +68,7 @@ class Producer:
         self.name = name
         self.node = node
         self.started_at = time.time()
-        # The database connection pool ("pool" alone means the worker processes).
-        self._db = db
-        self._queries = queries
+        self._store = store
         self._dispatcher = dispatcher
         self._poll_interval = poll_interval
         self._blocked = blocked
@@ -152,7 +148,7 @@ class Producer:
         self._rate_wait = None
         if limits is not None:
             self._limit_params = {
-                **fetch_params(limits, self._queries.prefix, self.queue),
+                **fetch_params(limits, self._store.prefix, self.queue),
                 "node": self.node,
                 "uuid": self.uuid,
             }
@@ -163,24 +159,16 @@ class Producer:
         limits = self.limits
         if limits is None:
             return None
-        async with self._db.connection() as conn:
-            status = await read_status(conn, self._queries, limits, self._limit_params, time.time())
+        status = await self._store.limit_status(limits, self._limit_params, now=time.time())
         if self.limits is limits:  # not replaced by a scale meanwhile
             self.limit_status = status
         return status
 
     async def register(self) -> None:
-        async with self._db.connection() as conn:
-            await conn.execute(
-                self._queries.register_producer,
-                {
-                    "uuid": self.uuid,
-                    "name": self.name,
-                    "node": self.node,
-                    "queue": self.queue,
-                    "meta": self.meta_json(),
-                },
-            )
+        await self._store.register_producer(
+            uuid=self.uuid, name=self.name, node=self.node, queue=self.queue,
+            meta=self.meta_json(),
+        )  # fmt: skip
 
     def start(self) -> None:
         self._stopping = False
@@ -251,40 +239,33 @@ class Producer:
             await self._acks_written(ACK_WAIT)
         sent = time.monotonic()
         with telemetry.span("oban.producer.get", self._span_meta) as span:
-            async with self._db.connection() as conn:
-                if self.limits is None:
-                    # Binary results: the same Python values, parsed in half the CPU (1.6 vs
-                    # 3.0 us a row).
-                    cur = await conn.execute(
-                        self._queries.fetch_jobs,
-                        {"queue": self.queue, "demand": demand, "node": self.node,
-                         "uuid": self.uuid},
-                        binary=True,
-                    )  # fmt: skip
-                    rows = await cur.fetchall()
-                else:
-                    rows = await self._fetch_limited(conn, self.limits, demand)
-            span.add({"count": len(rows)})
+            if self.limits is None:
+                jobs = await self._store.fetch_jobs(
+                    queue=self.queue, demand=demand, node=self.node, uuid=self.uuid
+                )
+            else:
+                jobs = await self._fetch_limited(self.limits, demand)
+            span.add({"count": len(jobs)})
         took = time.monotonic() - sent
-        if rows and self._heartbeat_ttl is not None and took > self._heartbeat_ttl:
+        if jobs and self._heartbeat_ttl is not None and took > self._heartbeat_ttl:
             # The node stood still (a frozen process or VM) between fetching and dispatching,
             # long enough to be judged dead: these jobs may have been rescued and run elsewhere.
             self._dispatcher.give_back(
-                self, rows, f"the fetch took {took:.1f} s, longer than heartbeat_ttl"
+                self, jobs, f"the fetch took {took:.1f} s, longer than heartbeat_ttl"
             )
-        elif rows:
-            self._dispatcher.dispatch(self, rows)
-        return len(rows)
+        elif jobs:
+            self._dispatcher.dispatch(self, jobs)
+        return len(jobs)
 
-    async def _fetch_limited(self, conn: Any, limits: QueueLimits, demand: int) -> list[Any]:
+    async def _fetch_limited(self, limits: QueueLimits, demand: int) -> list[FetchedJob]:
         params = {**self._limit_params, "demand": demand}
-        rows = await fetch_limited(conn, self._queries, limits, params)
-        self.held_back = len(rows) < demand
-        if limits.rate_limit is not None and len(rows) < demand:
-            # Short: maybe the rate window is full. Learn when it next opens (one statement,
-            # only on short fetches of rate-limited queues).
-            status = await read_status(conn, self._queries, limits, params, time.time())
-            if self.limits is limits:
-                self.limit_status = status
-                self._rate_wait = status.opens_in
-        return rows
+        # Short on a rate-limited queue: maybe the rate window is full. Learn when it next
+        # opens (one more statement, only on short fetches of rate-limited queues).
+        jobs, status = await self._store.fetch_limited(
+            limits, params, status_when_short=limits.rate_limit is not None, now=time.time()
+        )
+        self.held_back = len(jobs) < demand
+        if status is not None and self.limits is limits:
+            self.limit_status = status
+            self._rate_wait = status.opens_in
+        return jobs

@@ -69,6 +69,8 @@ class Runtime:
         self.metrics = metrics
         self.producers: dict[str, Producer] = {}
         self._pool = pool
+        #: Every statement of the node's coordinator goes through it (see oban_pro.store).
+        self.store = Store(pool, queries)
         self._crontab = list(crontab)
         self._insert_jobs = insert_jobs
         self._on_signal = on_signal
@@ -133,8 +135,7 @@ class Runtime:
             self._freed.freed({ack.queue for ack, _state in acks})
 
         self._acker = Acker(
-            pool,
-            self.queries.ack_jobs,
+            self.store,
             max_crashes=cfg.max_crashes,
             batch_size=cfg.ack_batch_size,
             interval=cfg.ack_interval,
@@ -167,7 +168,7 @@ class Runtime:
         await self._notifier.start()
         self._acker.start()
         for queue, limit in cfg.queues.items():
-            producer = self._make_producer(queue, limit, pool, cfg.cluster_limits.get(queue))
+            producer = self._make_producer(queue, limit, cfg.cluster_limits.get(queue))
             producer.paused = queue in cfg.paused_queues  # compat hook: [queues.q] paused = true
             await producer.register()
             self.producers[queue] = producer
@@ -212,9 +213,7 @@ class Runtime:
             pool_timeout=cfg.pool_timeout,
         )
 
-    def _make_producer(
-        self, queue: str, limit: int, pool: AsyncConnectionPool, limits: QueueLimits | None
-    ) -> Producer:
+    def _make_producer(self, queue: str, limit: int, limits: QueueLimits | None) -> Producer:
         assert self._dispatcher is not None and self._acker is not None
         acker = self._acker
         producer = Producer(
@@ -222,8 +221,7 @@ class Runtime:
             limit=limit,
             name=self.name,
             node=self.node,
-            db=pool,
-            queries=self.queries,
+            store=self.store,
             dispatcher=self._dispatcher,
             poll_interval=self.config.poll_interval,
             blocked=lambda: acker.backpressure,
@@ -238,7 +236,7 @@ class Runtime:
     def _start_loops(self, pool: AsyncConnectionPool) -> None:
         cfg, m = self.config, self.metrics
         on_error = self._on_db_error
-        store = Store(pool, self.queries)
+        store = self.store
         self._leader = Leader(
             store=store,
             name=self.name,

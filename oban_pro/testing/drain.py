@@ -26,6 +26,7 @@ from ..pool.ledger import Ledger, PoolJob
 from ..pool.messages import Done, Run
 from ..queries import Queries
 from ..runner import JobRunner
+from ..store import Store
 from .enqueued import find_instance
 
 if TYPE_CHECKING:
@@ -150,9 +151,8 @@ class _Drain:
         self._queue = queue
         self._written: list[tuple[str, str]] = []  # (ack kind, state the database decided)
         self._log = JobOutcomes(None)
-        self._acker = Acker(
-            db, queries.ack_jobs, max_crashes=max_crashes, interval=0, on_written=self._on_written
-        )
+        store = Store(db, queries)
+        self._acker = Acker(store, max_crashes=max_crashes, interval=0, on_written=self._on_written)
         make_pool = functools.partial(_InlinePool, runner=JobRunner(imports), safe=safe)
         self._dispatcher = Dispatcher(self._acker, make_pool)
         self._pool: _InlinePool = self._dispatcher.pool
@@ -161,8 +161,7 @@ class _Drain:
             limit=ALL_AVAILABLE,
             name="drain",
             node="drain",
-            db=db,
-            queries=queries,
+            store=store,
             dispatcher=self._dispatcher,
             poll_interval=1,
         )
