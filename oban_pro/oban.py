@@ -519,9 +519,7 @@ class Oban(AsyncJobOperations, QueueSignals):
             runtime = self._runtime
             if runtime is not None and runtime.producers.get(queue) is producer:
                 del runtime.producers[queue]
-                pool = await self._ensure_pool()
-                async with pool.connection() as conn:
-                    await conn.execute(self.queries.delete_producers, {"uuids": [uuid]})
+                await runtime.store.delete_producers([uuid])
                 log.info("stopped queue %s", queue)
         finally:
             self._stopping.discard(producer)

@@ -29,6 +29,10 @@ from .queries import Queries
 from .workflow_ops import workflow_queries
 
 __all__ = [
+    "BeatAnswer",
+    "BeatJob",
+    "BeatProducer",
+    "ChangedJob",
     "DeadProducer",
     "FetchedJob",
     "KnownProducer",
@@ -64,6 +68,40 @@ def _fetched_jobs(cursor: Any) -> Any:
     """psycopg row factory: each fetched row straight into a :class:`FetchedJob` (the columns
     of the fetch's RETURNING list, in the order of the fields)."""
     return lambda values: FetchedJob(*values)
+
+
+class BeatProducer(msgspec.Struct, frozen=True):
+    """A producer row a heartbeat refreshes: its uuid, queue and meta (JSON text)."""
+
+    uuid: str
+    queue: str
+    meta: str
+
+
+class BeatJob(msgspec.Struct, frozen=True):
+    """A job the beating node runs, as its row should still read."""
+
+    job_id: int
+    attempt: int
+    producer_uuid: str
+
+
+class ChangedJob(msgspec.Struct, frozen=True):
+    """A job the beating node runs whose row no longer gives it this attempt there: ``state``
+    is the row's now (``deleted`` when it is gone), ``node`` the one its ``attempted_by``
+    names (None when not executing)."""
+
+    job_id: int
+    state: str
+    node: str | None
+
+
+class BeatAnswer(msgspec.Struct, frozen=True):
+    """What a heartbeat found: producer rows it wrote again because they were gone, and the
+    running jobs that are not this node's any more."""
+
+    registered_again: list[str]
+    changed: list[ChangedJob]
 
 
 class StagedQueue(msgspec.Struct, frozen=True):
@@ -177,6 +215,44 @@ class Store:
                 self._queries.register_producer,
                 {"uuid": uuid, "name": name, "node": node, "queue": queue, "meta": meta},
             )
+
+    # -- heartbeats -----------------------------------------------------------------------------
+
+    async def beat(
+        self,
+        *,
+        name: str,
+        node: str,
+        producers: Sequence[BeatProducer],
+        running: Sequence[BeatJob],
+    ) -> BeatAnswer:
+        """Refresh ``node``'s producer rows (registering again any that vanished) and, in the
+        same statement, find which of its running jobs the database no longer gives it."""
+        rows = await self._all(
+            self._queries.heartbeat,
+            {
+                "name": name,
+                "node": node,
+                "uuids": [p.uuid for p in producers],
+                "queues": [p.queue for p in producers],
+                "metas": [p.meta for p in producers],
+                "job_ids": [r.job_id for r in running],
+                "job_attempts": [r.attempt for r in running],
+                "job_uuids": [r.producer_uuid for r in running],
+            },
+        )
+        registered, changed = [], []
+        for kind, key, state, owner in rows:
+            if kind == "registered":
+                registered.append(key)
+            else:
+                changed.append(ChangedJob(int(key), state, owner))
+        return BeatAnswer(registered, changed)
+
+    async def delete_producers(self, uuids: Sequence[str]) -> None:
+        """Delete these producers' rows (stopped queues)."""
+        async with self._pool.connection() as conn:
+            await conn.execute(self._queries.delete_producers, {"uuids": list(uuids)})
 
     # -- acking -------------------------------------------------------------------------------
 

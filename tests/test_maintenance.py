@@ -380,8 +380,9 @@ async def test_heartbeat_registers_vanished_rows_and_reports_jobs_no_longer_ours
             (cancelled.id, 1, "cancelled", None),
         }
         # a broken connection is replaced at the next beat
-        assert heartbeat._conn is not None
-        await heartbeat._conn.close()
+        conn = heartbeat._connection._conn
+        assert conn is not None
+        await conn.close()
         lost.clear()
         caplog.clear()
         await heartbeat.beat()

@@ -16,7 +16,15 @@ from test_migrations import load_fixture
 from oban_pro.migrations import migrate_up, migration_status
 from oban_pro.naming import channel
 from oban_pro.queries import Queries
-from oban_pro.store import KnownProducer, RescueRules, Store
+from oban_pro.store import (
+    BeatJob,
+    BeatProducer,
+    ChangedJob,
+    FetchedJob,
+    KnownProducer,
+    RescueRules,
+    Store,
+)
 
 LAYOUTS = ["oban_pro", "elixir", "obanpy"]
 
@@ -156,3 +164,49 @@ async def test_leadership_lease_and_resignation(store, oban_dsn):
         got = [n.payload for n in listener.notifies(timeout=5, stop_after=1)]
     assert got == ['{"down": "Oban"}']
     assert query(oban_dsn, f'SELECT count(*) FROM "{prefix}".oban_leaders') == [(0,)]
+
+
+async def test_fetch_takes_available_jobs_as_structs_and_ack_fences_by_attempt(store, oban_dsn):
+    prefix = store.prefix
+    me = str(uuid.uuid4())
+    first = insert(oban_dsn, prefix, "available")
+    second = insert(oban_dsn, prefix, "available")
+    insert(oban_dsn, prefix, "available", queue="other")
+    jobs = await store.fetch_jobs(queue="q", demand=5, node="n1", uuid=me)
+    assert all(isinstance(j, FetchedJob) for j in jobs)
+    assert sorted(j.id for j in jobs) == [first, second]
+    job = next(j for j in jobs if j.id == first)
+    assert (job.worker, json.loads(job.args), json.loads(job.meta), job.attempt) == (
+        "app.W", {}, {}, 1
+    )  # fmt: skip
+    assert job.max_attempts == 20 and isinstance(job.attempted_at, float)
+    assert await store.fetch_jobs(queue="q", demand=5, node="n1", uuid=me) == []
+    states = await store.ack_jobs(
+        ids=[first, second, second], attempts=[1, 1, 2], uuids=[me, str(uuid.uuid4()), me],
+        kinds=["completed", "completed", "error"], delays=[0.0, 0.0, 0.0],
+        errors=[None, None, json.dumps({"attempt": 2, "error": "x"})], metas=[None] * 3,
+        max_crashes=3,
+    )  # fmt: skip
+    # The second job's acks name another producer and another attempt: fenced out, unchanged.
+    assert states == {first: "completed"}
+    rows = dict(query(oban_dsn, f'SELECT id, state::text FROM "{prefix}".oban_jobs '
+                                f"WHERE queue = 'q'"))  # fmt: skip
+    assert rows == {first: "completed", second: "executing"}
+
+
+async def test_producer_registration_heartbeat_and_deletion(store, oban_dsn):
+    prefix = store.prefix
+    me, gone = str(uuid.uuid4()), str(uuid.uuid4())
+    await store.register_producer(uuid=me, name="Oban", node="n1", queue="q",
+                                  meta=json.dumps({"local_limit": 5}))  # fmt: skip
+    mine = insert(oban_dsn, prefix, "executing", uuid_=me)
+    rescued = insert(oban_dsn, prefix, "available")
+    answer = await store.beat(
+        name="Oban", node="n1",
+        producers=[BeatProducer(me, "q", "{}"), BeatProducer(gone, "q", "{}")],
+        running=[BeatJob(mine, 1, me), BeatJob(rescued, 1, me)],
+    )  # fmt: skip
+    assert answer.registered_again == [gone]  # its row was missing: written again
+    assert answer.changed == [ChangedJob(rescued, "available", None)]
+    await store.delete_producers([me, gone])
+    assert query(oban_dsn, f'SELECT count(*) FROM "{prefix}".oban_producers') == [(0,)]

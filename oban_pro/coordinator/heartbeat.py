@@ -19,9 +19,10 @@ copies finish unnoticed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,7 @@ from psycopg.rows import tuple_row
 
 from .. import telemetry
 from .._aio import wait_event
+from ..store import BeatJob, BeatProducer, Store
 from .dispatcher import RunningJob
 from .producer import Producer
 
@@ -78,11 +80,8 @@ class Heartbeat:
         on_lost: Callable[[list[LostJob]], None],
         on_error: Callable[[str], None] | None = None,
     ) -> None:
-        self._conninfo = conninfo
-        self._connect_kwargs = {
-            k: v for k, v in connect_kwargs.items() if k not in ("autocommit", "row_factory")
-        }
-        self._queries = queries
+        self._connection = _DedicatedConnection(conninfo, connect_kwargs)
+        self._store = Store(self._connection, queries)
         self._name = name
         self._node = node
         self._interval = interval
@@ -106,7 +105,7 @@ class Heartbeat:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        await self._close()
+        await self._connection.close()
 
     async def _run(self) -> None:
         down = False
@@ -124,13 +123,13 @@ class Heartbeat:
                     log.warning("heartbeat failed: %s; retrying every %ss", exc,
                                 retry_delay(self._interval))  # fmt: skip
                 down = True
-                await self._close()
+                await self._connection.close()
                 if self._on_error:
                     self._on_error("heartbeat")
                 wait = retry_delay(self._interval)
             except Exception:
                 log.exception("heartbeat failed unexpectedly")
-                await self._close()
+                await self._connection.close()
                 wait = retry_delay(self._interval)
             await wait_event(self._wake, wait)
             self._wake.clear()
@@ -147,22 +146,21 @@ class Heartbeat:
             "oban.heartbeat.beat", {"name": self._name, "node": self._node}
         ) as context:
             async with asyncio.timeout(max(self._interval, CONNECT_TIMEOUT)):
-                rows = await self._execute(producers, running)
+                answer = await self._store.beat(
+                    name=self._name,
+                    node=self._node,
+                    producers=[BeatProducer(p.uuid, p.queue, p.meta_json()) for p in producers],
+                    running=[BeatJob(r.job_id, r.attempt, r.producer_uuid) for r in running],
+                )
             context.add({"producer_count": len(producers), "running_count": len(running)})
         attempts = {r.job_id: r.attempt for r in running}
         queues = {p.uuid: p.queue for p in producers}
-        lost = []
-        registered = []
-        for kind, key, state, node in rows:
-            if kind == "registered":
-                registered.append(key)
-            else:
-                job_id = int(key)
-                lost.append(LostJob(job_id, attempts[job_id], state, node))
-        if registered:
-            await self._registered_again(registered, queues)
-        if lost:
-            self._on_lost(lost)
+        if answer.registered_again:
+            await self._registered_again(answer.registered_again, queues)
+        if answer.changed:
+            self._on_lost(
+                [LostJob(c.job_id, attempts[c.job_id], c.state, c.node) for c in answer.changed]
+            )
 
     async def _registered_again(self, uuids: list[str], queues: dict[str, str]) -> None:
         """Rows this beat wrote again because they were gone. A producer stopped while the beat
@@ -174,29 +172,23 @@ class Heartbeat:
                 log.warning("producer row of queue %r was gone; registered it again",
                             queues.get(uuid, uuid))  # fmt: skip
         if stopped:
-            conn = await self._connection()
-            await conn.execute(self._queries.delete_producers, {"uuids": stopped})
+            await self._store.delete_producers(stopped)
 
-    async def _execute(
-        self, producers: list[Producer], running: list[RunningJob]
-    ) -> list[tuple[Any, ...]]:
-        conn = await self._connection()
-        cur = await conn.execute(
-            self._queries.heartbeat,
-            {
-                "name": self._name,
-                "node": self._node,
-                "uuids": [p.uuid for p in producers],
-                "queues": [p.queue for p in producers],
-                "metas": [p.meta_json() for p in producers],
-                "job_ids": [r.job_id for r in running],
-                "job_attempts": [r.attempt for r in running],
-                "job_uuids": [r.producer_uuid for r in running],
-            },
-        )
-        return await cur.fetchall()
 
-    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+class _DedicatedConnection:
+    """The heartbeat's own connection as a Store's connection source: opened on first use
+    with a short connect timeout and kept; :meth:`close` drops it, and the next use
+    connects again."""
+
+    def __init__(self, conninfo: str, connect_kwargs: dict[str, Any]) -> None:
+        self._conninfo = conninfo
+        self._connect_kwargs = {
+            k: v for k, v in connect_kwargs.items() if k not in ("autocommit", "row_factory")
+        }
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         if self._conn is None or self._conn.closed:
             self._conn = await psycopg.AsyncConnection.connect(
                 self._conninfo,
@@ -205,9 +197,9 @@ class Heartbeat:
                 connect_timeout=int(CONNECT_TIMEOUT),
                 **self._connect_kwargs,
             )
-        return self._conn
+        yield self._conn
 
-    async def _close(self) -> None:
+    async def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             try:

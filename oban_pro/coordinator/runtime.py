@@ -341,11 +341,7 @@ class Runtime:
             return
         try:
             if self.producers:
-                async with self._pool.connection() as conn:
-                    await conn.execute(
-                        self.queries.delete_producers,
-                        {"uuids": [p.uuid for p in self.producers.values()]},
-                    )
+                await self.store.delete_producers([p.uuid for p in self.producers.values()])
             if self._leader is not None:
                 await self._leader.resign()
         except Exception as exc:  # the database may be gone; the lifeline cleans up later
