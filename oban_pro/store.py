@@ -154,7 +154,7 @@ class Store:
     def __init__(self, pool: Any, queries: Queries) -> None:
         self._pool = pool
         self._queries = queries
-        self._workflow_counts = workflow_queries(queries.prefix).workflow_counts
+        self._workflows = workflow_queries(queries.prefix)
         # Sent with the server's own $n placeholders (see ack_jobs): the statement is too long
         # for psycopg's cache of converted queries, which re-parsed its 6.8 KB on every write.
         self._ack = Prepared(queries.ack_jobs)
@@ -365,6 +365,22 @@ class Store:
             await conn.execute(self._queries.resign_leader, {"name": name, "node": node})
         await self.notify(channel, [payload])
 
+    # -- workflow repair ----------------------------------------------------------------------
+
+    async def repair_unsealed(self, *, limit: int) -> tuple[int, int]:
+        """Seal at most ``limit`` finished jobs that still hold ``wf_next`` (put in a final
+        state outside an ack) and release their waiting jobs: ``(sealed, released)``."""
+        rows = await self._all(self._workflows.repair_unsealed, {"limit": limit})
+        sealed, released = rows[0] if rows else (0, 0)
+        return int(sealed), int(released)
+
+    async def repair_deleted(self, *, after: int, limit: int) -> tuple[int, int, int]:
+        """Look at up to ``limit`` suspended jobs with ids above ``after``; cancel (or release)
+        the ones short of a deleted dependency: ``(last id looked at, looked, moved)``."""
+        rows = await self._all(self._workflows.repair_deleted, {"after": after, "limit": limit})
+        last, looked, moved = rows[0] if rows else (0, 0, 0)
+        return int(last or 0), int(looked), int(moved)
+
     # -- gauges and notices -------------------------------------------------------------------
 
     async def job_counts(self) -> dict[tuple[str, str], int]:
@@ -374,7 +390,7 @@ class Store:
 
     async def workflow_counts(self) -> dict[str, int]:
         """Workflows per state (a workflow's state as ``workflow_status`` gives it)."""
-        rows = await self._all(self._workflow_counts, None)
+        rows = await self._all(self._workflows.workflow_counts, None)
         return {state: int(count) for state, count in rows}
 
     async def notify(self, channel: str, payloads: Sequence[str]) -> None:

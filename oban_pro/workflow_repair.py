@@ -16,7 +16,10 @@ repair: its jobs are rescued and their next ack releases as usual. What the ack 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +28,8 @@ PAGE = 500
 
 
 class WorkflowRepair:
-    def __init__(self, pool: Any, prefix: str, *, page: int = PAGE) -> None:
-        from .workflow_ops import workflow_queries
-
-        self._pool = pool
-        self._sql = workflow_queries(prefix)
+    def __init__(self, store: Store, *, page: int = PAGE) -> None:
+        self._store = store
         self._page = page
         self._after = 0  # the last suspended job id looked at
 
@@ -42,9 +42,7 @@ class WorkflowRepair:
     async def _unsealed(self) -> int:
         moved = 0
         while True:
-            async with self._pool.connection() as conn:
-                cur = await conn.execute(self._sql.repair_unsealed, {"limit": self._page})
-                sealed, released = (await cur.fetchone()) or (0, 0)
+            sealed, released = await self._store.repair_unsealed(limit=self._page)
             if sealed:
                 log.warning(
                     "workflow repair: %d jobs finished without telling the %d jobs waiting for "
@@ -57,11 +55,7 @@ class WorkflowRepair:
                 return moved
 
     async def _deleted(self) -> int:
-        async with self._pool.connection() as conn:
-            cur = await conn.execute(
-                self._sql.repair_deleted, {"after": self._after, "limit": self._page}
-            )
-            last, looked, moved = (await cur.fetchone()) or (0, 0, 0)
+        last, looked, moved = await self._store.repair_deleted(after=self._after, limit=self._page)
         self._after = last if looked == self._page else 0
         if moved:
             log.warning(

@@ -210,3 +210,19 @@ async def test_producer_registration_heartbeat_and_deletion(store, oban_dsn):
     assert answer.changed == [ChangedJob(rescued, "available", None)]
     await store.delete_producers([me, gone])
     assert query(oban_dsn, f'SELECT count(*) FROM "{prefix}".oban_producers') == [(0,)]
+
+
+async def test_workflow_repair_seals_finished_jobs_and_settles_orphaned_steps(store, oban_dsn):
+    prefix = store.prefix
+    waiting = insert(oban_dsn, prefix, "suspended", meta=json.dumps({"wf_wait": 1}))
+    orphan = insert(oban_dsn, prefix, "suspended", meta=json.dumps({"wf_wait": 1}))
+    # Completed outside an ack (by another engine, say): still holds wf_next.
+    insert(oban_dsn, prefix, "completed", meta=json.dumps({"wf_next": [waiting]}))
+    assert await store.repair_unsealed(limit=10) == (1, 1)
+    assert await store.repair_unsealed(limit=10) == (0, 0)
+    # The orphan waits for a job nobody holds its id for (deleted): cancelled.
+    last, looked, moved = await store.repair_deleted(after=0, limit=10)
+    assert (looked, moved) == (1, 1) and last == orphan
+    rows = dict(query(oban_dsn, f'SELECT id, state::text FROM "{prefix}".oban_jobs '
+                                f"WHERE id IN (%s, %s)", (waiting, orphan)))  # fmt: skip
+    assert rows == {waiting: "available", orphan: "cancelled"}

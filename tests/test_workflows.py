@@ -12,6 +12,8 @@ from workflow_workers import AsyncSumResults, Step, SumResults
 from oban_pro import Job, Oban
 from oban_pro.client import Client
 from oban_pro.errors import WorkflowError, WorkflowValidationError
+from oban_pro.queries import Queries
+from oban_pro.store import Store
 from oban_pro.term import decode_recorded
 from oban_pro.workflow import Workflow
 
@@ -396,13 +398,11 @@ async def lifeline_step(pool, prefix):
     from plugin_support import FakeNode
 
     from oban_pro.plugins.lifeline import Lifeline
-    from oban_pro.queries import Queries
-    from oban_pro.store import Store
     from oban_pro.workflow_repair import WorkflowRepair
 
     await Lifeline(
         Store(pool, Queries(prefix)), FakeNode(), interval=5, heartbeat_ttl=30, reconnect_bound=0,
-        rescue_after=3600, repair=WorkflowRepair(pool, prefix),
+        rescue_after=3600, repair=WorkflowRepair(Store(pool, Queries(prefix))),
     ).step()  # fmt: skip
 
 
@@ -506,8 +506,6 @@ async def test_workflow_gauge_counts_workflows_by_their_current_state(oban_dsn, 
     from psycopg_pool import AsyncConnectionPool
 
     from oban_pro.plugins.gauges import WorkflowGauges
-    from oban_pro.queries import Queries
-    from oban_pro.store import Store
 
     def two_steps(name: str) -> Workflow:
         return Workflow(name=name).add("a", Job("W", args={})).add("b", Job("W"), deps="a")

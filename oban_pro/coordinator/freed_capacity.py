@@ -19,12 +19,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import psycopg
 
 from ..naming import channel
 from ..payloads import encode_payload
+
+if TYPE_CHECKING:
+    from ..store import Store
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +35,15 @@ log = logging.getLogger(__name__)
 class FreedCapacity:
     def __init__(
         self,
-        pool: Any,
-        queries: Any,
+        store: Store,
         held_back: Callable[[str], bool],
         min_interval: float = 0.05,
     ) -> None:
-        self._pool = pool
+        self._store = store
         self._min_interval = min_interval
         self._last_sent = -float("inf")
-        self._queries = queries
         self._held_back = held_back
-        self._channel = channel(queries.prefix, "insert")
+        self._channel = channel(store.prefix, "insert")
         self._pending: set[str] = set()
         self._task: asyncio.Task[None] | None = None
 
@@ -65,10 +66,7 @@ class FreedCapacity:
             queues, self._pending = sorted(self._pending), set()
             payloads = [encode_payload({"queue": q}) for q in queues]
             try:
-                async with self._pool.connection() as conn:
-                    await conn.execute(
-                        self._queries.notify_many, {"channel": self._channel, "payloads": payloads}
-                    )
+                await self._store.notify(self._channel, payloads)
             except (psycopg.Error, OSError) as exc:
                 # Only a wake-up is lost: the other nodes still poll.
                 log.warning("could not notify freed capacity of %s: %s", ", ".join(queues), exc)

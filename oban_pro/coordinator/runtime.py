@@ -78,7 +78,7 @@ class Runtime:
         self._plugins: PluginRunner | None = None
         self._notifier: Notifier | None = None
         self._acker: Acker | None = None
-        self._freed = FreedCapacity(pool, queries, self._held_back_by_global_limit)
+        self._freed = FreedCapacity(self.store, self._held_back_by_global_limit)
         self._dispatcher: Dispatcher | None = None
         self._leader: Leader | None = None
         self._heartbeat: Heartbeat | None = None
@@ -276,7 +276,7 @@ class Runtime:
                 heartbeat_ttl=cfg.heartbeat_ttl,
                 reconnect_bound=reconnect_bound(cfg.heartbeat_interval),
                 rescue_after=cfg.rescue_after,
-                repair=WorkflowRepair(pool, self.queries.prefix),
+                repair=WorkflowRepair(store),
             ),
             Pruner(
                 store, interval=cfg.prune_interval, max_age=cfg.prune_max_age, limit=cfg.prune_limit
