@@ -6,8 +6,10 @@ returns plain values or the msgspec records below, so a statement's column order
 one place (here), and a component can be unit-tested against a fake Store.
 
 It holds the producers' fetches (plain and limited) and producer rows, the acker's write, the
-maintenance plugins' statements (staging, pruning, rescue, gauges, notices) and leadership; the
-heartbeat's, cron's and signals' statements move here next (issue 11).
+heartbeat, the maintenance plugins' statements (staging, pruning, rescue, workflow repair,
+gauges, notices) and leadership. Still outside it (issue 11): the limited fetch's statements run
+by :mod:`oban_pro.limits` (called only from here), cron inserts and signals, which go through
+the client's own insert and notify paths.
 
 ``now`` parameters: the moment to act as of, for tests (a naive UTC ``datetime``); None means
 the database's own clock, which every node shares.
@@ -162,11 +164,6 @@ class Store:
     @property
     def prefix(self) -> str:
         return self._queries.prefix
-
-    @property
-    def queries(self) -> Queries:
-        """The statements, for what is not behind a method yet (see the module docstring)."""
-        return self._queries
 
     # -- fetching -----------------------------------------------------------------------------
 

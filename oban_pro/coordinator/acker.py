@@ -5,8 +5,9 @@ a busy node writes large batches. When outcomes trickle in (long jobs finishing 
 would be a statement and a commit of its own, taken from the cores the jobs run on; so an ack
 may wait for others to share its write — at most ``linger`` seconds, and never longer than its
 job ran, so short jobs are written at once and a job's row reads ``executing`` for at most the
-larger of its own run time and ``linger`` after it ended. (River's batch completer holds
-completions up to 250 ms for the same reason.) ``interval`` adds a fixed wait to every batch.
+shorter of its own run time and ``linger`` after it ended (plus the write itself). River's
+batch completer holds completions up to 250 ms for the same reason. ``interval`` adds a fixed
+wait to every batch.
 Each write is a telemetry span, ``oban.acker.ack`` (``count``, ``stale``: fenced out,
 ``backlog``: left buffered), which the Prometheus metrics subscribe to.
 Database errors are retried with backoff; nothing is dropped. Past ``max_backlog`` buffered acks,
