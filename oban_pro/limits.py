@@ -1,4 +1,6 @@
-"""Limits across nodes: a queue's options, and the fetch that honours them.
+"""Limits across nodes: a queue's options, their use, and how the fetch honours them (the
+fetch itself is :meth:`oban_pro.store.Store.fetch_limited`; its statements are in
+:mod:`oban_pro.queries`).
 
 ``global_limit`` caps the queue's jobs executing at once across every node (and every engine:
 the count is read from ``oban_jobs`` itself, so Elixir's and Oban.py's executing jobs count
@@ -8,8 +10,7 @@ node nor a database restart lets a queue burst past it. The window is an exact s
 start times of the most recent jobs within the period, at most ``allowed`` of them), so no
 ``period``-long stretch of time ever holds more than ``allowed`` starts; an estimate from two
 fixed windows would let twice that through at a window edge. With a ``partition`` each limit
-applies to each
-partition (by worker, by named ``args`` keys or by named ``meta`` keys), so one tenant's backlog
+applies to each partition (by worker, by named ``args`` keys or by named ``meta`` keys), so one tenant's backlog
 cannot take another's share: within a fetch every partition's first job comes before any
 partition's second. When both limits are set they must partition alike (or only one of them
 may have a partition, and the other none at all).
@@ -35,10 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
-
 from .errors import ValidationError
-from .prepared import PreparedStatements, prepared
 
 PARTITION_FIELDS = ("worker", "args", "meta")
 #: Far above any real cluster's concurrency; refuses absurd values that would hide a typo.
@@ -307,61 +305,6 @@ class LimitStatus:
                 "windows": [{"curr_count": self.window_used, "prev_count": 0}],
             }
         return out
-
-
-async def read_status(
-    conn: Any, queries: Any, limits: QueueLimits, params: dict[str, Any], now: float
-) -> LimitStatus:
-    """The queue's use of its limits now (one statement; see ``LIMITED_QUEUE_STATUS``)."""
-    cur = await conn.execute(queries.limited_queue_status, params)
-    rows = await cur.fetchall()
-    openings = [row[3] for row in rows if row[3] is not None and row[3] > 0]
-    return LimitStatus(
-        limits=limits,
-        partitions=tuple(PartitionUse(key, running, used) for key, running, used, _ in rows),
-        opens_in=min(openings) if openings else None,
-        observed_at=now,
-    )
-
-
-async def fetch_limited(
-    conn: Any, queries: Any, limits: QueueLimits, params: dict[str, Any]
-) -> list[tuple[Any, ...]]:
-    """Fetch up to ``params["demand"]`` jobs of a limited queue, in one transaction: the
-    queue's advisory lock first, then count, fetch and record (see the module docstring).
-    Returns rows shaped like ``fetch_jobs``."""
-    statement = queries.fetch_partitioned_jobs if limits.partition else queries.fetch_limited_jobs
-    # Two statements, not one: a statement's snapshot is taken when it starts, so the count must
-    # come after the lock was granted.
-    if not conn.autocommit:  # a caller's connection in transaction mode
-        async with conn.transaction():
-            await conn.execute(queries.lock_limited_queue, params)
-            cur = await conn.execute(statement, params, binary=True)
-            return await cur.fetchall()
-    # Both in one simple-protocol message: the server runs them as one implicit transaction,
-    # each statement with a snapshot of its own, so the fetch sees every commit made before the
-    # lock was granted. One round trip instead of four (BEGIN, lock, fetch, COMMIT), and the
-    # statements are prepared once per connection (oban_pro.prepared). psycopg's pipeline mode
-    # was tried first and cost more client CPU per fetch (1.2 ms vs 0.8 ms measured).
-    lock, fetch = prepared(queries.lock_limited_queue), prepared(statement)
-    for attempt in (1, 2):
-        try:
-            await _PREPARED.ensure(conn, (lock, fetch))
-            lock_sql, lock_args = lock.call(params)
-            fetch_sql, fetch_args = fetch.call(params)
-            cur = psycopg.AsyncClientCursor(conn)
-            await cur.execute(f"{lock_sql}; {fetch_sql}", [*lock_args, *fetch_args])
-            cur.nextset()
-            return await cur.fetchall()
-        except psycopg.errors.InvalidSqlStatementName:
-            _PREPARED.forget(conn)  # the server lost them (DISCARD ALL, a pooler): once more
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
-
-
-#: The limited fetch's statements prepared on each connection.
-_PREPARED = PreparedStatements()
 
 
 def _limit(value: Any, field: str) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -109,3 +110,25 @@ def import_bench(name: str):
             os.environ.pop("PYTHONPATH", None)
         else:
             os.environ["PYTHONPATH"] = saved
+
+
+class OneConnection:
+    """A Store's connection source that always hands out ``conn`` (tests of what one
+    connection does: its transaction mode, statements the server forgot)."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> Any:
+        yield self.conn
+
+
+async def fetch_limited(source: Any, queries: Any, limits: Any, params: dict[str, Any]) -> list:
+    """The Store's limited fetch on ``source`` (a pool or :class:`OneConnection`): the jobs."""
+    from oban_pro.store import Store
+
+    jobs, _status = await Store(source, queries).fetch_limited(
+        limits, params, status_when_short=False, now=0.0
+    )
+    return jobs

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from helpers import query
+from helpers import OneConnection, fetch_limited, query
 from psycopg_pool import AsyncConnectionPool
 
 from oban_pro import ValidationError
@@ -23,7 +23,6 @@ from oban_pro.limits import (
     Partition,
     QueueLimits,
     RateLimit,
-    fetch_limited,
     fetch_params,
 )
 from oban_pro.queries import Queries
@@ -99,8 +98,7 @@ async def _fetch(pool, prefix, limit, demand, queue="api", now=None):
     limits = limit if isinstance(limit, QueueLimits) else QueueLimits(global_limit=limit)
     params = {**fetch_params(limits, prefix, queue), "demand": demand, "node": "n",
               "uuid": str(uuid.uuid4()), "now": now}  # fmt: skip
-    async with pool.connection() as conn:
-        return await fetch_limited(conn, Queries(prefix), limits, params)
+    return await fetch_limited(pool, Queries(prefix), limits, params)
 
 
 def _executing(dsn, prefix, queue="api"):
@@ -118,7 +116,7 @@ async def test_global_limit_counts_every_engines_executing_jobs(oban_dsn, oban_p
     rows = await _fetch(pool, oban_prefix, GlobalLimit(5), demand=10)
     assert len(rows) == 2 and _executing(oban_dsn, oban_prefix) == 5
     assert await _fetch(pool, oban_prefix, GlobalLimit(5), demand=10) == []
-    ids = [r[0] for r in rows]
+    ids = [r.id for r in rows]
     query(oban_dsn, f"UPDATE \"{oban_prefix}\".oban_jobs SET state = 'completed' "
                     f"WHERE id = ANY(%s)", (ids,))  # fmt: skip
     assert len(await _fetch(pool, oban_prefix, GlobalLimit(5), demand=1)) == 1  # demand caps
@@ -166,7 +164,7 @@ async def test_limited_fetch_on_a_connection_in_a_transaction_mode(oban_dsn, oba
               "uuid": str(uuid.uuid4()), "now": None}  # fmt: skip
     async with await psycopg.AsyncConnection.connect(oban_dsn) as conn:
         assert not conn.autocommit
-        rows = await fetch_limited(conn, Queries(oban_prefix), limits, params)
+        rows = await fetch_limited(OneConnection(conn), Queries(oban_prefix), limits, params)
         assert len(rows) == 4
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE  # committed
     assert _executing(oban_dsn, oban_prefix) == 4
@@ -180,14 +178,14 @@ async def test_partitioned_limit_holds_per_tenant_and_serves_every_tenant(
     _insert(oban_dsn, oban_prefix, 20, args=lambda i: {"tenant": f"t{1 + i % 4}", "n": i})
     limit = GlobalLimit.parse({"allowed": 2, "partition": {"fields": ["args"], "keys": ["tenant"]}})
     rows = await _fetch(pool, oban_prefix, limit, demand=100)
-    tenants = sorted(json.loads(r[2])["tenant"] for r in rows)
+    tenants = sorted(json.loads(r.args)["tenant"] for r in rows)
     assert tenants == ["t0", "t0", "t1", "t1", "t2", "t2", "t3", "t3", "t4", "t4"]
     assert await _fetch(pool, oban_prefix, limit, demand=100) == []
     # a small demand goes round the tenants before taking anyone's second job
     query(oban_dsn, f"UPDATE \"{oban_prefix}\".oban_jobs SET state = 'completed' "
                     f"WHERE state = 'executing'")  # fmt: skip
     rows = await _fetch(pool, oban_prefix, limit, demand=5)
-    assert sorted(json.loads(r[2])["tenant"] for r in rows) == ["t0", "t1", "t2", "t3", "t4"]
+    assert sorted(json.loads(r.args)["tenant"] for r in rows) == ["t0", "t1", "t2", "t3", "t4"]
 
 
 # -- three processes racing ---------------------------------------------------------------------
@@ -224,10 +222,9 @@ def _race_worker(dsn: str, prefix: str, log: str, seconds: float) -> None:
                 while time.monotonic() < deadline:
                     params = {**fetch_params(limits, prefix, "api"), "demand": 10,
                               "node": "race", "uuid": str(uuid.uuid4())}  # fmt: skip
-                    async with pool.connection() as conn:
-                        rows = await fetch_limited(conn, queries, limits, params)
+                    rows = await fetch_limited(pool, queries, limits, params)
                     now = time.time()
-                    held += [(r[0], now) for r in rows]
+                    held += [(r.id, now) for r in rows]
                     await asyncio.sleep(random.uniform(0, 0.01))
                     if held:
                         job_id, started = held.pop(random.randrange(len(held)))
@@ -346,7 +343,9 @@ async def test_partitioned_rate_limit_and_global_limit_together(oban_dsn, oban_p
                                                "partition": partition}}, "api")  # fmt: skip
     now = datetime.now(UTC).replace(tzinfo=None)
     rows = await _fetch(pool, oban_prefix, limits, demand=100, now=now)
-    assert sorted(json.loads(r[2])["tenant"] for r in rows) == ["t0"] * 3 + ["t1"] * 3 + ["t2"] * 3
+    assert (
+        sorted(json.loads(r.args)["tenant"] for r in rows) == ["t0"] * 3 + ["t1"] * 3 + ["t2"] * 3
+    )
     assert await _fetch(pool, oban_prefix, limits, demand=100, now=now) == []
     # a global limit with the rate: the smaller wins
     both = QueueLimits.parse({"global_limit": 2, "rate_limit": {"allowed": 50, "period": 60}},
@@ -371,10 +370,9 @@ def _rate_worker(dsn: str, prefix: str, log: str, seconds: float) -> None:
                 while time.monotonic() < deadline:
                     params = {**fetch_params(limits, prefix, "api"), "demand": 7,
                               "node": "race", "uuid": str(uuid.uuid4())}  # fmt: skip
-                    async with pool.connection() as conn:
-                        rows = await fetch_limited(conn, queries, limits, params)
+                    rows = await fetch_limited(pool, queries, limits, params)
                     for row in rows:
-                        out.write(f"{row[0]}\n")
+                        out.write(f"{row.id}\n")
                     await asyncio.sleep(random.uniform(0, 0.005))
 
     asyncio.run(main())

@@ -6,9 +6,9 @@ from __future__ import annotations
 import uuid
 
 import psycopg
-from helpers import query
+from helpers import OneConnection, fetch_limited, query
 
-from oban_pro.limits import GlobalLimit, QueueLimits, fetch_limited, fetch_params
+from oban_pro.limits import GlobalLimit, QueueLimits, fetch_params
 from oban_pro.prepared import Prepared, PreparedStatements
 from oban_pro.queries import Queries
 
@@ -54,7 +54,11 @@ async def test_limited_fetch_survives_a_server_that_lost_its_statements(
     params = {**fetch_params(limits, oban_prefix, "api"), "demand": 2, "node": "n",
               "uuid": str(uuid.uuid4()), "now": None}  # fmt: skip
     async with await psycopg.AsyncConnection.connect(oban_dsn, autocommit=True) as conn:
-        assert len(await fetch_limited(conn, Queries(oban_prefix), limits, params)) == 2
+        assert (
+            len(await fetch_limited(OneConnection(conn), Queries(oban_prefix), limits, params)) == 2
+        )
         await conn.execute("DISCARD ALL")  # what a pooler between us and the server may do
-        assert len(await fetch_limited(conn, Queries(oban_prefix), limits, params)) == 1
-        assert await fetch_limited(conn, Queries(oban_prefix), limits, params) == []
+        assert (
+            len(await fetch_limited(OneConnection(conn), Queries(oban_prefix), limits, params)) == 1
+        )
+        assert await fetch_limited(OneConnection(conn), Queries(oban_prefix), limits, params) == []
