@@ -10,10 +10,10 @@ node nor a database restart lets a queue burst past it. The window is an exact s
 start times of the most recent jobs within the period, at most ``allowed`` of them), so no
 ``period``-long stretch of time ever holds more than ``allowed`` starts; an estimate from two
 fixed windows would let twice that through at a window edge. With a ``partition`` each limit
-applies to each partition (by worker, by named ``args`` keys or by named ``meta`` keys), so one tenant's backlog
-cannot take another's share: within a fetch every partition's first job comes before any
-partition's second. When both limits are set they must partition alike (or only one of them
-may have a partition, and the other none at all).
+applies to each partition (by worker, by named ``args`` keys or by named ``meta`` keys), so one
+tenant's backlog cannot take another's share: within a fetch every partition's first job comes
+before any partition's second. When both limits are set they must partition alike (or only one
+of them may have a partition, and the other none at all).
 
 Correctness under races: every fetch of a limited queue runs in one transaction that first
 takes a transaction-scoped advisory lock for the queue, then counts and fetches in a second
