@@ -126,7 +126,7 @@ class Config:
     #: a write form the next batch).
     ack_interval: float = 0.0
     #: Longest an outcome waits for others to share its write (seconds); never longer than its
-    #: job ran, so short jobs are written at once (0: never wait). Saves the cores a statement
+    #: job ran; jobs under 2 ms are written at once (0: never wait). Saves the cores a statement
     #: and a commit per job when long jobs finish one by one.
     ack_linger: float = 0.05
     #: Buffered acks above which fetching pauses (back-pressure).
