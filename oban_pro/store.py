@@ -31,15 +31,15 @@ from .workflow_ops import workflow_queries
 
 __all__ = [
     "BeatAnswer",
-    "BeatJob",
-    "BeatProducer",
     "ChangedJob",
     "DeadProducer",
     "FetchedJob",
     "KnownProducer",
+    "LocalProducer",
     "ProducerBeat",
     "RescuedJob",
     "RescueRules",
+    "RunningJob",
     "StagedQueue",
     "Store",
 ]
@@ -71,16 +71,17 @@ def _fetched_jobs(cursor: Any) -> Any:
     return lambda values: FetchedJob(*values)
 
 
-class BeatProducer(msgspec.Struct, frozen=True):
-    """A producer row a heartbeat refreshes: its uuid, queue and meta (JSON text)."""
+class LocalProducer(msgspec.Struct, frozen=True):
+    """A producer of the beating node, as its heartbeat writes its row: uuid, queue and meta
+    (JSON text)."""
 
     uuid: str
     queue: str
     meta: str
 
 
-class BeatJob(msgspec.Struct, frozen=True):
-    """A job the beating node runs, as its row should still read."""
+class RunningJob(msgspec.Struct, frozen=True):
+    """A job this node runs, as its row should still read (heartbeats check it)."""
 
     job_id: int
     attempt: int
@@ -219,8 +220,8 @@ class Store:
         *,
         name: str,
         node: str,
-        producers: Sequence[BeatProducer],
-        running: Sequence[BeatJob],
+        producers: Sequence[LocalProducer],
+        running: Sequence[RunningJob],
     ) -> BeatAnswer:
         """Refresh ``node``'s producer rows (registering again any that vanished) and, in the
         same statement, find which of its running jobs the database no longer gives it."""

@@ -17,12 +17,12 @@ from oban_pro.migrations import migrate_up, migration_status
 from oban_pro.naming import channel
 from oban_pro.queries import Queries
 from oban_pro.store import (
-    BeatJob,
-    BeatProducer,
     ChangedJob,
     FetchedJob,
     KnownProducer,
+    LocalProducer,
     RescueRules,
+    RunningJob,
     Store,
 )
 
@@ -203,8 +203,8 @@ async def test_producer_registration_heartbeat_and_deletion(store, oban_dsn):
     rescued = insert(oban_dsn, prefix, "available")
     answer = await store.beat(
         name="Oban", node="n1",
-        producers=[BeatProducer(me, "q", "{}"), BeatProducer(gone, "q", "{}")],
-        running=[BeatJob(mine, 1, me), BeatJob(rescued, 1, me)],
+        producers=[LocalProducer(me, "q", "{}"), LocalProducer(gone, "q", "{}")],
+        running=[RunningJob(mine, 1, me), RunningJob(rescued, 1, me)],
     )  # fmt: skip
     assert answer.registered_again == [gone]  # its row was missing: written again
     assert answer.changed == [ChangedJob(rescued, "available", None)]

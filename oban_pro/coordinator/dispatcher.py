@@ -18,17 +18,17 @@ import logging
 import time
 from collections.abc import Callable, Collection
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..backoff import default_backoff
 from ..pool.ledger import Ledger
 from ..pool.messages import Done, Run
 from ..registry import worker_isolated, worker_timeout
+from ..store import FetchedJob, RunningJob
 from .acker import Ack, Acker
 from .job_events import JobEvents
 
 if TYPE_CHECKING:
-    from ..store import FetchedJob
     from .producer import Producer
 
 __all__ = ["Dispatcher", "JobPool", "RunningJob", "ISOLATE_META_KEY"]
@@ -52,14 +52,6 @@ FAILURE_ERROR_TYPES = {
     "crash": "ChildCrashedError", "memory": "ChildCrashedError", "timeout": "JobTimeoutError",
     "dispatch": "DispatchError",
 }  # fmt: skip
-
-
-class RunningJob(NamedTuple):
-    """A job this node runs, as its row should still read (heartbeats check it)."""
-
-    job_id: int
-    attempt: int
-    producer_uuid: str
 
 
 class JobPool(Protocol):

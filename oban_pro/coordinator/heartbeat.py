@@ -31,8 +31,7 @@ from psycopg.rows import tuple_row
 
 from .. import telemetry
 from .._aio import wait_event
-from ..store import BeatJob, BeatProducer, Store
-from .dispatcher import RunningJob
+from ..store import LocalProducer, RunningJob, Store
 from .producer import Producer
 
 log = logging.getLogger(__name__)
@@ -149,8 +148,8 @@ class Heartbeat:
                 answer = await self._store.beat(
                     name=self._name,
                     node=self._node,
-                    producers=[BeatProducer(p.uuid, p.queue, p.meta_json()) for p in producers],
-                    running=[BeatJob(r.job_id, r.attempt, r.producer_uuid) for r in running],
+                    producers=[LocalProducer(p.uuid, p.queue, p.meta_json()) for p in producers],
+                    running=running,
                 )
             context.add({"producer_count": len(producers), "running_count": len(running)})
         attempts = {r.job_id: r.attempt for r in running}
