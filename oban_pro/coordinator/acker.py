@@ -185,7 +185,6 @@ class Acker:
                 await asyncio.sleep(self._interval)
                 await self._linger_for_company()
             self._wake.clear()
-            self._deadline = math.inf
             while self._buffer:
                 batch = self._buffer[: self._batch_size]
                 try:
