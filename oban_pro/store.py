@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import psycopg
@@ -80,8 +80,9 @@ class LocalProducer(msgspec.Struct, frozen=True):
     meta: str
 
 
-class RunningJob(msgspec.Struct, frozen=True):
-    """A job this node runs, as its row should still read (heartbeats check it)."""
+class RunningJob(NamedTuple):
+    """A job this node runs, as its row should still read (heartbeats check it). A named
+    tuple, as the runtime has always handed these out (``Runtime.running()``)."""
 
     job_id: int
     attempt: int
