@@ -113,7 +113,8 @@ async def _ack(conn: Any, sql: str, ids: list[int], producer: str) -> float:
     params = {
         "ids": ids, "attempts": [1] * len(ids), "uuids": [producer] * len(ids),
         "kinds": ["completed"] * len(ids), "delays": [0.0] * len(ids),
-        "errors": [None] * len(ids), "metas": [None] * len(ids), "max_crashes": 3,
+        "errors": [None] * len(ids), "metas": [None] * len(ids), "ages": [0.0] * len(ids),
+        "max_crashes": 3,
     }  # fmt: skip
     t0 = time.perf_counter()
     cur = await conn.execute(sql, params)

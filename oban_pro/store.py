@@ -265,13 +265,17 @@ class Store:
         errors: list[str | None],
         metas: list[str | None],
         max_crashes: int,
+        ages: list[float] | None = None,
     ) -> dict[int, str]:
         """Write a batch of outcomes (one set-based statement, fenced by state, attempt and
         producer uuid; workflow steps waiting for a finished job are released in it). Returns
         the state each job is in now, as the statement decided it; acks fenced out are absent.
+        ``ages``: seconds since each job ended (None: just now); its ``completed_at`` (or
+        ``cancelled_at``, ``discarded_at``, the base of its backoff) is that long ago.
         """
         values = {"ids": ids, "attempts": attempts, "uuids": uuids, "kinds": kinds,
                   "delays": delays, "errors": errors, "metas": metas,
+                  "ages": ages if ages is not None else [0.0] * len(ids),
                   "max_crashes": max_crashes}  # fmt: skip
         statement = self._ack
         async with self._pool.connection() as conn:

@@ -74,7 +74,7 @@ def plan_nodes(node: dict):
 def ack_values(ids: list[int]) -> dict:
     n = len(ids)
     return {"ids": ids, "attempts": [1] * n, "uuids": [UUID] * n, "kinds": ["completed"] * n,
-            "delays": [0.0] * n, "errors": [None] * n, "metas": [None] * n,
+            "delays": [0.0] * n, "errors": [None] * n, "metas": [None] * n, "ages": [0.0] * n,
             "max_crashes": 3}  # fmt: skip
 
 
@@ -165,6 +165,15 @@ async def test_acks_of_long_jobs_linger_to_share_one_write(oban_dsn, oban_prefix
         assert await batches.next() == ids  # one statement for both
         assert loop.time() - added >= 0.2  # not before the first one's linger ran out
         await acker.stop()
+    # Their rows say when each job ended, not when the lingering batch was written.
+    (first_age, second_age), = query(
+        oban_dsn,
+        f"SELECT extract(epoch FROM timezone('UTC', now()) - max(completed_at) FILTER "
+        f"(WHERE id = {ids[0]}))::float8, extract(epoch FROM timezone('UTC', now()) - "
+        f"max(completed_at) FILTER (WHERE id = {ids[1]}))::float8 "
+        f'FROM "{oban_prefix}".oban_jobs',
+    )
+    assert first_age >= 0.2 and first_age - second_age >= 0.01
 
 
 async def test_short_jobs_and_waiting_callers_do_not_linger(oban_dsn, oban_prefix):

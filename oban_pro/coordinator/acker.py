@@ -5,7 +5,8 @@ a busy node writes large batches. When outcomes trickle in (long jobs finishing 
 would be a statement and a commit of its own, taken from the cores the jobs run on; so an ack
 may wait for others to share its write — at most ``linger`` seconds, and never longer than its
 job ran, so short jobs are written at once and a job's row reads ``executing`` for at most the
-shorter of its own run time and ``linger`` after it ended (plus the write itself). River's
+shorter of its own run time and ``linger`` after it ended (plus the write itself); its
+``completed_at`` still says when it ended. River's
 batch completer holds completions up to 250 ms for the same reason. ``interval`` adds a fixed
 wait to every batch.
 Each write is a telemetry span, ``oban.acker.ack`` (``count``, ``stale``: fenced out,
@@ -65,6 +66,10 @@ class Ack:
     run: Run | None = None  # the job as it was dispatched (telemetry's ``job``)
     error_type: str | None = None  # a failure's exception class name (telemetry)
     error_message: str | None = None  # and its message
+    #: Event-loop time the outcome arrived (set by :meth:`Acker.add`). The write sends its age,
+    #: so ``completed_at`` and the others say when the job ended, not when a lingering batch
+    #: was written; an age, not a client timestamp, so a skewed clock here changes nothing.
+    ended: float = 0.0
 
 
 class Acker:
@@ -113,9 +118,11 @@ class Acker:
         self._buffer.append(ack)
         self._added += 1
         self._drained.clear()
+        now = asyncio.get_running_loop().time()
+        ack.ended = now
         wait = min(self._linger, ack.duration)
         if wait >= MIN_LINGER:
-            self._deadline = min(self._deadline, asyncio.get_running_loop().time() + wait)
+            self._deadline = min(self._deadline, now + wait)
         else:
             self._deadline = -math.inf
         if not self._wake.is_set():
@@ -223,6 +230,7 @@ class Acker:
             await wait_event(self._wake, left)
 
     async def _write(self, batch: list[Ack]) -> None:
+        now = asyncio.get_running_loop().time()
         with telemetry.span("oban.acker.ack", {**self._identity, "count": len(batch)}) as span:
             states = await self._store.ack_jobs(
                 ids=[a.job_id for a in batch],
@@ -232,6 +240,7 @@ class Acker:
                 delays=[a.delay for a in batch],
                 errors=[a.error for a in batch],
                 metas=[a.meta for a in batch],
+                ages=[now - a.ended for a in batch],
                 max_crashes=self._max_crashes,
             )
             span.add({"stale": len(batch) - len(states), "backlog": len(self._buffer) - len(batch)})
