@@ -363,6 +363,16 @@ RETURNING j.id, j.state::text AS state, j.meta->>'name' AS name,
 SELECT id, state FROM acked WHERE (SELECT n FROM wf_notified) IS NOT NULL
 """
 
+# ACK_JOBS for a batch in which no job waits for another (no ``wf_next`` in the meta the jobs
+# were fetched with): without the workflow release and the seal, whose empty CTEs still cost
+# the database ~10 us per acked job (a fifth of the ack; no-op throughput +8% in an A/B run).
+# ``wf_next`` is written only when a job is inserted or a finished job is retried, so a job's
+# meta at fetch time says whether its ack needs them; the workflow repair catches the rest.
+ACK_PLAIN_JOBS = ACK_JOBS.replace(
+    "){workflow_release}\nSELECT id, state FROM acked WHERE (SELECT n FROM wf_notified) IS NOT NULL",
+    ")\nSELECT id, state FROM acked",
+).replace("{ack_seal}", "{ack_meta}")
+
 # The ack's meta expression (ACK_SEAL wraps it: a job that reaches a final state is sealed).
 ACK_META = """CASE
     WHEN t.kind = 'snooze' THEN t.old_meta || coalesce(t.meta, '{}'::jsonb)
@@ -639,6 +649,7 @@ class Queries:
             # Fragments that hold tokens themselves come first.
             "{workflow_release}": workflow_sql.ACK_RELEASE,
             "{ack_seal}": workflow_sql.ACK_SEAL.replace("{ack_meta}", ACK_META),
+            "{ack_meta}": ACK_META,
             "{insert_channel}": workflow_sql.insert_channel_literal(prefix),
             "{take_next_clock}": TAKE_NEXT_CLOCK,
             "{take_next}": TAKE_NEXT,
@@ -675,6 +686,7 @@ class Queries:
     producer_beats: str
     delete_producers: str
     ack_jobs: str
+    ack_plain_jobs: str
     stage_jobs: str
     rescue_jobs: str
     delete_dead_producers: str

@@ -198,3 +198,51 @@ async def test_short_jobs_and_waiting_callers_do_not_linger(oban_dsn, oban_prefi
         await acker.stop(timeout=10.0)
     states = dict(query(oban_dsn, f'SELECT id, state::text FROM "{oban_prefix}".oban_jobs'))
     assert set(states.values()) == {"completed"}
+
+
+class RecordingStore(Store):
+    """The real Store, noting which ack statement each write used."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.workflow_flags: list[bool] = []
+
+    async def ack_jobs(self, **kwargs):
+        self.workflow_flags.append(kwargs["workflow"])
+        return await super().ack_jobs(**kwargs)
+
+
+async def test_a_batch_with_a_job_others_wait_for_is_written_with_the_workflow_release(
+    oban_dsn, oban_prefix
+):
+    (plain,) = executing_jobs(oban_dsn, oban_prefix, 1)
+    (step,) = query(oban_dsn, f"INSERT INTO \"{oban_prefix}\".oban_jobs (state, queue, worker, "
+                              f"args, meta) VALUES ('suspended', 'q', 'W', '{{}}', "
+                              f"'{{\"wf_wait\": 1}}') RETURNING id")  # fmt: skip
+    (upstream,) = executing_jobs(oban_dsn, oban_prefix, 1)
+    query(oban_dsn, f'UPDATE "{oban_prefix}".oban_jobs SET meta = %s::jsonb WHERE id = %s',
+          (f'{{"wf_next": [{step[0]}]}}', upstream))  # fmt: skip
+    async with AsyncConnectionPool(oban_dsn, min_size=1, max_size=2, open=False) as pool:
+        store = RecordingStore(pool, Queries(oban_prefix))
+        acker = Acker(store, max_crashes=3)
+        acker.start()
+        acker.add(Ack(plain, 1, UUID, "completed", queue="q"))
+        assert await acker.flush(10.0)
+        acker.add(Ack(plain + 10**9, 1, UUID, "completed", queue="q"))  # fenced out: no row
+        acker.add(Ack(upstream, 1, UUID, "completed", queue="q", workflow=True))
+        assert await acker.flush(10.0)
+        await acker.stop()
+    assert store.workflow_flags == [False, True]
+    states = dict(query(oban_dsn, f'SELECT id, state::text FROM "{oban_prefix}".oban_jobs'))
+    assert (states[plain], states[upstream], states[step[0]]) == (
+        "completed", "completed", "available"
+    )  # fmt: skip
+
+
+def test_a_job_fetched_with_wf_next_in_its_meta_is_known_to_have_waiting_jobs():
+    from oban_pro.coordinator.dispatcher import _has_waiting_jobs
+
+    assert _has_waiting_jobs(b'{"wf_next": [12], "workflow_id": "w"}')
+    assert _has_waiting_jobs('{"workflow_id": "w", "wf_next":[3]}')
+    assert not _has_waiting_jobs(b'{"wf_sent": [12], "workflow_id": "w"}')  # already told
+    assert not _has_waiting_jobs(b"{}") and not _has_waiting_jobs(None)

@@ -166,7 +166,10 @@ async def test_leadership_lease_and_resignation(store, oban_dsn):
     assert query(oban_dsn, f'SELECT count(*) FROM "{prefix}".oban_leaders') == [(0,)]
 
 
-async def test_fetch_takes_available_jobs_as_structs_and_ack_fences_by_attempt(store, oban_dsn):
+@pytest.mark.parametrize("workflow", [True, False], ids=["with_release", "plain"])
+async def test_fetch_takes_available_jobs_as_structs_and_ack_fences_by_attempt(
+    store, oban_dsn, workflow
+):
     prefix = store.prefix
     me = str(uuid.uuid4())
     first = insert(oban_dsn, prefix, "available")
@@ -185,13 +188,38 @@ async def test_fetch_takes_available_jobs_as_structs_and_ack_fences_by_attempt(s
         ids=[first, second, second], attempts=[1, 1, 2], uuids=[me, str(uuid.uuid4()), me],
         kinds=["completed", "completed", "error"], delays=[0.0, 0.0, 0.0],
         errors=[None, None, json.dumps({"attempt": 2, "error": "x"})], metas=[None] * 3,
-        max_crashes=3,
+        max_crashes=3, workflow=workflow,
     )  # fmt: skip
     # The second job's acks name another producer and another attempt: fenced out, unchanged.
     assert states == {first: "completed"}
     rows = dict(query(oban_dsn, f'SELECT id, state::text FROM "{prefix}".oban_jobs '
                                 f"WHERE queue = 'q'"))  # fmt: skip
     assert rows == {first: "completed", second: "executing"}
+
+
+@pytest.mark.parametrize("workflow", [True, False], ids=["with_release", "plain"])
+async def test_both_ack_statements_decide_the_same_states(store, oban_dsn, workflow):
+    """The plain ack (no workflow release) writes what the full one writes for jobs nobody
+    waits for: completed, retried, discarded at the last attempt, cancelled, snoozed (attempt
+    given back, meta merged), crashed (counted)."""
+    prefix, me = store.prefix, str(uuid.uuid4())
+    ids = [insert(oban_dsn, prefix, "executing", uuid_=me, max_attempts=m) for m in (5, 5, 1, 5, 5, 5)]
+    kinds = ["completed", "error", "error", "cancel", "snooze", "crash"]
+    error = json.dumps({"attempt": 1, "error": "boom"})
+    states = await store.ack_jobs(
+        ids=ids, attempts=[1] * 6, uuids=[me] * 6, kinds=kinds, delays=[0, 30, 30, 0, 60, 30],
+        errors=[None, error, error, error, None, error],
+        metas=[None, None, None, None, json.dumps({"why": "later"}), None],
+        max_crashes=3, ages=[0.0] * 6, workflow=workflow,
+    )  # fmt: skip
+    assert [states[i] for i in ids] == [
+        "completed", "retryable", "discarded", "cancelled", "scheduled", "retryable"
+    ]  # fmt: skip
+    rows = query(oban_dsn, f'SELECT attempt, meta, errors FROM "{prefix}"'
+                           f".oban_jobs WHERE id = ANY(%s) ORDER BY id", (ids,))  # fmt: skip
+    assert [len(r[2]) for r in rows] == [0, 1, 1, 1, 0, 1]
+    assert rows[4][0] == 0 and rows[4][1] == {"why": "later", "snoozed": 1}
+    assert rows[5][1] == {"crashes": 1}
 
 
 async def test_producer_registration_heartbeat_and_deletion(store, oban_dsn):

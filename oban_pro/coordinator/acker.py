@@ -70,6 +70,9 @@ class Ack:
     #: so ``completed_at`` and the others say when the job ended, not when a lingering batch
     #: was written; an age, not a client timestamp, so a skewed clock here changes nothing.
     ended: float = 0.0
+    #: Other jobs wait for this one (``wf_next`` in the meta it was fetched with): its batch
+    #: is written with the workflow release.
+    workflow: bool = False
 
 
 class Acker:
@@ -241,6 +244,7 @@ class Acker:
                 errors=[a.error for a in batch],
                 metas=[a.meta for a in batch],
                 ages=[now - a.ended for a in batch],
+                workflow=any(a.workflow for a in batch),
                 max_crashes=self._max_crashes,
             )
             span.add({"stale": len(batch) - len(states), "backlog": len(self._buffer) - len(batch)})

@@ -204,7 +204,7 @@ class Dispatcher:
                         float(default_backoff(job.attempt, job.max_attempts)),
                         _error_entry(job.attempt, text), queue=producer.queue,
                         worker=str(job.worker), run=bare, error_type=type(exc).__name__,
-                        error_message=str(exc))
+                        error_message=str(exc), workflow=_has_waiting_jobs(job.meta))
                 )  # fmt: skip
                 continue
             runs.append(run)
@@ -329,7 +329,8 @@ class Dispatcher:
                 wait=max(0.0, run.attempted_at - run.scheduled_at) if run.attempted_at else 0.0,
                 text=text if failed else None, run=run,
                 error_type=error_type if failed else None,
-                error_message=error_message if failed else None)
+                error_message=error_message if failed else None,
+                workflow=_has_waiting_jobs(run.meta))
         )  # fmt: skip
         self._wake(producer)
 
@@ -338,6 +339,15 @@ class Dispatcher:
 
     def _elapsed(self, run: Run) -> float:
         return max(0.0, time.time() - run.attempted_at) if run.attempted_at else 0.0
+
+
+def _has_waiting_jobs(meta: Any) -> bool:
+    """Whether the meta a job was fetched with names jobs waiting for it (``wf_next``): its ack
+    must release them. A text search of the JSON (a key never appears escaped): a value that
+    merely contains the word costs the fuller statement, nothing else."""
+    if isinstance(meta, (bytes, bytearray)):
+        return b'"wf_next"' in meta
+    return isinstance(meta, str) and '"wf_next"' in meta
 
 
 def _meta_says_isolate(meta: Any) -> bool:
