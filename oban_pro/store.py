@@ -22,8 +22,14 @@ from typing import Any, NamedTuple
 
 import msgspec
 import psycopg
-from psycopg.types.array import ListBinaryDumper
 
+from .binary_arrays import (
+    float8_array,
+    int4_array,
+    int8_array,
+    jsonb_array,
+    text_array,
+)
 from .limits import LimitStatus, PartitionUse, QueueLimits
 from .prepared import Prepared, PreparedStatements, prepared
 from .queries import Queries
@@ -277,16 +283,21 @@ class Store:
         ``workflow=False``: no job of the batch holds ``wf_next`` (none has jobs waiting for
         it), so the cheaper statement without the workflow release does.
         """
-        values = {"ids": ids, "attempts": attempts, "uuids": uuids, "kinds": kinds,
-                  "delays": delays, "errors": errors, "metas": metas,
-                  "ages": ages if ages is not None else [0.0] * len(ids),
-                  "max_crashes": max_crashes}  # fmt: skip
+        # Packed here in PostgreSQL's binary array format (oban_pro/binary_arrays.py: 1.2 vs
+        # 4.0 us per acked job in 50-row batches against psycopg's list dumper).
+        values = {
+            "ids": int8_array(ids), "attempts": int4_array(attempts),
+            "uuids": text_array(uuids), "kinds": text_array(kinds),
+            "delays": float8_array(delays), "errors": jsonb_array(errors),
+            "metas": jsonb_array(metas),
+            "ages": float8_array(ages if ages is not None else [0.0] * len(ids)),
+            "max_crashes": max_crashes,
+        }  # fmt: skip
         statement = self._ack if workflow else self._ack_plain
         async with self._pool.connection() as conn:
             # A raw cursor takes the text as it is (measured: 378 vs 474 us of this process's
-            # CPU per 1-row ack); its lists go in binary, half the CPU of the text form.
+            # CPU per 1-row ack).
             cur = psycopg.AsyncRawCursor(conn)
-            cur.adapters.register_dumper(list, ListBinaryDumper)
             await cur.execute(statement.text, [values[name] for name in statement.params])
             return {int(job_id): state for job_id, state in await cur.fetchall()}
 

@@ -166,7 +166,7 @@ async def test_acks_of_long_jobs_linger_to_share_one_write(oban_dsn, oban_prefix
         assert loop.time() - added >= 0.2  # not before the first one's linger ran out
         await acker.stop()
     # Their rows say when each job ended, not when the lingering batch was written.
-    (first_age, second_age), = query(
+    ((first_age, second_age),) = query(
         oban_dsn,
         f"SELECT extract(epoch FROM timezone('UTC', now()) - max(completed_at) FILTER "
         f"(WHERE id = {ids[0]}))::float8, extract(epoch FROM timezone('UTC', now()) - "

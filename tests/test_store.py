@@ -203,7 +203,10 @@ async def test_both_ack_statements_decide_the_same_states(store, oban_dsn, workf
     waits for: completed, retried, discarded at the last attempt, cancelled, snoozed (attempt
     given back, meta merged), crashed (counted)."""
     prefix, me = store.prefix, str(uuid.uuid4())
-    ids = [insert(oban_dsn, prefix, "executing", uuid_=me, max_attempts=m) for m in (5, 5, 1, 5, 5, 5)]
+    attempts_allowed = (5, 5, 1, 5, 5, 5)
+    ids = [
+        insert(oban_dsn, prefix, "executing", uuid_=me, max_attempts=m) for m in attempts_allowed
+    ]
     kinds = ["completed", "error", "error", "cancel", "snooze", "crash"]
     error = json.dumps({"attempt": 1, "error": "boom"})
     states = await store.ack_jobs(
