@@ -3,6 +3,7 @@
 ``sys.path`` (see :mod:`bench`).
 
 - :class:`Noop` does nothing: the throughput scenario measures the engine, not job code.
+  :class:`AsyncNoop` is its ``async def`` twin, the job ``bench peer`` runs on both sides.
 - :class:`Cpu` burns CPU in pure Python for ``args["rounds"]`` rounds (calibrated to ~20 ms);
   it is ``isolated=True``, as a CPU-heavy worker should be.
 - :class:`Stamp` reports the moment it started (``time.time()``) on a Unix datagram socket, so
@@ -25,12 +26,21 @@ from oban_pro import worker
 
 from .measure import burn, calibrate_rounds, log_line, send_stamp
 
-__all__ = ["Noop", "Cpu", "Stamp", "Long", "AsyncSleep", "SyncSleep", "burn", "calibrate_rounds"]
+__all__ = [
+    "Noop", "AsyncNoop", "Cpu", "Stamp", "Long", "AsyncSleep", "SyncSleep", "burn",
+    "calibrate_rounds",
+]  # fmt: skip
 
 
 @worker(queue="bench", name="bench.workers.Noop")
 class Noop:
     def process(self, job):  # type: ignore[no-untyped-def]
+        return None
+
+
+@worker(queue="bench", name="bench.workers.AsyncNoop")
+class AsyncNoop:
+    async def process(self, job):  # type: ignore[no-untyped-def]
         return None
 
 
