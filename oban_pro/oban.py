@@ -27,13 +27,12 @@ from psycopg_pool import AsyncConnectionPool
 
 from . import workflow_ops
 from .config import Config, load_config
-from .coordinator.notifier import notify_params
 from .coordinator.producer import Producer
 from .coordinator.runtime import Runtime
 from .coordinator.signals import apply_signal
 from .cron import CronEntry
 from .database import resolve_dsn
-from .enqueue import insert_steps, jobs_list, run_async, unwrap_async_conn
+from .enqueue import jobs_list, run_async, unwrap_async_conn
 from .errors import NotRunningError, SchemaNotReadyError, ValidationError
 from .job import Job
 from .job_operations import AsyncJobOperations
@@ -41,6 +40,7 @@ from .limits import LIMIT_OPTIONS, QueueLimits
 from .naming import validate_name
 from .queries import Queries
 from .queue_signals import QueueSignals, start_payload
+from .store import Store
 from .testing.mode import current_mode
 from .workflow import Workflow
 from .workflow_ops import WorkflowStatus
@@ -126,6 +126,8 @@ class Oban(AsyncJobOperations, QueueSignals):
         self.queries = Queries(self.config.prefix)
         self._pool = pool
         self._owns_pool = pool is None
+        # The statements of this instance and of its node's coordinator, on that pool.
+        self._store: Store | None = None
         self._crontab = list(crontab)
         self._started = False
         self.producers: dict[str, Producer] = {}
@@ -244,11 +246,10 @@ class Oban(AsyncJobOperations, QueueSignals):
         if self.config.queues:
             self._runtime = Runtime(
                 config=self.config,
-                queries=self.queries,
+                store=await self._ensure_store(),
                 pool=pool,
                 metrics=self.metrics,
                 crontab=self._crontab,
-                insert_jobs=self._insert_jobs,
                 on_signal=self._on_signal,
             )
             await self._runtime.start()
@@ -309,11 +310,10 @@ class Oban(AsyncJobOperations, QueueSignals):
     # -- enqueueing -----------------------------------------------------------------------
 
     async def _insert_jobs(self, jobs: list[Job], conn: Any = None) -> list[Job]:
+        store = await self._ensure_store()
         if conn is not None:
-            return await run_async(await unwrap_async_conn(conn), insert_steps(self.queries, jobs))
-        pool = await self._ensure_pool()
-        async with pool.connection() as own:
-            return await run_async(own, insert_steps(self.queries, jobs))
+            return await store.insert_jobs(jobs, conn=await unwrap_async_conn(conn))
+        return await store.insert_jobs(jobs)
 
     async def enqueue(self, job: Job, *, conn: Any = None) -> Job:
         """Insert one job (inside ``conn``'s transaction when given); returns it with its id.
@@ -383,6 +383,12 @@ class Oban(AsyncJobOperations, QueueSignals):
             return await self.open_pool()
         return self._pool
 
+    async def _ensure_store(self) -> Store:
+        pool = await self._ensure_pool()
+        if self._store is None:
+            self._store = Store(pool, self.queries)
+        return self._store
+
     async def _run(self, steps: Any) -> Any:
         pool = await self._ensure_pool()
         async with pool.connection() as conn:
@@ -400,11 +406,7 @@ class Oban(AsyncJobOperations, QueueSignals):
         await self._run_notify("signal", payload)
 
     async def _run_notify(self, event: str, payload: dict[str, Any]) -> None:
-        pool = await self._ensure_pool()
-        async with pool.connection() as conn:
-            await conn.execute(
-                self.queries.notify, notify_params(self.config.prefix, event, payload)
-            )
+        await (await self._ensure_store()).notify_event(event, payload)
 
     async def start_queue(
         self,

@@ -79,12 +79,12 @@ def list_jobs_steps(queries: Queries, *, state: str | None, queue: str | None, l
 
 def retry_steps(queries: Queries, jobs: Iterable[Job | int]) -> Steps:
     rows = yield queries.retry_jobs, {"ids": _ids(jobs)}
-    return [row[0] for row in rows]
+    return [job_id for (job_id,) in rows]
 
 
 def delete_steps(queries: Queries, jobs: Iterable[Job | int]) -> Steps:
     rows = yield queries.delete_jobs, {"ids": _ids(jobs)}
-    return [row[0] for row in rows]
+    return [job_id for (job_id,) in rows]
 
 
 def cancel_steps(queries: Queries, jobs: Iterable[Job | int]) -> Steps:
@@ -99,7 +99,7 @@ def cancel_steps(queries: Queries, jobs: Iterable[Job | int]) -> Steps:
             {"channel": channel(queries.prefix, "signal"), "payloads": payloads},
         )
         yield step
-    return [row[0] for row in rows]
+    return [job_id for job_id, _old_state in rows]
 
 
 def follow_updates(given: Iterable[Job | int], fresh: Iterable[Job]) -> None:

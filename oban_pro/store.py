@@ -7,8 +7,9 @@ one place (here), and a component can be unit-tested against a fake Store.
 
 It holds the producers' fetches (plain and limited) and producer rows, the acker's write, the
 heartbeat, the maintenance plugins' statements (staging, pruning, rescue, workflow repair,
-gauges, notices) and leadership. Still outside it (issue 11): cron inserts and
-signals, which go through the client's own insert and notify paths.
+gauges, notices), leadership, cron's inserts and the signals the client sends. The client
+API's job operations (get, list, retry, cancel, ...) run as steps shared with the sync
+:class:`~oban_pro.Client` (oban_pro/job_operations.py), on the client's connections.
 
 ``now`` parameters: the moment to act as of, for tests (a naive UTC ``datetime``); None means
 the database's own clock, which every node shares.
@@ -30,7 +31,11 @@ from .binary_arrays import (
     jsonb_array,
     text_array,
 )
+from .enqueue import insert_steps, run_async
+from .job import Job
 from .limits import LimitStatus, PartitionUse, QueueLimits
+from .naming import channel
+from .payloads import encode_payload
 from .prepared import Prepared, PreparedStatements, prepared
 from .queries import Queries
 from .workflow_ops import workflow_queries
@@ -173,6 +178,11 @@ class Store:
     def prefix(self) -> str:
         return self._queries.prefix
 
+    @property
+    def queries(self) -> Queries:
+        """The statements of this Store's prefix (for the heartbeat's dedicated connection)."""
+        return self._queries
+
     # -- fetching -----------------------------------------------------------------------------
 
     async def fetch_jobs(
@@ -300,6 +310,24 @@ class Store:
             cur = psycopg.AsyncRawCursor(conn)
             await cur.execute(statement.text, [values[name] for name in statement.params])
             return {int(job_id): state for job_id, state in await cur.fetchall()}
+
+    # -- inserting and notifying --------------------------------------------------------------
+
+    async def insert_jobs(self, jobs: list[Job], *, conn: Any = None) -> list[Job]:
+        """Insert jobs as :meth:`oban_pro.Oban.enqueue_many` does (unique jobs checked, an
+        insert notice per queue); returns them with ids, a unique conflict flagged on the job.
+        ``conn``: a psycopg async connection whose transaction they join (else a pooled one).
+        """
+        steps = insert_steps(self._queries, jobs)
+        if conn is not None:
+            return await run_async(conn, steps)
+        async with self._pool.connection() as own:
+            return await run_async(own, steps)
+
+    async def notify_event(self, event: str, payload: dict[str, Any]) -> None:
+        """Send ``payload``, encoded as Oban does, on this prefix's channel for ``event``
+        (``signal``: queue operations the client sends to nodes)."""
+        await self.notify(channel(self.prefix, event), [encode_payload(payload)])
 
     # -- staging and pruning ------------------------------------------------------------------
 

@@ -402,3 +402,45 @@ def test_entry_validation(kwargs: dict[str, object], field: str) -> None:
     with pytest.raises(ValidationError) as caught:
         CronEntry(**{**base, **kwargs})  # type: ignore[arg-type]
     assert caught.value.field == field
+
+
+async def test_a_leading_node_runs_cron_through_its_plugins_with_reboot_once(
+    oban_dsn, oban_prefix, monkeypatch
+):
+    """The node's cron is one of its plugins: evaluated (here on demand instead of at the next
+    minute boundary) only once it leads, it inserts the due entry and the @reboot one; a second
+    evaluation in the same minute inserts nothing, and @reboot never again."""
+    from helpers import query, wait_until
+
+    from oban_pro import Oban
+    from oban_pro.plugins.scheduler import Scheduler
+
+    monkeypatch.setattr(Scheduler, "seconds_to_next_run", lambda self, now=None: 600.0)
+    evaluated: list[list[str]] = []
+    real_step = Scheduler.step
+
+    async def step(self, now=None):
+        inserted = await real_step(self, now)
+        evaluated.append([job.worker for job in inserted])
+        return inserted
+
+    monkeypatch.setattr(Scheduler, "step", step)
+    crontab = [CronEntry("@reboot", "app.Boot"), CronEntry("* * * * *", "app.Every")]
+    oban = Oban(dsn=oban_dsn, prefix=oban_prefix, queues={"other": 1}, processes=1,
+                crontab=crontab)  # fmt: skip
+    async with oban:
+        await wait_until(lambda: oban.is_leader, message="leadership")
+        runner = oban._runtime._plugins
+        assert "cron" in [p.name for p in runner.plugins]
+
+        def workers() -> list[str]:
+            rows = query(oban_dsn, f'SELECT worker FROM "{oban_prefix}".oban_jobs ORDER BY id')
+            return [w for (w,) in rows]
+
+        runner.trigger("cron")
+        await wait_until(lambda: len(evaluated) == 1, message="cron's first evaluation")
+        assert sorted(evaluated[0]) == ["app.Boot", "app.Every"]
+        runner.trigger("cron")  # the same minute (or the next one): no second @reboot
+        await wait_until(lambda: len(evaluated) == 2, message="cron's second evaluation")
+        assert "app.Boot" not in evaluated[1]
+    assert workers().count("app.Boot") == 1

@@ -20,7 +20,6 @@ from oban_pro.client import Client
 from oban_pro.coordinator.leader import Leader
 from oban_pro.coordinator.notifier import Notifier
 from oban_pro.cron import CronEntry
-from oban_pro.enqueue import insert_steps, run_async
 from oban_pro.plugins.lifeline import Lifeline
 from oban_pro.plugins.pruner import Pruner
 from oban_pro.plugins.scheduler import Scheduler
@@ -259,13 +258,8 @@ async def test_leader_lease_takeover_and_resign(oban_dsn, oban_prefix, pool):
 
 async def test_cron_inserts_each_minute_once_across_schedulers(oban_dsn, oban_prefix, pool):
     entry = CronEntry(expression="*/5 * * * *", worker="app.Cron", args={"k": 1})
-    queries = Queries(oban_prefix)
-
-    async def insert(jobs):
-        async with pool.connection() as conn:
-            return await run_async(conn, insert_steps(queries, jobs))
-
-    first, second = Scheduler([entry], insert), Scheduler([entry], insert)
+    db = store(pool, oban_prefix)
+    first, second = Scheduler(db, FakeNode(), [entry]), Scheduler(db, FakeNode(), [entry])
     minute = datetime(2026, 11, 22, 10, 5, 17, tzinfo=UTC)
     assert len(await first.step(now=minute)) == 1
     assert await second.step(now=minute) == []  # e.g. a new leader after failover
@@ -279,6 +273,28 @@ async def test_cron_inserts_each_minute_once_across_schedulers(oban_dsn, oban_pr
 
 
 # -- notifier ------------------------------------------------------------------------------
+
+
+async def test_reboot_entries_are_inserted_once_by_the_node_leading_at_its_first_evaluation(
+    oban_dsn, oban_prefix, pool
+):
+    """@reboot runs once per node start, on the leader (as in Elixir Oban): at the first
+    evaluation, never again on that node; a follower's first evaluation settles it too, so a
+    follower that becomes leader later inserts none."""
+    boot = CronEntry(expression="@reboot", worker="app.Boot")
+    every = CronEntry(expression="* * * * *", worker="app.Every")
+    db = store(pool, oban_prefix)
+    leader, follower = FakeNode(), FakeNode(is_leader=False)
+    booted, other = Scheduler(db, leader, [boot, every]), Scheduler(db, follower, [boot, every])
+    minute = datetime(2026, 11, 22, 10, 5, 1, tzinfo=UTC)
+    assert sorted(j.worker for j in await booted.step(now=minute)) == ["app.Boot", "app.Every"]
+    assert await other.step(now=minute) == []  # not leading: nothing, and its boot is settled
+    later = minute + timedelta(minutes=1)
+    assert [j.worker for j in await booted.step(now=later)] == ["app.Every"]
+    follower.is_leader, leader.is_leader = True, False
+    assert [j.worker for j in await other.step(now=later + timedelta(minutes=1))] == ["app.Every"]
+    workers = query(oban_dsn, f'SELECT worker FROM "{oban_prefix}".oban_jobs ORDER BY id')
+    assert [w for (w,) in workers] == ["app.Boot", "app.Every", "app.Every", "app.Every"]
 
 
 async def test_notifier_decodes_every_form_and_survives_garbage(oban_dsn, oban_prefix, caplog):

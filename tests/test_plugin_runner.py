@@ -79,3 +79,28 @@ async def test_trigger_runs_a_plugin_now() -> None:
         await wait_steps(slow, 2)
     finally:
         await runner.stop()
+
+
+class ClockHeld(Counting):
+    """A plugin that says when it runs next (as cron does: the next minute boundary)."""
+
+    def __init__(self) -> None:
+        super().__init__("clock", leader_only=False, interval=3600.0)
+        self.asked = 0
+
+    def seconds_to_next_run(self) -> float:
+        self.asked += 1
+        return 0.01
+
+
+async def test_a_plugin_held_to_the_clock_waits_for_its_next_run_before_each_step() -> None:
+    """Its interval (an hour here) is not used: the loop asks before every step, the first
+    one included, and runs it when that time comes."""
+    plugin = ClockHeld()
+    runner = PluginRunner([plugin], FakeNode())
+    runner.start()
+    try:
+        await wait_steps(plugin, 3)
+    finally:
+        await runner.stop()
+    assert plugin.asked >= plugin.steps >= 3

@@ -19,7 +19,7 @@ import psycopg
 from .._aio import wait_event
 from ..errors import PayloadError
 from ..naming import channel, quote_ident
-from ..payloads import decode_payload, encode_payload
+from ..payloads import decode_payload
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,3 @@ class Notifier:
                 listener(payload)
             except Exception:  # a buggy listener must not kill the notifier
                 log.exception("%s listener failed on payload %r", event, payload)
-
-
-def notify_params(prefix: str, event: str, payload: dict[str, Any]) -> dict[str, Any]:
-    """Parameters for the NOTIFY query: channel and encoded payload."""
-    return {"channel": channel(prefix, event), "payload": encode_payload(payload)}

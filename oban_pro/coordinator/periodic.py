@@ -16,6 +16,8 @@ log = logging.getLogger(__name__)
 
 class Periodic:
     """Run ``step()`` every ``interval`` seconds (jittered +-5%); ``trigger()`` runs it now.
+    With ``wait``, each step (the first too) comes ``wait()`` seconds after the previous one
+    ended instead: a loop held to the clock (cron's minute boundaries).
 
     A database error is logged and reported to ``on_error`` and the loop goes on: a maintenance
     loop must never die because PostgreSQL restarted.
@@ -28,10 +30,12 @@ class Periodic:
         step: Callable[[], Awaitable[object]],
         *,
         on_error: Callable[[str], None] | None = None,
+        wait: Callable[[], float] | None = None,
     ) -> None:
         self.name = name
         self.interval = interval
         self._step = step
+        self._wait = wait
         self._on_error = on_error
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -50,6 +54,8 @@ class Periodic:
 
     async def _run(self) -> None:
         while True:
+            if self._wait is not None:
+                await self._pause(self._wait())
             try:
                 await self._step()
             except asyncio.CancelledError:
@@ -60,5 +66,9 @@ class Periodic:
                     self._on_error(self.name)
             except Exception:
                 log.exception("%s failed unexpectedly", self.name)
-            await wait_event(self._wake, self.interval * random.uniform(0.95, 1.05))
-            self._wake.clear()
+            if self._wait is None:
+                await self._pause(self.interval * random.uniform(0.95, 1.05))
+
+    async def _pause(self, seconds: float) -> None:
+        await wait_event(self._wake, seconds)
+        self._wake.clear()

@@ -26,9 +26,12 @@ class PluginRunner:
         self.plugins = list(plugins)
         self._node = node
         self._on_error = on_error
+        # A plugin held to the clock (cron) says when it runs next: seconds_to_next_run().
         self._loops = [
-            Periodic(p.name, p.interval, self._step_of(p), on_error=on_error) for p in plugins
-        ]
+            Periodic(p.name, p.interval, self._step_of(p), on_error=on_error,
+                     wait=getattr(p, "seconds_to_next_run", None))
+            for p in plugins
+        ]  # fmt: skip
 
     def start(self) -> None:
         for loop in self._loops:

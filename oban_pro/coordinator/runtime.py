@@ -8,10 +8,9 @@ and wires their callbacks together. :class:`~oban_pro.Oban` creates one when it 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -19,7 +18,6 @@ from psycopg_pool import AsyncConnectionPool
 from .. import telemetry
 from ..config import Config
 from ..cron import CronEntry
-from ..job import Job
 from ..limits import QueueLimits
 from ..metrics import ClusterLimitRow
 from ..plugins.base import Plugin, QueueCheck
@@ -31,7 +29,6 @@ from ..plugins.scheduler import Scheduler
 from ..plugins.stager import Stager
 from ..pool.messages import InstanceInfo, Run
 from ..pool.pool import WorkerPool, default_threads
-from ..queries import Queries
 from ..registry import cron_entries
 from ..store import Store
 from ..workflow_repair import WorkflowRepair
@@ -55,24 +52,22 @@ class Runtime:
         self,
         *,
         config: Config,
-        queries: Queries,
+        store: Store,
         pool: AsyncConnectionPool,
         metrics: Any,
         crontab: Sequence[CronEntry],
-        insert_jobs: Callable[[list[Job]], Awaitable[list[Job]]],
         on_signal: Callable[[dict[str, Any]], None],
     ) -> None:
         self.config = config
         self.name = config.name
         self.node = config.node
-        self.queries = queries
+        self.queries = store.queries
         self.metrics = metrics
         self.producers: dict[str, Producer] = {}
         self._pool = pool
         #: Every statement of the node's coordinator goes through it (see oban_pro.store).
-        self.store = Store(pool, queries)
+        self.store = store
         self._crontab = list(crontab)
-        self._insert_jobs = insert_jobs
         self._on_signal = on_signal
         self._loops: list[Periodic] = []
         self._plugins: PluginRunner | None = None
@@ -82,7 +77,6 @@ class Runtime:
         self._dispatcher: Dispatcher | None = None
         self._leader: Leader | None = None
         self._heartbeat: Heartbeat | None = None
-        self._scheduler: Scheduler | None = None
         self._last_db_error = -float("inf")  # monotonic time of this node's last db error
 
     @property
@@ -287,22 +281,15 @@ class Runtime:
                 QueueGauges(store, m.set_queue_counts, interval=cfg.gauge_interval),
                 WorkflowGauges(store, m.set_workflow_counts, interval=cfg.gauge_interval),
             ]
+        # compat hook: cron_timezone (Oban.py's scheduler.timezone)
+        entries = [*cron_entries(), *self._crontab]
+        plugins.append(Scheduler(store, view, entries, cfg.cron_timezone))
         self._plugins = PluginRunner(plugins, view, on_error=on_error)
-        self._scheduler = Scheduler(  # compat hook: cron_timezone (Oban.py's scheduler.timezone)
-            [*cron_entries(), *self._crontab], self._insert_jobs, cfg.cron_timezone
-        )
-        self._loops = [leader_loop, Periodic("cron", 1.0, self._cron_step, on_error=on_error)]
+        self._loops = [leader_loop]
         self._heartbeat.start()
         for loop in self._loops:
             loop.start()
         self._plugins.start()
-
-    async def _cron_step(self) -> None:
-        # Sleep to the next minute boundary, then insert that minute's jobs if leading.
-        assert self._scheduler is not None
-        await asyncio.sleep(self._scheduler.seconds_to_next_minute())
-        if self.is_leader and self._scheduler.entries:
-            await self._scheduler.step()
 
     # -- stop -------------------------------------------------------------------------------
 

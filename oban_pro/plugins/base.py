@@ -8,7 +8,9 @@ for its statements and a :class:`NodeView` of its node. It imports nothing of th
 The runtime runs every plugin the same way
 (:class:`~oban_pro.coordinator.plugin_runner.PluginRunner`): one loop each, every ``interval``
 seconds (jittered +-5%), skipped on followers when ``leader_only``; an error is logged and
-counted and the loop goes on. A plugin never ends its node.
+counted and the loop goes on. A plugin never ends its node. A plugin held to the clock
+(cron: minute boundaries) also has ``seconds_to_next_run()``; its loop waits that long before
+each step instead.
 """
 
 from __future__ import annotations

@@ -177,6 +177,10 @@ class _Drain:
                     await self._stage()
                 fetched = await self._producer._fetch(batch if recursive else ALL_AVAILABLE)
                 await self._pool.idle()
+                # Outcomes written before the next round stages and fetches (as Oban.py acks
+                # each job before the next): a retried job is then due again at once, so with
+                # ``scheduled`` a failing job runs until it is discarded, whatever the timing.
+                await self._acker.flush()
                 if self._pool.raised is not None:
                     self._dispatcher.release(self._pool.left)
                     break

@@ -100,6 +100,12 @@ def _cron_entries() -> list[CronEntry]:
     return list(_CRON)
 
 
+class _Leading:
+    """The node view a scheduler reads: this one believes it leads."""
+
+    is_leader = True
+
+
 async def test_cron_never_inserts_a_minute_twice_across_failover(oban_dsn, oban_prefix):
     """Two nodes' schedulers for the same minute (an old leader that inserted it and a new one
     that takes over mid-minute, or two that both believe they lead): one job per minute."""
@@ -107,8 +113,9 @@ async def test_cron_never_inserts_a_minute_twice_across_failover(oban_dsn, oban_
     old = Oban(dsn=oban_dsn, prefix=oban_prefix, name=f"cron-old-{oban_prefix}")
     new = Oban(dsn=oban_dsn, prefix=oban_prefix, name=f"cron-new-{oban_prefix}")
     try:
-        old_scheduler = Scheduler(entries, old._insert_jobs)
-        new_scheduler = Scheduler(entries, new._insert_jobs)
+        # Each with its own instance's Store, both leading.
+        old_scheduler = Scheduler(await old._ensure_store(), _Leading(), entries)
+        new_scheduler = Scheduler(await new._ensure_store(), _Leading(), entries)
         minute = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=5)
 
         # failover mid-minute: the old leader inserted minute M, the new one runs M again

@@ -540,18 +540,16 @@ def test_scheduler_timezone_applies_to_entries_that_name_none():
     from oban_pro.cron import CronEntry, cron_meta
     from oban_pro.plugins.scheduler import Scheduler
 
-    async def insert(jobs):
-        return jobs
-
     entries = [
         CronEntry("0 9 * * *", "w.Plain"),
         CronEntry("0 9 * * *", "w.Paris", timezone="Europe/Paris"),
         CronEntry("0 9 * * *", "w.Utc", timezone="Etc/UTC"),
     ]
-    zones = [str(e.zone) for e in Scheduler(entries, insert, "America/Chicago").entries]
+    # Only the entries are read here: no Store, no node.
+    zones = [str(e.zone) for e in Scheduler(None, None, entries, "America/Chicago").entries]
     assert zones == ["America/Chicago", "Europe/Paris", "Etc/UTC"]
-    assert [str(e.zone) for e in Scheduler(entries, insert).entries][0] == "Etc/UTC"
+    assert [str(e.zone) for e in Scheduler(None, None, entries).entries][0] == "Etc/UTC"
     assert cron_meta(entries[0])["cron_tz"] == "Etc/UTC"
-    chicago = Scheduler(entries, insert, "America/Chicago").entries[0]
+    chicago = Scheduler(None, None, entries, "America/Chicago").entries[0]
     assert chicago.matches(datetime(2026, 1, 5, 15, 0, tzinfo=UTC))  # 09:00 in Chicago
     assert Config(scheduler={"timezone": "America/Chicago"}).cron_timezone == "America/Chicago"
