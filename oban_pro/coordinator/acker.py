@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import psycopg
 
 from .. import telemetry
-from .._aio import wait_event
+from .._aio import cancel_and_wait, wait_event
 
 if TYPE_CHECKING:
     from ..pool.messages import Run
@@ -175,8 +175,7 @@ class Acker:
                 len(self._buffer),
             )
         if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait(self._task)
 
     def _hurry(self) -> None:
         """Someone waits for the buffered acks: write them now, without lingering."""

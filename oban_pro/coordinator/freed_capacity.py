@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
+from .._aio import cancel_and_wait
 from ..naming import channel
 from ..payloads import encode_payload
 
@@ -75,5 +76,4 @@ class FreedCapacity:
     async def stop(self) -> None:
         """Drop what is pending: at shutdown a wake-up for other nodes is not worth a wait."""
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait(self._task)

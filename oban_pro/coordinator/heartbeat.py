@@ -30,7 +30,7 @@ import psycopg
 from psycopg.rows import tuple_row
 
 from .. import telemetry
-from .._aio import wait_event
+from .._aio import cancel_and_wait, wait_event
 from ..store import LocalProducer, RunningJob, Store
 from .producer import Producer
 
@@ -101,8 +101,7 @@ class Heartbeat:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait(self._task)
             self._task = None
         await self._connection.close()
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 
-from .._aio import wait_event
+from .._aio import cancel_and_wait, wait_event
 from ..errors import PayloadError
 from ..naming import channel, quote_ident
 from ..payloads import decode_payload
@@ -53,8 +53,7 @@ class Notifier:
 
     async def stop(self) -> None:
         if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait(self._task)
         if self._conn is not None:
             await self._conn.close()
 

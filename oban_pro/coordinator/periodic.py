@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import psycopg
 
-from .._aio import wait_event
+from .._aio import cancel_and_wait, wait_event
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,7 @@ class Periodic:
 
     async def stop(self) -> None:
         if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def _run(self) -> None:

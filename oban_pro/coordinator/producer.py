@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from .. import telemetry
-from .._aio import wait_event
+from .._aio import cancel_and_wait, wait_event
 from ..limits import LimitStatus, QueueLimits, fetch_params
 
 if TYPE_CHECKING:
@@ -183,8 +183,9 @@ class Producer:
             self._wake.set()
             done, _ = await asyncio.wait({self._task}, timeout=STOP_GRACE)
             if not done:
-                self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+                await cancel_and_wait(self._task)
+            elif not self._task.cancelled():
+                self._task.exception()  # retrieved: a failed loop was logged by itself
             self._task = None
 
     # -- fetching -------------------------------------------------------------------------
