@@ -27,6 +27,7 @@ FRAGMENTS = (
     "PARTITION_KEY",
     "FRAGMENTS",
     "ACK_META",
+    "ACK_WRITE",
 )
 
 # -- enqueue ----------------------------------------------------------------------------------
@@ -306,8 +307,10 @@ DELETE_PRODUCERS = "DELETE FROM {p}.oban_producers WHERE uuid = ANY(%(uuids)s::u
 # travel in binary (``%(x)b``), packed by oban_pro/binary_arrays.py (the text form escapes
 # every element: 12.0 us per acked job, psycopg's binary list dumper 4.0, packed 1.2).
 # Workflow steps waiting for a job that reaches a final state are released (or cancelled) in
-# the same statement: {workflow_release} is oban_pro/workflow_sql.py's ACK_RELEASE.
-ACK_JOBS = """
+# the same statement (ACK_JOBS: {workflow_release} is oban_pro/workflow_sql.py's ACK_RELEASE);
+# ACK_PLAIN_JOBS is the same write without that part. ACK_WRITE is what both share, up to the
+# ``acked`` CTE; {ack_set_meta} is where each puts its meta expression.
+ACK_WRITE = """
 WITH RECURSIVE a AS (
   SELECT * FROM unnest(
     %(ids)b::bigint[], %(attempts)b::int[], %(uuids)b::text[], %(kinds)b::text[],
@@ -354,26 +357,33 @@ UPDATE {p}.oban_jobs AS j SET
         ' -- discarded by the poison-job guard: this job has now killed its child process '
         || t.crashes || ' times (max_crashes)'))
     ELSE j.errors || t.error END,
-  meta = {ack_seal}
+  meta = {ack_set_meta}
 FROM t
 WHERE j.id = t.id
 RETURNING j.id, j.state::text AS state, j.meta->>'name' AS name,
   CASE WHEN t.new_state IN ('completed', 'cancelled', 'discarded') THEN t.old_meta->'wf_next' END
     AS wf_next
-){workflow_release}
+)"""
+
+# The final state is sealed, and the release's last CTE is referenced so that it runs.
+ACK_JOBS = (
+    ACK_WRITE.replace("{ack_set_meta}", "{ack_seal}")
+    + """{workflow_release}
 SELECT id, state FROM acked WHERE (SELECT n FROM wf_notified) IS NOT NULL
 """
+)
 
-# ACK_JOBS for a batch in which no job waits for another (no ``wf_next`` in the meta the jobs
-# were fetched with): without the workflow release and the seal, whose empty CTEs still cost
-# the database ~10 us per acked job (a fifth of the ack; no-op throughput +8% in an A/B run).
+# For a batch in which no job waits for another (no ``wf_next`` in the meta the jobs were
+# fetched with): without the workflow release and the seal, whose empty CTEs still cost the
+# database ~10 us per acked job (a fifth of the ack; no-op throughput +8% in an A/B run).
 # ``wf_next`` is written only when a job is inserted or a finished job is retried, so a job's
 # meta at fetch time says whether its ack needs them; the workflow repair catches the rest.
-ACK_PLAIN_JOBS = ACK_JOBS.replace(
-    "){workflow_release}\nSELECT id, state FROM acked WHERE (SELECT n FROM wf_notified) "
-    "IS NOT NULL",
-    ")\nSELECT id, state FROM acked",
-).replace("{ack_seal}", "{ack_meta}")
+ACK_PLAIN_JOBS = (
+    ACK_WRITE.replace("{ack_set_meta}", "{ack_meta}")
+    + """
+SELECT id, state FROM acked
+"""
+)
 
 # The ack's meta expression (ACK_SEAL wraps it: a job that reaches a final state is sealed).
 ACK_META = """CASE

@@ -341,21 +341,25 @@ class Dispatcher:
         return max(0.0, time.time() - run.attempted_at) if run.attempted_at else 0.0
 
 
+def _mentions(meta: Any, quoted_key: bytes) -> bool:
+    """Whether the JSON text ``meta`` (bytes, or str on the rare paths) contains
+    ``quoted_key``. The parent never decodes meta on the hot path; a key never appears escaped,
+    and a value that merely contains the word only costs the caller its slower path."""
+    if isinstance(meta, str):
+        meta = meta.encode()
+    return isinstance(meta, (bytes, bytearray)) and quoted_key in meta
+
+
 def _has_waiting_jobs(meta: Any) -> bool:
     """Whether the meta a job was fetched with names jobs waiting for it (``wf_next``): its ack
-    must release them. A text search of the JSON (a key never appears escaped): a value that
-    merely contains the word costs the fuller statement, nothing else."""
-    if isinstance(meta, (bytes, bytearray)):
-        return b'"wf_next"' in meta
-    return isinstance(meta, str) and '"wf_next"' in meta
+    must release them."""
+    return _mentions(meta, b'"wf_next"')
 
 
 def _meta_says_isolate(meta: Any) -> bool:
-    # The parent never decodes meta on the hot path; only a job whose meta mentions the key
-    # (one given back after a shared crash) pays for a decode.
-    if not isinstance(meta, (bytes, str)) or b'"isolate"' not in (
-        meta if isinstance(meta, bytes) else meta.encode()
-    ):
+    # Only a job whose meta mentions the key (one given back after a shared crash) pays for a
+    # decode.
+    if not _mentions(meta, b'"isolate"'):
         return False
     try:
         return json.loads(meta).get(ISOLATE_META_KEY) is True
