@@ -2,8 +2,8 @@
 one completed). enqueue-to-start runs from just before ``oban.enqueue`` to the ``time.time()``
 the job reads when its ``process`` begins in a worker process (sent back on a Unix datagram
 socket: nothing polls the database meanwhile); enqueue-to-complete ends at the job's
-``completed_at`` (the start of the ack statement that completed it; a job under 2 ms is acked
-at once, a longer one may wait up to ``ack_linger`` to share a write).
+``completed_at`` (when the coordinator learnt the job ended: an ack that waits up to
+``ack_linger`` to share a write is stamped with that moment, not the write's).
 
 The FLOOR beside it is the database alone: insert one row and NOTIFY in one transaction, a
 LISTENing connection receives the notice and fetches the row with FOR UPDATE SKIP LOCKED; the
