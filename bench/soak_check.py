@@ -639,12 +639,24 @@ def check(
     }
 
 
+def _superseded(row: Row, ex: Exec) -> bool:
+    """Whether the row moved on from ``ex``'s attempt without it: a later attempt, or a rescue
+    of that very attempt from ``ex``'s node (which discards a job at its last attempt, so the
+    row keeps the attempt number of the copy the paused node still holds)."""
+    if ex.attempt < row.attempt:
+        return True
+    return ex.attempt == row.attempt and any(
+        entry.get("attempt") == ex.attempt and error_kind(entry) == ("rescue", ex.node)
+        for entry in row.errors
+    )
+
+
 def _check_row_vs_log(row: Row, runs: list[Exec], v: Verdict, fx: Faults, s: CheckSettings) -> None:
     done_at = row.finished_at
     if done_at is not None:
         late = [e for e in runs if e.start > done_at + CLOCK_SLACK]
         for e in list(late):
-            if e.attempt < row.attempt and fx.stale_copy(e, s.rescue_slack):
+            if _superseded(row, e) and fx.stale_copy(e, s.rescue_slack):
                 late.remove(e)
                 v.add(
                     "note: stale copy ran on a paused node after its job was finished",

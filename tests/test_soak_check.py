@@ -177,6 +177,24 @@ def test_a_copy_a_paused_node_held_and_started_after_sigcont_is_explained_but_no
     assert got["duplicates"]["unexplained"] == 1 and not got["ok"]
 
 
+def test_a_last_attempt_discarded_by_a_rescue_and_started_after_sigcont_is_a_stale_copy():
+    # Attempt 3 of 3 was fetched by c before its SIGSTOP; the rescue discarded it (no attempt
+    # left, so the row keeps attempt 3); after SIGCONT c started its copy of that attempt.
+    lines = [S(1, 3, "c", 30, 9.45, kind="doomed", plan="raise"),
+             E(1, 3, "c", 30, 9.5, kind="doomed", outcome="raise")]  # fmt: skip
+    rows = [row(1, state="discarded", attempt=3, node="c", kind="doomed", done=6.0,
+                errors=[rescue(3, "c", 6.0)], max_attempts=3)]  # fmt: skip
+    pause = {"kind": "pause", "node": "c", "at": 1.0, "until": 9.4}
+    got = run(lines, rows, [pause])
+    assert "ran after its job was finished" not in got["counts"], got["details"]
+    assert got["counts"]["note: stale copy ran on a paused node after its job was finished"] == 1
+    # rescued from another node, or never paused: still reported
+    other = [row(1, state="discarded", attempt=3, node="c", kind="doomed", done=6.0,
+                 errors=[rescue(3, "b", 6.0)], max_attempts=3)]  # fmt: skip
+    assert run(lines, other, [pause])["counts"]["ran after its job was finished"] == 1
+    assert run(lines, rows)["counts"]["ran after its job was finished"] == 1
+
+
 def test_a_job_the_paused_node_starts_just_after_sigcont_may_still_be_rescued():
     # SIGCONT at 9.4; c starts a job it fetched before the pause at 9.45, before its first
     # heartbeat; the leader rescues it at 9.5 and b runs it (attempt 2).
