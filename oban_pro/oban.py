@@ -258,9 +258,7 @@ class Oban(AsyncJobOperations, QueueSignals):
         return self
 
     async def _require_schema(self, pool: AsyncConnectionPool) -> None:
-        async with pool.connection() as conn:
-            cur = await conn.execute(self.queries.missing_tables, {"prefix": self.config.prefix})
-            missing = [name for (name,) in await cur.fetchall()]
+        missing = await Store(pool, self.queries).missing_tables()
         if missing:
             raise SchemaNotReadyError(self.config.prefix, missing)
 

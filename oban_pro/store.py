@@ -7,9 +7,12 @@ one place (here), and a component can be unit-tested against a fake Store.
 
 It holds the producers' fetches (plain and limited) and producer rows, the acker's write, the
 heartbeat, the maintenance plugins' statements (staging, pruning, rescue, workflow repair,
-gauges, notices), leadership, cron's inserts and the signals the client sends. The client
-API's job operations (get, list, retry, cancel, ...) run as steps shared with the sync
-:class:`~oban_pro.Client` (oban_pro/job_operations.py), on the client's connections.
+gauges, notices), leadership, cron's inserts, the signals the client sends, the notifier's
+LISTEN (:func:`listening`, on a connection of its own), the schema check at start and what
+``oban-pro status``, the demo and the testing helpers read. The client API's job operations
+(enqueue, get, list, retry, cancel, ...) run as sans-IO steps shared with the sync
+:class:`~oban_pro.Client` (oban_pro/operations.py), on the caller's connection when it gives
+one (to join its transaction); the Store's inserts run the same steps.
 
 ``now`` parameters: the moment to act as of, for tests (a naive UTC ``datetime``); None means
 the database's own clock, which every node shares.
@@ -17,7 +20,8 @@ the database's own clock, which every node shares.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -34,7 +38,7 @@ from .binary_arrays import (
 from .enqueue import insert_steps, run_async
 from .job import Job
 from .limits import LimitStatus, PartitionUse, QueueLimits
-from .naming import channel
+from .naming import channel, quote_ident
 from .payloads import encode_payload
 from .prepared import Prepared, PreparedStatements, prepared
 from .queries import Queries
@@ -43,11 +47,14 @@ from .workflow_ops import workflow_queries
 __all__ = [
     "BeatAnswer",
     "ChangedJob",
+    "ClusterStatus",
     "DeadProducer",
     "FetchedJob",
     "KnownProducer",
+    "LeaderRow",
     "LocalProducer",
     "ProducerBeat",
+    "ProducerRow",
     "RescuedJob",
     "RescueRules",
     "RunningJob",
@@ -162,6 +169,26 @@ class RescuedJob(msgspec.Struct, frozen=True):
 class DeadProducer(msgspec.Struct, frozen=True):
     uuid: str
     node: str
+
+
+class LeaderRow(NamedTuple):
+    name: str
+    node: str
+    expires_at: datetime
+
+
+class ProducerRow(NamedTuple):
+    node: str
+    queue: str
+    meta: Any
+    seconds_since_beat: float
+
+
+class ClusterStatus(NamedTuple):
+    leaders: list[LeaderRow]
+    producers: list[ProducerRow]
+    #: (queue, state, jobs)
+    counts: list[tuple[str, str, int]]
 
 
 class Store:
@@ -445,6 +472,47 @@ class Store:
                 self._queries.notify_many, {"channel": channel, "payloads": list(payloads)}
             )
 
+    # -- schema, tools and tests --------------------------------------------------------------
+
+    async def missing_tables(self) -> list[str]:
+        """The engine's tables absent from this prefix (empty: the schema is ready)."""
+        return [name for (name,) in await self._all(
+            self._queries.missing_tables, {"prefix": self.prefix}
+        )]  # fmt: skip
+
+    async def stage_queue(self, *, queue: str, now: datetime) -> None:
+        """Make ``queue``'s scheduled and retryable jobs due by ``now`` available (the testing
+        drain's ``with_scheduled``)."""
+        async with self._pool.connection() as conn:
+            await conn.execute(self._queries.stage_queue, {"queue": queue, "now": now})
+
+    async def reset_tables(self) -> None:
+        """Empty oban_jobs, oban_leaders and oban_producers, ids restarting at 1 (tests)."""
+        async with self._pool.connection() as conn:
+            await conn.execute(self._queries.reset_tables)
+
+    async def count_finished(self, ids: Sequence[int]) -> int:
+        """How many of these jobs reached a final state."""
+        rows = await self._all(self._queries.count_finished, {"ids": list(ids)})
+        return int(rows[0][0]) if rows else 0
+
+    async def job_outcomes(self, ids: Sequence[int]) -> list[tuple[str, dict[str, Any]]]:
+        """Each job's state and meta (the demo's summary)."""
+        rows = await self._all(self._queries.job_outcomes, {"ids": list(ids)})
+        return [(state, meta) for state, meta in rows]
+
+    async def cluster_status(self) -> ClusterStatus:
+        """Leaders, producers and job counts per queue and state, for ``oban-pro status``."""
+        async with self._pool.connection() as conn:
+            leaders = await (await conn.execute(self._queries.all_leaders)).fetchall()
+            producers = await (await conn.execute(self._queries.all_producers)).fetchall()
+            counts = await (await conn.execute(self._queries.queue_counts)).fetchall()
+        return ClusterStatus(
+            leaders=[LeaderRow(*row) for row in leaders],
+            producers=[ProducerRow(*row) for row in producers],
+            counts=[(queue, state, int(n)) for queue, state, n in counts],
+        )
+
     async def _all(self, sql: str, params: dict[str, Any] | None) -> list[Any]:
         async with self._pool.connection() as conn:
             cur = await conn.execute(sql, params)
@@ -507,3 +575,19 @@ async def _fetch_limited_rows(
 
 #: The limited fetch's statements prepared on each connection.
 _PREPARED = PreparedStatements()
+
+
+# -- notifications --------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def listening(
+    conninfo: str, channels: Iterable[str]
+) -> AsyncIterator[AsyncIterator[tuple[str, str]]]:
+    """A connection of its own that LISTENs on ``channels`` (a pooled one would go back to the
+    pool, and LISTEN with it); yields its notifications as ``(channel, payload)`` until closed.
+    """
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        for name in channels:
+            await conn.execute(f"LISTEN {quote_ident(name)}")
+        yield ((notice.channel, notice.payload) async for notice in conn.notifies())

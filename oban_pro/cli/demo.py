@@ -87,11 +87,7 @@ async def _demo(args: argparse.Namespace) -> int:
 
 
 async def _count_done(oban, ids: list[int]) -> int:  # type: ignore[no-untyped-def]
-    pool = await oban.open_pool()
-    async with pool.connection() as conn:
-        cur = await conn.execute(oban.queries.count_finished, {"ids": ids})
-        row = await cur.fetchone()
-    return int(row[0]) if row else 0
+    return await (await oban._ensure_store()).count_finished(ids)
 
 
 async def _progress(oban, ids: list[int], started: float) -> int:  # type: ignore[no-untyped-def]
@@ -107,7 +103,4 @@ async def _progress(oban, ids: list[int], started: float) -> int:  # type: ignor
 
 
 async def _final_rows(oban, ids: list[int]) -> list[tuple[str, dict]]:  # type: ignore[no-untyped-def]
-    pool = await oban.open_pool()
-    async with pool.connection() as conn:
-        cur = await conn.execute(oban.queries.job_outcomes, {"ids": ids})
-        return list(await cur.fetchall())
+    return await (await oban._ensure_store()).job_outcomes(ids)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import TYPE_CHECKING
 
 from . import EXIT_OK, add_database_args
+
+if TYPE_CHECKING:
+    from ..store import ClusterStatus
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -15,11 +19,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import psycopg
+    import asyncio
 
     from ..database import resolve_dsn
     from ..migrations import migration_status
-    from ..queries import Queries
 
     dsn = resolve_dsn(args.dsn)
     prefix = args.prefix or os.environ.get("OBAN_PREFIX") or "public"
@@ -29,19 +32,28 @@ def run(args: argparse.Namespace) -> int:
         print("  migrate up would: " + "; ".join(status.pending))
     if status.layout == "empty":
         return EXIT_OK
-    queries = Queries(prefix)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        leaders = conn.execute(queries.all_leaders).fetchall()
-        producers = conn.execute(queries.all_producers).fetchall()
-        counts = conn.execute(queries.queue_counts).fetchall()
-    for name, node, expires in leaders:
-        print(f"leader of {name}: {node} (lease until {expires:%Y-%m-%d %H:%M:%S}Z)")
-    print(f"producers: {len(producers)}")
-    for node, queue, meta, age in producers:
-        print(f"  {node:<24} {queue:<16} {meta}  heartbeat {age:.1f}s ago")
+    cluster = asyncio.run(_read_status(dsn, prefix))
+    for leader in cluster.leaders:
+        print(f"leader of {leader.name}: {leader.node} "
+              f"(lease until {leader.expires_at:%Y-%m-%d %H:%M:%S}Z)")  # fmt: skip
+    print(f"producers: {len(cluster.producers)}")
+    for p in cluster.producers:
+        print(f"  {p.node:<24} {p.queue:<16} {p.meta}  heartbeat {p.seconds_since_beat:.1f}s ago")
     by_queue: dict[str, dict[str, int]] = {}
-    for queue, state, n in counts:
+    for queue, state, n in cluster.counts:
         by_queue.setdefault(queue, {})[state] = n
     for queue, states in sorted(by_queue.items()):
         print(f"queue {queue}: " + ", ".join(f"{s} {n}" for s, n in sorted(states.items())))
     return EXIT_OK
+
+
+async def _read_status(dsn: str, prefix: str) -> ClusterStatus:
+    from psycopg_pool import AsyncConnectionPool
+
+    from ..queries import Queries
+    from ..store import Store
+
+    async with AsyncConnectionPool(
+        dsn, min_size=1, max_size=1, open=False, kwargs={"autocommit": True}
+    ) as pool:
+        return await Store(pool, Queries(prefix)).cluster_status()

@@ -18,8 +18,9 @@ import psycopg
 
 from .._aio import cancel_and_wait, wait_event
 from ..errors import PayloadError
-from ..naming import channel, quote_ident
+from ..naming import channel
 from ..payloads import decode_payload
+from ..store import listening
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,6 @@ class Notifier:
         self._prefix = prefix
         self._listeners: dict[str, list[Listener]] = defaultdict(list)
         self._task: asyncio.Task[None] | None = None
-        self._conn: psycopg.AsyncConnection[Any] | None = None
         self._connected = asyncio.Event()
         self._on_reconnect = on_reconnect
         self._channels = {channel(prefix, event): event for event in EVENTS}
@@ -53,9 +53,7 @@ class Notifier:
 
     async def stop(self) -> None:
         if self._task:
-            await cancel_and_wait(self._task)
-        if self._conn is not None:
-            await self._conn.close()
+            await cancel_and_wait(self._task)  # which closes its connection
 
     @property
     def connected(self) -> bool:
@@ -77,15 +75,12 @@ class Notifier:
             delay = min(delay * 2, 5.0)
 
     async def _listen_forever(self, first: bool) -> None:
-        self._conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
-        async with self._conn:
-            for name in self._channels:
-                await self._conn.execute(f"LISTEN {quote_ident(name)}")
+        async with listening(self._dsn, self._channels) as notices:
             self._connected.set()
             if not first and self._on_reconnect:
                 self._on_reconnect()
-            async for notify in self._conn.notifies():
-                self._dispatch(notify.channel, notify.payload)
+            async for channel_name, raw in notices:
+                self._dispatch(channel_name, raw)
 
     def _dispatch(self, channel_name: str, raw: str) -> None:
         event = self._channels.get(channel_name)

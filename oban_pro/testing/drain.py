@@ -146,12 +146,10 @@ class _Drain:
         max_crashes: int,
         safe: bool,
     ) -> None:
-        self._db = db
-        self._queries = queries
         self._queue = queue
         self._written: list[tuple[str, str]] = []  # (ack kind, state the database decided)
         self._log = JobOutcomes(None)
-        store = Store(db, queries)
+        store = self._store = Store(db, queries)
         self._acker = Acker(store, max_crashes=max_crashes, interval=0, on_written=self._on_written)
         make_pool = functools.partial(_InlinePool, runner=JobRunner(imports), safe=safe)
         self._dispatcher = Dispatcher(self._acker, make_pool)
@@ -193,8 +191,7 @@ class _Drain:
 
     async def _stage(self) -> None:
         due = datetime.now(UTC).replace(tzinfo=None) + FAR_FUTURE  # the columns are naive UTC
-        async with self._db.connection() as conn:
-            await conn.execute(self._queries.stage_queue, {"queue": self._queue, "now": due})
+        await self._store.stage_queue(queue=self._queue, now=due)
 
     def _on_written(self, acks: list[tuple[Ack, str]]) -> None:
         self._log.written(acks)  # failures are logged as a node logs them

@@ -271,5 +271,4 @@ async def reset_oban(oban: str | Oban = "Oban") -> None:
     ids restarting at 1 (Oban.py's ``reset_oban``), e.g. in an autouse fixture after each test.
     """
     instance = find_instance(oban)
-    async with instance._connection() as conn:
-        await conn.execute(instance.queries.reset_tables)
+    await (await instance._ensure_store()).reset_tables()
