@@ -257,3 +257,41 @@ async def test_workflow_repair_seals_finished_jobs_and_settles_orphaned_steps(st
     rows = dict(query(oban_dsn, f'SELECT id, state::text FROM "{prefix}".oban_jobs '
                                 f"WHERE id IN (%s, %s)", (waiting, orphan)))  # fmt: skip
     assert rows == {waiting: "available", orphan: "cancelled"}
+
+
+async def test_tool_reads_status_staging_of_one_queue_and_reset(store, oban_dsn):
+    """What the schema check, ``oban-pro status``, the demo and the testing helpers read."""
+    prefix = store.prefix
+    assert await store.missing_tables() == []
+    me = str(uuid.uuid4())
+    await store.register_producer(uuid=me, name="Oban", node="n1", queue="q", meta="{}")
+    assert await store.elect_leader(name="Oban", node="n1", ttl=30.0)
+    done = insert(oban_dsn, prefix, "completed")
+    waiting = insert(oban_dsn, prefix, "available", meta=json.dumps({"k": 1}))
+    future = naive(datetime.now(UTC) + timedelta(hours=1))
+    later = insert(oban_dsn, prefix, "scheduled", queue="other", at=future)
+    assert await store.count_finished([done, waiting, later]) == 1
+    assert sorted(await store.job_outcomes([done, waiting])) == [
+        ("available", {"k": 1}), ("completed", {})
+    ]  # fmt: skip
+    status = await store.cluster_status()
+    assert [(leader.name, leader.node) for leader in status.leaders] == [("Oban", "n1")]
+    assert [(p.node, p.queue) for p in status.producers] == [("n1", "q")]
+    assert status.producers[0].seconds_since_beat < 60
+    assert sorted(status.counts) == [("other", "scheduled", 1), ("q", "available", 1)]
+    # Staging one queue as of a moment: only that queue's jobs due by then.
+    insert(oban_dsn, prefix, "scheduled", at=future)
+    await store.stage_queue(queue="other", now=future + timedelta(seconds=1))
+    states = dict(
+        query(
+            oban_dsn,
+            f'SELECT queue, state::text FROM "{prefix}".oban_jobs '
+            f"WHERE state IN ('scheduled', 'available') AND queue = 'other'",
+        )
+    )
+    assert states == {"other": "available"}
+    assert query(oban_dsn, f"SELECT count(*) FROM \"{prefix}\".oban_jobs WHERE queue = 'q' "
+                           f"AND state = 'scheduled'") == [(1,)]  # fmt: skip
+    await store.reset_tables()
+    for table in ("oban_jobs", "oban_leaders", "oban_producers"):
+        assert query(oban_dsn, f'SELECT count(*) FROM "{prefix}".{table}') == [(0,)]
