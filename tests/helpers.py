@@ -132,3 +132,28 @@ async def fetch_limited(source: Any, queries: Any, limits: Any, params: dict[str
         limits, params, status_when_short=False, now=0.0
     )
     return jobs
+
+
+def generic_plan(dsn: str, sql: str, values: dict[str, Any]) -> dict[str, Any]:
+    """The root of the EXPLAIN ANALYZE of ``sql``'s generic plan (the plan PostgreSQL keeps for
+    a prepared statement), run with ``values`` and rolled back."""
+    from oban_pro.prepared import Prepared
+
+    prepared = Prepared(sql)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        conn.execute(f"PREPARE generic_statement AS {prepared.text}")
+        placeholders = ", ".join(["%s"] * len(prepared.params))
+        with conn.transaction(force_rollback=True):
+            cur = psycopg.ClientCursor(conn).execute(
+                f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE generic_statement({placeholders})",
+                [values[name] for name in prepared.params],
+            )
+            return cur.fetchone()[0][0]["Plan"]  # type: ignore[index]
+
+
+def plan_nodes(node: dict[str, Any]) -> Any:
+    """Every node of an EXPLAIN (FORMAT JSON) plan, the root first."""
+    yield node
+    for child in node.get("Plans", []):
+        yield from plan_nodes(child)

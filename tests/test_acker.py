@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
-import psycopg
-from helpers import query
+from helpers import generic_plan, plan_nodes, query
 from psycopg_pool import AsyncConnectionPool
 
 from oban_pro.coordinator.acker import Ack, Acker
-from oban_pro.prepared import Prepared
 from oban_pro.queries import Queries
 from oban_pro.store import Store
 
@@ -52,23 +50,7 @@ async def test_caught_up_waits_for_earlier_acks_only(oban_dsn, oban_prefix):
 
 def generic_ack_plan(dsn: str, prefix: str, values: dict, statement: str = "ack_jobs") -> dict:
     """The root of the EXPLAIN ANALYZE of an ack statement's generic plan (rolled back)."""
-    prepared = Prepared(getattr(Queries(prefix), statement))
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("SET plan_cache_mode = force_generic_plan")
-        conn.execute(f"PREPARE generic_ack AS {prepared.text}")
-        placeholders = ", ".join(["%s"] * len(prepared.params))
-        with conn.transaction(force_rollback=True):
-            cur = psycopg.ClientCursor(conn).execute(
-                f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE generic_ack({placeholders})",
-                [values[name] for name in prepared.params],
-            )
-            return cur.fetchone()[0][0]["Plan"]
-
-
-def plan_nodes(node: dict):
-    yield node
-    for child in node.get("Plans", []):
-        yield from plan_nodes(child)
+    return generic_plan(dsn, getattr(Queries(prefix), statement), values)
 
 
 def ack_values(ids: list[int]) -> dict:

@@ -55,6 +55,8 @@ def test_only_the_store_and_the_listed_modules_run_statements():
 
 def test_the_check_sees_a_statement():
     """The scan is not vacuous: it finds the calls it is meant to find."""
-    code = "async def f(conn):\n    await conn.execute('SELECT 1')\n    telemetry.execute('x', {})\n"
+    code = (
+        "async def f(conn):\n    await conn.execute('SELECT 1')\n    telemetry.execute('x', {})\n"
+    )
     assert _statement_calls(ast.parse(code)) == [2]
     assert _statement_calls(ast.parse((PACKAGE / "store.py").read_text()))
