@@ -387,6 +387,22 @@ SELECT id, state FROM acked
 """
 )
 
+# For a batch in which every job simply completed (kind ``completed``: no error, meta, delay or
+# crash count to write) and none waits for another: the same fenced write as ACK_PLAIN_JOBS
+# for those rows, without the CASEs of the other kinds. PostgreSQL CPU per write measured in
+# one run (2,000 alternated writes each): 508 vs 1,117 us for 2 jobs, 1,583 vs 1,917 us for 50.
+ACK_COMPLETED_JOBS = """
+UPDATE {p}.oban_jobs AS j
+SET state = 'completed',
+    completed_at = timezone('UTC', now()) - make_interval(secs => a.age)
+FROM unnest(%(ids)b::bigint[], %(attempts)b::int[], %(uuids)b::text[], %(ages)b::float8[])
+  AS a(id, attempt, uuid, age)
+-- state as text, as in ACK_WRITE: the primary key drives the join.
+WHERE j.id = a.id AND j.state::text = 'executing' AND j.attempt = a.attempt
+  AND j.attempted_by[2] = a.uuid
+RETURNING j.id, j.state::text AS state
+"""
+
 # The ack's meta expression (ACK_SEAL wraps it: a job that reaches a final state is sealed).
 ACK_META = """CASE
     WHEN t.kind = 'snooze' THEN t.old_meta || coalesce(t.meta, '{}'::jsonb)
@@ -701,6 +717,7 @@ class Queries:
     delete_producers: str
     ack_jobs: str
     ack_plain_jobs: str
+    ack_completed_jobs: str
     stage_jobs: str
     rescue_jobs: str
     delete_dead_producers: str

@@ -200,6 +200,7 @@ class Store:
         # for psycopg's cache of converted queries, which re-parsed its 6.8 KB on every write.
         self._ack = Prepared(queries.ack_jobs)
         self._ack_plain = Prepared(queries.ack_plain_jobs)
+        self._ack_completed = Prepared(queries.ack_completed_jobs)
 
     @property
     def prefix(self) -> str:
@@ -318,19 +319,27 @@ class Store:
         ``ages``: seconds since each job ended (None: just now); its ``completed_at`` (or
         ``cancelled_at``, ``discarded_at``, the base of its backoff) is that long ago.
         ``workflow=False``: no job of the batch holds ``wf_next`` (none has jobs waiting for
-        it), so the cheaper statement without the workflow release does.
+        it), so the cheaper statement without the workflow release does; and when every job
+        of such a batch simply completed, the cheapest one, which writes only that.
         """
+        if workflow:
+            statement = self._ack
+        elif all(kind == "completed" for kind in kinds) and not any(errors) and not any(metas):
+            statement = self._ack_completed
+        else:
+            statement = self._ack_plain
         # Packed here in PostgreSQL's binary array format (oban_pro/binary_arrays.py: 1.2 vs
         # 4.0 us per acked job in 50-row batches against psycopg's list dumper).
         values = {
             "ids": int8_array(ids), "attempts": int4_array(attempts),
-            "uuids": text_array(uuids), "kinds": text_array(kinds),
-            "delays": float8_array(delays), "errors": jsonb_array(errors),
-            "metas": jsonb_array(metas),
+            "uuids": text_array(uuids),
             "ages": float8_array(ages if ages is not None else [0.0] * len(ids)),
-            "max_crashes": max_crashes,
         }  # fmt: skip
-        statement = self._ack if workflow else self._ack_plain
+        if statement is not self._ack_completed:
+            values.update(
+                kinds=text_array(kinds), delays=float8_array(delays),
+                errors=jsonb_array(errors), metas=jsonb_array(metas), max_crashes=max_crashes,
+            )  # fmt: skip
         async with self._pool.connection() as conn:
             # A raw cursor takes the text as it is (measured: 378 vs 474 us of this process's
             # CPU per 1-row ack).

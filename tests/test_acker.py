@@ -71,7 +71,7 @@ async def test_the_acks_generic_plan_finds_rows_by_primary_key(oban_dsn, oban_pr
                     f"FROM generate_series(1, 1000) AS i")  # fmt: skip
     query(oban_dsn, f'VACUUM ANALYZE "{oban_prefix}".oban_jobs')
     ids = executing_jobs(oban_dsn, oban_prefix, 20000)
-    for statement in ("ack_jobs", "ack_plain_jobs"):  # the plain one shares the write
+    for statement in ("ack_jobs", "ack_plain_jobs", "ack_completed_jobs"):
         plan = generic_ack_plan(oban_dsn, oban_prefix, ack_values(ids[:30]), statement)
         unnests = [n for n in plan_nodes(plan) if n["Node Type"] == "Function Scan"]
         assert unnests and all(n["Actual Loops"] <= 1 for n in unnests), [

@@ -295,3 +295,45 @@ async def test_tool_reads_status_staging_of_one_queue_and_reset(store, oban_dsn)
     await store.reset_tables()
     for table in ("oban_jobs", "oban_leaders", "oban_producers"):
         assert query(oban_dsn, f'SELECT count(*) FROM "{prefix}".{table}') == [(0,)]
+
+
+async def test_a_batch_that_only_completed_is_written_as_the_full_ack_writes_it(store, oban_dsn):
+    """All-completed batches without workflow steps take the lightest statement; its rows are
+    those of the full ack (state, completed_at from the age, nothing else touched) and it is
+    fenced the same way (wrong attempt, producer or state: left alone, absent from states)."""
+    prefix, me, other = store.prefix, str(uuid.uuid4()), str(uuid.uuid4())
+    columns = "state::text, attempt, errors, meta, scheduled_at, completed_at"
+
+    async def ack_batch(workflow: bool) -> tuple[list[int], dict[int, str], list[tuple]]:
+        ids = [insert(oban_dsn, prefix, "executing", uuid_=me) for _ in range(2)]
+        stale_attempt = insert(oban_dsn, prefix, "executing", uuid_=me)
+        foreign = insert(oban_dsn, prefix, "executing", uuid_=other)
+        finished = insert(oban_dsn, prefix, "completed", uuid_=me)
+        batch = [*ids, stale_attempt, foreign, finished]
+        before = query(oban_dsn, f'SELECT {columns} FROM "{prefix}".oban_jobs '
+                                 f"WHERE id = ANY(%s) ORDER BY id", (batch[2:],))  # fmt: skip
+        states = await store.ack_jobs(
+            ids=batch, attempts=[1, 1, 2, 1, 1], uuids=[me] * 5, kinds=["completed"] * 5,
+            delays=[0.0] * 5, errors=[None] * 5, metas=[None] * 5, max_crashes=3,
+            ages=[10.0, 0.0, 0.0, 0.0, 0.0], workflow=workflow,
+        )  # fmt: skip
+        after = query(oban_dsn, f'SELECT {columns} FROM "{prefix}".oban_jobs '
+                                f"WHERE id = ANY(%s) ORDER BY id", (batch[2:],))  # fmt: skip
+        assert after == before  # the fenced-out rows are untouched
+        rows = query(
+            oban_dsn,
+            f"SELECT state::text, attempt, errors, meta, scheduled_at = attempted_at, "
+            f"extract(epoch FROM timezone('UTC', now()) - completed_at)::float8 "
+            f'FROM "{prefix}".oban_jobs WHERE id = ANY(%s) ORDER BY id',
+            (ids,),
+        )
+        return ids, states, rows
+
+    full_ids, full_states, full_rows = await ack_batch(workflow=True)
+    light_ids, light_states, light_rows = await ack_batch(workflow=False)
+    assert full_states == dict.fromkeys(full_ids, "completed")
+    assert light_states == dict.fromkeys(light_ids, "completed")
+    assert [r[:5] for r in light_rows] == [r[:5] for r in full_rows]
+    assert light_rows[0][:4] == ("completed", 1, [], {})
+    for rows in (full_rows, light_rows):
+        assert 9.0 < rows[0][5] < 60.0 and rows[1][5] < 9.0  # completed_at: when each ended
