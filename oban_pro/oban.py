@@ -234,7 +234,7 @@ class Oban(AsyncJobOperations, QueueSignals):
         pool = await self.open_pool()
         if self.config.queues:
             try:
-                await self._require_schema(pool)
+                await self._require_schema()
             except SchemaNotReadyError:
                 await self.stop()  # closes the pool it opened; nothing else was started
                 raise
@@ -257,8 +257,8 @@ class Oban(AsyncJobOperations, QueueSignals):
         self._started = True
         return self
 
-    async def _require_schema(self, pool: AsyncConnectionPool) -> None:
-        missing = await Store(pool, self.queries).missing_tables()
+    async def _require_schema(self) -> None:
+        missing = await (await self._ensure_store()).missing_tables()
         if missing:
             raise SchemaNotReadyError(self.config.prefix, missing)
 
@@ -308,10 +308,8 @@ class Oban(AsyncJobOperations, QueueSignals):
     # -- enqueueing -----------------------------------------------------------------------
 
     async def _insert_jobs(self, jobs: list[Job], conn: Any = None) -> list[Job]:
-        store = await self._ensure_store()
-        if conn is not None:
-            return await store.insert_jobs(jobs, conn=await unwrap_async_conn(conn))
-        return await store.insert_jobs(jobs)
+        own = await unwrap_async_conn(conn) if conn is not None else None
+        return await (await self._ensure_store()).insert_jobs(jobs, conn=own)
 
     async def enqueue(self, job: Job, *, conn: Any = None) -> Job:
         """Insert one job (inside ``conn``'s transaction when given); returns it with its id.

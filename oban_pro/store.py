@@ -253,11 +253,10 @@ class Store:
         self, *, uuid: str, name: str, node: str, queue: str, meta: str
     ) -> None:
         """Write (or refresh) producer ``uuid``'s row in ``oban_producers``."""
-        async with self._pool.connection() as conn:
-            await conn.execute(
-                self._queries.register_producer,
-                {"uuid": uuid, "name": name, "node": node, "queue": queue, "meta": meta},
-            )
+        await self._execute(
+            self._queries.register_producer,
+            {"uuid": uuid, "name": name, "node": node, "queue": queue, "meta": meta},
+        )
 
     # -- heartbeats -----------------------------------------------------------------------------
 
@@ -294,8 +293,7 @@ class Store:
 
     async def delete_producers(self, uuids: Sequence[str]) -> None:
         """Delete these producers' rows (stopped queues)."""
-        async with self._pool.connection() as conn:
-            await conn.execute(self._queries.delete_producers, {"uuids": list(uuids)})
+        await self._execute(self._queries.delete_producers, {"uuids": list(uuids)})
 
     # -- acking -------------------------------------------------------------------------------
 
@@ -330,7 +328,7 @@ class Store:
             statement = self._ack_plain
         # Packed here in PostgreSQL's binary array format (oban_pro/binary_arrays.py: 1.2 vs
         # 4.0 us per acked job in 50-row batches against psycopg's list dumper).
-        values = {
+        values: dict[str, Any] = {
             "ids": int8_array(ids), "attempts": int4_array(attempts),
             "uuids": text_array(uuids),
             "ages": float8_array(ages if ages is not None else [0.0] * len(ids)),
@@ -442,8 +440,7 @@ class Store:
     async def resign_leader(self, *, name: str, node: str, channel: str, payload: str) -> None:
         """Give up ``node``'s lease of ``name`` and tell the others (``payload`` on ``channel``)
         so one takes over at once."""
-        async with self._pool.connection() as conn:
-            await conn.execute(self._queries.resign_leader, {"name": name, "node": node})
+        await self._execute(self._queries.resign_leader, {"name": name, "node": node})
         await self.notify(channel, [payload])
 
     # -- workflow repair ----------------------------------------------------------------------
@@ -476,10 +473,9 @@ class Store:
 
     async def notify(self, channel: str, payloads: Sequence[str]) -> None:
         """Send each payload as a notice on ``channel``, in one statement."""
-        async with self._pool.connection() as conn:
-            await conn.execute(
-                self._queries.notify_many, {"channel": channel, "payloads": list(payloads)}
-            )
+        await self._execute(
+            self._queries.notify_many, {"channel": channel, "payloads": list(payloads)}
+        )
 
     # -- schema, tools and tests --------------------------------------------------------------
 
@@ -492,13 +488,11 @@ class Store:
     async def stage_queue(self, *, queue: str, now: datetime) -> None:
         """Make ``queue``'s scheduled and retryable jobs due by ``now`` available (the testing
         drain's ``with_scheduled``)."""
-        async with self._pool.connection() as conn:
-            await conn.execute(self._queries.stage_queue, {"queue": queue, "now": now})
+        await self._execute(self._queries.stage_queue, {"queue": queue, "now": now})
 
     async def reset_tables(self) -> None:
         """Empty oban_jobs, oban_leaders and oban_producers, ids restarting at 1 (tests)."""
-        async with self._pool.connection() as conn:
-            await conn.execute(self._queries.reset_tables)
+        await self._execute(self._queries.reset_tables, None)
 
     async def count_finished(self, ids: Sequence[int]) -> int:
         """How many of these jobs reached a final state."""
@@ -521,6 +515,10 @@ class Store:
             producers=[ProducerRow(*row) for row in producers],
             counts=[(queue, state, int(n)) for queue, state, n in counts],
         )
+
+    async def _execute(self, sql: str, params: dict[str, Any] | None) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(sql, params)
 
     async def _all(self, sql: str, params: dict[str, Any] | None) -> list[Any]:
         async with self._pool.connection() as conn:

@@ -181,11 +181,8 @@ class Producer:
         if self._task:
             self._stopping = True
             self._wake.set()
-            done, _ = await asyncio.wait({self._task}, timeout=STOP_GRACE)
-            if not done:
-                await cancel_and_wait(self._task)
-            elif not self._task.cancelled():
-                self._task.exception()  # retrieved: a failed loop was logged by itself
+            await asyncio.wait({self._task}, timeout=STOP_GRACE)
+            await cancel_and_wait(self._task)  # at once if it has ended (its error retrieved)
             self._task = None
 
     # -- fetching -------------------------------------------------------------------------
