@@ -10,10 +10,11 @@ Python is found (it says how to get one).
 
 Workloads (``--workloads``), every one with oban_pro at its defaults: throughput (no-op jobs,
 ``async def process`` on both sides, queue limits 10/50/100), async_io (``--io-jobs`` jobs that
-``await asyncio.sleep(0.05)``, limit 50),
-sync_io (the same with a blocking ``time.sleep(0.05)``: oban_pro runs sync jobs on threads in its
-children, Oban.py on its event loop), cpu (CPU-bound ~20 ms jobs; oban_pro on N processes, Oban.py
-runs them on its one event loop), latency (enqueue-to-start of single jobs on an idle node),
+``await asyncio.sleep(0.05)``, limit 50), sync_io (the same with a blocking ``time.sleep(0.05)``:
+oban_pro runs sync jobs on threads in its children, Oban.py on its event loop), cpu (CPU-bound
+~20 ms jobs; oban_pro on N processes, Oban.py runs them on its one event loop; each repetition
+also times the same jobs on N plain processes and on 1, without engine or database, which bounds
+the ratio: bench/plain_cpu.py), latency (enqueue-to-start of single jobs on an idle node),
 enqueue_many (one call with N jobs), rescue (kill -9 of a node holding long jobs: oban_pro's
 heartbeat rescue with shortened settings vs Oban.py's time-based rescue with a shortened
 rescue_after of 3 s; Oban.py's default is 300 s = 5 min, checked every 60 s).
@@ -38,7 +39,7 @@ from typing import Any
 
 import psycopg
 
-from . import common, engine, measure, rescue
+from . import common, engine, measure, plain_cpu, rescue
 
 DEFAULT_SIZE = 10_000
 RUNNER = Path(__file__).resolve().parent / "peer_obanpy.py"
@@ -401,6 +402,7 @@ async def _run(opts: common.Options, py: Path, py_version: str, oban_version: st
     steps += len(limits) * 2 if "throughput" in workloads else 0
     steps += 2 * sum(w in workloads for w in IO_WORKLOADS)
     steps += 2 * sum(w in workloads for w in ("cpu", "latency", "enqueue_many", "rescue"))
+    steps += "cpu" in workloads  # the plain processes beside the engines' CPU-bound drains
     progress = common.Progress(steps * opts.repeat, "peer", opts.quiet)
     raw: dict[str, list[dict[str, Any]]] = {}
 
@@ -483,6 +485,14 @@ async def _run(opts: common.Options, py: Path, py_version: str, oban_version: st
                             queue="bench_cpu",
                             worker="cpu",
                             job_args=job_args,
+                        ),
+                    )
+                    progress.advance()
+                    progress.step(f"{r}: cpu: plain processes, no engine")
+                    add(
+                        "cpu_plain",
+                        await asyncio.to_thread(
+                            plain_cpu.ceiling, processes, rounds, max(cpu_jobs // 2, processes)
                         ),
                     )
                     progress.advance()
@@ -574,6 +584,7 @@ def _report(
         goal: str,
         digits: int = 0,
         ratio_fmt: str = "x",
+        kind: str | None = None,
     ) -> None:
         a, b, r = measure.summary(pro), measure.summary(obpy), measure.summary(ratios)
         if ratio_fmt == "x":
@@ -590,9 +601,8 @@ def _report(
                 "oban_py": b,
                 "ratio": r,
                 "goal": goal,
-                "ratio_kind": "oban_pro / Oban.py"
-                if ratio_fmt == "x"
-                else "oban_pro - Oban.py (ms)",
+                "ratio_kind": kind
+                or ("oban_pro / Oban.py" if ratio_fmt == "x" else "oban_pro - Oban.py (ms)"),
             }
         )
 
@@ -636,6 +646,33 @@ def _report(
             "",
             ">= 1.8x",
             1,
+        )
+    if "cpu_plain" in raw:
+        # The cores' own parallelism at the same moment bounds the row above: its ratio is
+        # this row's ratio times the engines' shares of plain processes (the row after).
+        many = [x["many"] for x in raw["cpu_plain"]]
+        one = [x["one"] for x in raw["cpu_plain"]]
+        row(
+            f"  no engine: {processes} plain processes | 1 plain process, jobs/s",
+            many,
+            one,
+            [x["ratio"] for x in raw["cpu_plain"]],
+            "",
+            "the row's ceiling",
+            1,
+            kind="plain processes",
+        )
+        pro_share = [_ratio(x["rate"], b) for x, b in zip(raw["cpu_pro"], many, strict=True)]
+        py_share = [_ratio(x["rate"], b) for x, b in zip(raw["cpu_py"], one, strict=True)]
+        row(
+            f"  share of plain: oban_pro of {processes} | Oban.py of 1",
+            pro_share,
+            py_share,
+            [_ratio(a, b) for a, b in zip(pro_share, py_share, strict=True)],
+            "",
+            "",
+            2,
+            kind="shares of plain processes",
         )
     if "ins_py" in raw:
         pros = [x["rate"] for x in raw["ins_pro"]]
