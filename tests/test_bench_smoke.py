@@ -154,7 +154,15 @@ def test_peer(tmp_path, oban_dsn):
     names = [r["workload"] for r in data["results"]]
     assert any("no-op" in n for n in names) and any("enqueue_many" in n for n in names)
     assert any("async I/O" in n for n in names) and any("sync blocking I/O" in n for n in names)
+    assert any("plain processes" in n for n in names)  # the CPU-bound row's ceiling
     assert data["machine"]["peer"]["oban_py_version"]
+
+
+def test_plain_processes_share_the_jobs():
+    plain_cpu = import_bench("plain_cpu")
+    got = plain_cpu.ceiling(2, 200, 5)
+    assert got["one"] > 0 and got["many"] > 0
+    assert got["ratio"] == pytest.approx(got["many"] / got["one"])
 
 
 # -- the Python finder and the venv (no network, no database) --------------------------------
