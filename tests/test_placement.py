@@ -64,11 +64,57 @@ def test_an_isolated_job_needs_an_empty_child_and_then_owns_it() -> None:
     iso = job(2, isolated=True)
     assert place(ledger, placement, iso).name == "c1"
     assert children[1].isolated
-    # nothing else goes beside it, and a second isolated job has no empty child
+    # nothing else goes beside it
     assert place(ledger, placement, job(3)).name == "c0"
-    assert place(ledger, placement, job(4, isolated=True)) is None
     ledger.remove(2)
     assert not children[1].isolated and not children[1].jobs
+
+
+def place_on_deck(ledger: Ledger, placement: Placement, j: PoolJob) -> Any:
+    """What the pool does: a job placed on a busy child is on deck behind its one job."""
+    ledger.add(j)
+    child = placement.choose(j)
+    if child is not None:
+        behind = next(iter(child.jobs), 0) if j.isolated else 0
+        ledger.place(j, child, behind=behind)
+    return child
+
+
+def test_an_isolated_job_with_no_empty_child_goes_on_deck_behind_an_isolated_one() -> None:
+    children, placement, ledger = setup(2)
+    place(ledger, placement, job(1))  # c0 runs a regular job: nothing goes on deck there
+    running = job(2, isolated=True)
+    assert place_on_deck(ledger, placement, running).name == "c1"
+    deck = job(3, isolated=True)
+    assert place_on_deck(ledger, placement, deck).name == "c1"
+    assert deck.behind == 2 and ledger.on_deck == 1
+    # one deep: a third isolated job waits; a regular one still never joins c1
+    assert place_on_deck(ledger, placement, job(4, isolated=True)) is None
+    assert place_on_deck(ledger, placement, job(5)).name == "c0"
+    # the job ahead ends: the one on deck keeps the child isolated, and is on deck no more
+    # once it starts (the pool takes it off when the child says so)
+    ledger.remove(2)
+    assert children[1].isolated and list(children[1].jobs) == [3]
+    ledger.off_deck(deck)
+    assert deck.behind == 0 and ledger.on_deck == 0
+    ledger.remove(3)
+    assert not children[1].isolated
+
+
+def test_nothing_goes_on_deck_behind_a_job_being_stopped_or_in_a_draining_child() -> None:
+    children, placement, ledger = setup(2)
+    first, second = job(1, isolated=True), job(2, isolated=True)
+    place_on_deck(ledger, placement, first)
+    place_on_deck(ledger, placement, second)
+    first.stop_reason = "timeout"
+    children[1].state = DRAINING
+    assert place_on_deck(ledger, placement, job(3, isolated=True)) is None
+    # leaving its child takes a job off the deck too (its child died, or it was given back)
+    children[1].state = READY
+    deck = job(4, isolated=True)
+    assert place_on_deck(ledger, placement, deck).name == "c1"
+    ledger.unplace(deck)
+    assert deck.behind == 0 and ledger.on_deck == 0 and list(children[1].jobs) == [2]
 
 
 def test_a_waiting_isolated_job_reserves_a_child_and_lets_regular_jobs_pass() -> None:

@@ -842,6 +842,149 @@ async def test_jobs_sent_to_a_child_that_died_before_they_started_run_elsewhere(
         assert (await h.done(h.submit("Noop"))).kind == "completed"
 
 
+# =========================================================================== isolated jobs on deck
+
+
+def starts_of(events: list[tuple[str, int, int]], job_id: int) -> list[int]:
+    """The pids in which ``job_id`` started, from the jobs' own log."""
+    return [pid for what, job, pid in events if what == "start" and job == job_id]
+
+
+@async_test
+async def test_an_isolated_job_waits_on_deck_and_starts_when_the_one_ahead_ends(
+    tmp_path: Path,
+) -> None:
+    from pool_workers import most_at_once
+
+    log, release = tmp_path / "log", tmp_path / "release"
+    async with Harness(processes=1) as h:
+        ahead = h.submit("IsolatedHold", {"log": str(log), "release": str(release)}, True)
+        await wait_until_events(log, lambda e: len(e) == 1)
+        deck = h.submit("IsolatedHold", {"log": str(log)}, True)
+        # Sent to the busy child to start there the moment the job ahead ends.
+        job = h.pool.ledger.get(deck)
+        assert job is not None and job.behind == ahead and job.child is not None
+        assert h.pool.waiting == 0 and not job.started
+        release.touch()
+        assert (await h.done(ahead)).kind == "completed"
+        assert (await h.done(deck)).kind == "completed"
+        events = await wait_until_events(log, lambda e: len(e) == 4)
+        assert [(what, job) for what, job, _ in events] == [
+            ("start", ahead), ("stop", ahead), ("start", deck), ("stop", deck),
+        ]  # fmt: skip
+        assert most_at_once(events) == 1 and len({pid for *_, pid in events}) == 1
+        assert h.pool.ledger.on_deck == 0
+
+
+@async_test
+async def test_an_on_deck_job_moves_to_a_child_that_empties_first(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    async with Harness(processes=2) as h:
+        releases = {}
+        for name in ("one", "two"):
+            release = tmp_path / name
+            releases[h.submit("IsolatedHold", {"log": str(log), "release": str(release)}, True)] = (
+                release
+            )
+        events = await wait_until_events(log, lambda e: len(e) == 2)
+        pid_of = {job: pid for _, job, pid in events}
+        deck = h.submit("IsolatedHold", {"log": str(log)}, True)
+        job = h.pool.ledger.get(deck)
+        assert job is not None and job.behind in releases
+        ahead = job.behind
+        other = next(j for j in releases if j != ahead)
+        releases[other].touch()  # the other child empties while the job ahead still runs
+        assert (await h.done(other)).kind == "completed"
+        assert (await h.done(deck)).kind == "completed"
+        events = await wait_until_events(log, lambda e: len(e) == 5)
+        assert starts_of(events, deck) == [pid_of[other]]
+        assert ("stop", ahead, pid_of[ahead]) not in events  # it still runs
+        releases[ahead].touch()
+        assert (await h.done(ahead)).kind == "completed"
+
+
+@pytest.mark.reliability
+@async_test
+async def test_an_on_deck_job_is_not_charged_when_the_job_ahead_crashes_its_child(
+    tmp_path: Path,
+) -> None:
+    log, crash = tmp_path / "log", tmp_path / "crash"
+    async with Harness(processes=1) as h:
+        ahead = h.submit("ExitAfterFile", {"after": str(crash), "then": 0}, True)
+        deck = h.submit("IsolatedHold", {"log": str(log)}, True)
+        assert h.pool.ledger.get(deck).behind == ahead  # type: ignore[union-attr]
+        crash.touch()
+        reason, text = await h.failed(ahead)
+        assert reason == "crash" and "died while running the job" in text  # it was alone
+        # The job on deck had not begun: it runs on the replacement, uncharged.
+        assert (await h.done(deck)).kind == "completed"
+        assert len(starts_of(await wait_until_events(log, lambda e: len(e) == 2), deck)) == 1
+
+
+@pytest.mark.reliability
+@async_test
+async def test_an_on_deck_job_is_placed_again_when_the_job_ahead_is_killed_at_its_timeout(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "log"
+    async with Harness(processes=1, kill_grace=0.3) as h:
+        ahead = h.submit("StuckInC", {"log": str(log), "seconds": 30}, True, timeout=0.3)
+        deck = h.submit("IsolatedHold", {"log": str(log)}, True)
+        assert h.pool.ledger.get(deck).behind == ahead  # type: ignore[union-attr]
+        reason, _ = await h.failed(ahead)
+        assert reason == "timeout"
+        assert (await h.done(deck)).kind == "completed"
+        events = await wait_until_events(log, lambda e: len(e) == 3)
+        assert starts_of(events, deck) != starts_of(events, ahead)  # on the replacement
+
+
+@pytest.mark.reliability
+@async_test
+async def test_cancelling_an_on_deck_job_ends_it_unstarted_and_leaves_the_one_ahead(
+    tmp_path: Path,
+) -> None:
+    log, release = tmp_path / "log", tmp_path / "release"
+    async with Harness(processes=1) as h:
+        ahead = h.submit("IsolatedHold", {"log": str(log), "release": str(release)}, True)
+        await wait_until_events(log, lambda e: len(e) == 1)
+        deck = h.submit("IsolatedHold", {"log": str(log)}, True)
+        assert h.pool.stop_job(deck, "cancelled")
+        reason, text = await h.failed(deck)
+        assert reason == "cancelled" and text == "job was cancelled"
+        release.touch()
+        assert (await h.done(ahead)).kind == "completed"
+        events = await wait_until_events(log, lambda e: len(e) == 2)
+        assert starts_of(events, deck) == []
+
+
+@pytest.mark.reliability
+@async_test
+async def test_stopping_gives_an_on_deck_job_back_unstarted(tmp_path: Path) -> None:
+    log, release = tmp_path / "log", tmp_path / "release"
+    h = Harness(processes=1)
+    await h.pool.start()
+    ahead = h.submit("IsolatedHold", {"log": str(log), "release": str(release)}, True)
+    await wait_until_events(log, lambda e: len(e) == 1)
+    deck = h.submit("IsolatedHold", {"log": str(log)}, True)
+    stopping = asyncio.create_task(h.pool.stop(timeout=20))
+    deadline = time.monotonic() + 10
+    while deck in h.pool.ledger:  # its child gives it back (Withdrawn)
+        assert time.monotonic() < deadline, "the on-deck job was never given back"
+        await asyncio.sleep(0.01)
+    release.touch()  # the job ahead ends within the grace: nothing starts after it
+    unfinished = await stopping
+    assert [run.job_id for run in unfinished] == [deck]
+    assert (await h.done(ahead)).kind == "completed"
+    assert starts_of(read_events_of(log), deck) == []
+    assert len(h.pool.ledger) == 0
+
+
+def read_events_of(path: Path) -> list[tuple[str, int, int]]:
+    from pool_workers import read_events
+
+    return read_events(path)
+
+
 # =========================================================================== lifecycle
 
 

@@ -7,6 +7,12 @@ hands the job to its task or thread, written *before* the job's code can run (a 
 the process at once is then charged to itself), and :class:`~.messages.Done` when it ends, so
 the parent knows exactly what runs where.
 
+An isolated job may arrive *on deck* (:class:`~.messages.RunNext`): it starts the moment the
+isolated job ahead of it ends, on the thread (or loop iteration) that ends it, and its Started
+leaves in the same frame as that job's Done, so the child never waits for the parent between
+two such jobs. Until then it has not begun: the parent can take it back
+(:class:`~.messages.Withdraw`), a Stop gives it back, an Interrupt ends it unstarted.
+
 The parent's pipe is read by the loop (``add_reader``, non-blocking); messages to the parent go
 through :class:`_Outbox`, which gathers everything produced in one loop iteration into one frame.
 A job that ends on a thread writes its Done itself, at once (threads that end together share
@@ -57,8 +63,11 @@ from .messages import (
     RequestCancel,
     Resize,
     Run,
+    RunNext,
     Started,
     Stop,
+    Withdraw,
+    Withdrawn,
     decode_to_child,
     encode_to_parent,
 )
@@ -199,10 +208,11 @@ class _Outbox:
         if messages:
             self._write(messages)
 
-    def send_from_thread(self, message: Any) -> None:
-        """Write ``message`` now, from a job thread (or have the thread writing now do it)."""
+    def send_from_thread(self, *messages: Any) -> None:
+        """Write ``messages`` now, in one frame, from a job thread (or have the thread writing
+        now do it)."""
         with self._threads_lock:
-            self._from_threads.append(message)
+            self._from_threads.extend(messages)
             if self._thread_writing:
                 return
             self._thread_writing = True
@@ -231,7 +241,9 @@ class _Outbox:
 class _Job:
     """One job in this child: how it runs and how to stop it."""
 
-    __slots__ = ("run", "job", "task", "thread_id", "lock", "interrupted", "finished")
+    __slots__ = (
+        "run", "job", "task", "thread_id", "lock", "interrupted", "finished", "deck_closed",
+    )  # fmt: skip
 
     def __init__(self, run: Run, job: Job) -> None:
         self.run = run
@@ -243,6 +255,8 @@ class _Job:
         self.lock = threading.Lock()
         self.interrupted = False
         self.finished = False
+        #: It ended (or is ending): no job may go on deck behind it any more.
+        self.deck_closed = False
 
 
 class _Server:
@@ -272,6 +286,10 @@ class _Server:
         # batches (one wake-up each) to be forgotten.
         self._ended: list[_Job] = []
         self._ended_lock = threading.Lock()
+        # On-deck jobs by the id of the isolated job each one follows (RunNext). A job's end
+        # and a Withdraw race for its follower: whoever pops it under the lock has it.
+        self._deck: dict[int, tuple[_Job, Prepared]] = {}
+        self._deck_lock = threading.Lock()
         self._finished = self._loop.create_future()
         self._protocol = FrameProtocol(self._on_frame, self._on_eof)
         # What job code gets from Oban.get_instance(); its pool opens at the first call.
@@ -346,6 +364,10 @@ class _Server:
         for message in decode_to_child(payload):
             if isinstance(message, Run):
                 self._prepare(message, starting)
+            elif isinstance(message, RunNext):
+                self._put_on_deck(message, starting)
+            elif isinstance(message, Withdraw):
+                self._withdraw(message.job_id)
             elif isinstance(message, Interrupt):
                 self._start(starting)
                 starting = []
@@ -354,6 +376,8 @@ class _Server:
                 self._request_cancel(message.job_id)  # a flag: jobs prepared above have it
             elif isinstance(message, Stop):
                 self._stopping = True
+                for job_id in [job.run.job_id for job, _ in list(self._deck.values())]:
+                    self._withdraw(job_id)  # an on-deck job has not begun: it goes back
                 self._maybe_finish()
             elif isinstance(message, Resize):
                 self._job_threads.resize(message.threads)
@@ -365,8 +389,14 @@ class _Server:
 
     # -- starting ---------------------------------------------------------------------------
 
-    def _prepare(self, run: Run, starting: list[tuple[_Job, Prepared]]) -> None:
-        prepared = self._runner.prepare(run)
+    def _prepare(
+        self,
+        run: Run,
+        starting: list[tuple[_Job, Prepared]],
+        prepared: Prepared | Done | None = None,
+    ) -> None:
+        if prepared is None:
+            prepared = self._runner.prepare(run)
         if isinstance(prepared, Done):
             self._outbox.put(Started(run.job_id))
             self._report(prepared, 0.0)
@@ -374,6 +404,49 @@ class _Server:
         job = self._jobs[run.job_id] = _Job(run, prepared.job)
         self._outbox.put(Started(run.job_id, thread=not prepared.is_async))
         starting.append((job, prepared))
+
+    def _put_on_deck(self, message: RunNext, starting: list[tuple[_Job, Prepared]]) -> None:
+        """Keep ``message.run`` ready to start the moment job ``message.after`` ends (on the
+        thread or loop iteration that ends it); if that job has ended already, start it now."""
+        run = message.run
+        prepared = self._runner.prepare(run)
+        if not isinstance(prepared, Done):
+            with self._deck_lock:
+                ahead = self._jobs.get(message.after)
+                if ahead is not None and not ahead.deck_closed and message.after not in self._deck:
+                    self._deck[message.after] = (_Job(run, prepared.job), prepared)
+                    self._jobs[run.job_id] = self._deck[message.after][0]
+                    return
+        self._prepare(run, starting, prepared)
+
+    def _next_on_deck(self, job: _Job) -> tuple[_Job, Prepared] | None:
+        """``job`` is ending: close its deck and take the job waiting on it, if any."""
+        with self._deck_lock:
+            job.deck_closed = True
+            return self._deck.pop(job.run.job_id, None)
+
+    def _take_from_deck(self, job_id: int) -> _Job | None:
+        """Take on-deck job ``job_id`` back before it begins (None if it is not on deck)."""
+        with self._deck_lock:
+            for ahead, (job, _) in self._deck.items():
+                if job.run.job_id == job_id:
+                    del self._deck[ahead]
+                    break
+            else:
+                return None
+        self._jobs.pop(job_id, None)
+        return job
+
+    def _withdraw(self, job_id: int) -> None:
+        if self._take_from_deck(job_id) is not None:
+            self._outbox.put(Withdrawn(job_id))
+            self._maybe_finish()
+
+    def _begin(self, following: tuple[_Job, Prepared]) -> None:
+        """On the loop: start an on-deck job whose turn came."""
+        job, prepared = following
+        self._outbox.put(Started(job.run.job_id, thread=not prepared.is_async))
+        self._start([following])
 
     def _start(self, starting: list[tuple[_Job, Prepared]]) -> None:
         """Start jobs whose Started is in the outbox: it is written first, in one frame, so a
@@ -396,9 +469,13 @@ class _Server:
         self._outbox.put(self._measure(done, started))
 
     def _finish(self, job: _Job, done: Done, started: float) -> None:
-        """On the loop: report the job's end and forget it."""
+        """On the loop: report the job's end and forget it; its on-deck job starts, its
+        Started in the same frame as this Done."""
+        following = self._next_on_deck(job)
         self._forget(job)
         self._report(done, started)
+        if following is not None:
+            self._begin(following)
 
     def _forget(self, job: _Job) -> None:
         self._jobs.pop(job.run.job_id, None)
@@ -419,7 +496,31 @@ class _Server:
         self._finish(job, done, started)
 
     def _run_thread(self, job: _Job, prepared: Prepared) -> None:
-        started = time.perf_counter()
+        """Run a sync job on this thread, then the job on deck behind it, if any: a sync one
+        right here, its Started written with this job's Done (the child is never idle between
+        the two), an async one handed to the loop."""
+        while True:
+            started = time.perf_counter()
+            done = self._execute_on_thread(job, prepared)
+            following = self._next_on_deck(job)
+            self._leave_if_forked()
+            report = self._measure(done, started)
+            if following is not None and not following[1].is_async:
+                self._outbox.send_from_thread(report, Started(following[0].run.job_id, True))
+            else:
+                self._outbox.send_from_thread(report)
+                if following is not None:
+                    self._loop.call_soon_threadsafe(self._begin, following)
+            with self._ended_lock:
+                first = not self._ended
+                self._ended.append(job)
+            if first:
+                self._loop.call_soon_threadsafe(self._forget_ended)
+            if following is None or following[1].is_async:
+                return
+            job, prepared = following
+
+    def _execute_on_thread(self, job: _Job, prepared: Prepared) -> Done:
         done: Done | None = None
         try:
             try:
@@ -441,13 +542,7 @@ class _Server:
             self._end_thread_job(job)
             if done is None:
                 done = Done(job.run.job_id, "interrupted")
-        self._leave_if_forked()
-        self._outbox.send_from_thread(self._measure(done, started))
-        with self._ended_lock:
-            first = not self._ended
-            self._ended.append(job)
-        if first:
-            self._loop.call_soon_threadsafe(self._forget_ended)
+        return done
 
     def _forget_ended(self) -> None:
         with self._ended_lock:
@@ -477,6 +572,10 @@ class _Server:
             job.job.request_cancellation()
 
     def _interrupt(self, job_id: int, *, timeout: bool = False) -> None:
+        if self._take_from_deck(job_id) is not None:  # it never began: it ends here
+            self._outbox.put(Done(job_id, "interrupted"))
+            self._maybe_finish()
+            return
         job = self._jobs.get(job_id)
         if job is None:
             return  # it ended already; its Done is on the way

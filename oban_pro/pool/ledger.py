@@ -35,6 +35,10 @@ class PoolJob:
     child: ChildProcess | None = None
     #: The child reported that the job's code began.
     started: bool = False
+    #: On deck in its child: it starts there the moment job ``behind`` ends (0: not on deck).
+    behind: int = 0
+    #: The parent asked its child to give it back from the deck (:class:`~.messages.Withdraw`).
+    withdrawing: bool = False
     #: It runs on one of the child's threads (sync), not as a task.
     thread: bool = False
     #: Why the parent asked it to stop ("timeout", "cancelled", "rescued"), once it did.
@@ -55,6 +59,8 @@ class Ledger:
     def __init__(self) -> None:
         self._jobs: dict[int, PoolJob] = {}
         self._per_queue: dict[str, int] = {}
+        #: Jobs on deck in a child (see :attr:`PoolJob.behind`).
+        self.on_deck = 0
 
     def __len__(self) -> int:
         return len(self._jobs)
@@ -84,22 +90,34 @@ class Ledger:
         queue = job.run.queue
         self._per_queue[queue] = self._per_queue.get(queue, 0) + 1
 
-    def place(self, job: PoolJob, child: ChildProcess) -> None:
+    def place(self, job: PoolJob, child: ChildProcess, *, behind: int = 0) -> None:
+        """Put ``job`` in ``child`` (``behind``: on deck, to start when that job ends)."""
         job.child = child
         child.jobs[job.job_id] = job
         if job.isolated:
             child.isolated = True
+        if behind:
+            job.behind = behind
+            self.on_deck += 1
+
+    def off_deck(self, job: PoolJob) -> None:
+        """``job`` is no longer on deck (it started, came back, or left its child)."""
+        if job.behind:
+            job.behind = 0
+            job.withdrawing = False
+            self.on_deck -= 1
 
     def unplace(self, job: PoolJob) -> None:
         """Take the job off its child (it goes back to waiting for one)."""
         child = job.child
         if child is not None:
             child.jobs.pop(job.job_id, None)
-            if job.isolated:
-                child.isolated = False
+            if job.isolated:  # an isolated job on deck behind it keeps the child isolated
+                child.isolated = any(j.isolated for j in child.jobs.values())
         job.child = None
         job.started = False
         job.thread = False
+        self.off_deck(job)
 
     def remove(self, job_id: int) -> PoolJob | None:
         job = self._jobs.pop(job_id, None)

@@ -18,6 +18,8 @@ import msgspec
 
 __all__ = [
     "Run",
+    "RunNext",
+    "Withdraw",
     "Stop",
     "Interrupt",
     "RequestCancel",
@@ -26,6 +28,7 @@ __all__ = [
     "Started",
     "Done",
     "NotBegun",
+    "Withdrawn",
     "InstanceInfo",
     "ToChild",
     "ToParent",
@@ -85,8 +88,27 @@ class Run(msgspec.Struct, tag=True, array_like=True, gc=False):
     attempted_by: list[str] | None = None
 
 
+class RunNext(msgspec.Struct, tag=True, array_like=True, gc=False):
+    """Run ``run`` (an isolated job) as soon as job ``after`` (the isolated job running in this
+    child) has ended, without waiting for the parent: the job is *on deck*. It has not begun
+    until the child reports its :class:`Started` (in the same frame as ``after``'s
+    :class:`Done`); until then :class:`Withdraw` takes it back, and :class:`Stop` gives it back.
+    If ``after`` has already ended, ``run`` starts at once."""
+
+    after: int
+    run: Run
+
+
+class Withdraw(msgspec.Struct, tag=True, array_like=True, gc=False):
+    """Give back on-deck job ``job_id`` if it has not begun (answered by :class:`Withdrawn`;
+    a job that began is not stopped: its :class:`Started` is on the way)."""
+
+    job_id: int
+
+
 class Stop(msgspec.Struct, tag=True, array_like=True, gc=False):
-    """Take no more jobs; exit with code 0 once the running ones are done."""
+    """Take no more jobs; exit with code 0 once the running ones are done. Jobs on deck have
+    not begun: they are given back (:class:`Withdrawn`)."""
 
 
 class Interrupt(msgspec.Struct, tag=True, array_like=True, gc=False):
@@ -118,7 +140,7 @@ class Resize(msgspec.Struct, tag=True, array_like=True, gc=False):
     threads: int
 
 
-ToChild = Run | Stop | Interrupt | RequestCancel | Resize
+ToChild = Run | RunNext | Withdraw | Stop | Interrupt | RequestCancel | Resize
 
 
 # ---------------------------------------------------------------- child -> parent
@@ -181,7 +203,14 @@ class NotBegun(msgspec.Struct, tag=True, array_like=True, gc=False):
     job_id: int
 
 
-ToParent = Ready | Started | Done | NotBegun
+class Withdrawn(msgspec.Struct, tag=True, array_like=True, gc=False):
+    """On-deck job ``job_id`` was given back unbegun (after :class:`Withdraw` or
+    :class:`Stop`): the parent places it again."""
+
+    job_id: int
+
+
+ToParent = Ready | Started | Done | NotBegun | Withdrawn
 
 
 _child_encoder = msgspec.msgpack.Encoder()

@@ -2,10 +2,12 @@
 
 A job goes to the least-loaded child that takes jobs, so while a node runs no more jobs than it
 has processes every job has a process to itself. An isolated job needs a child with nothing
-else in it; when none is empty, one child is *reserved* (it gets no new jobs) until its jobs are
-done. Jobs that cannot be placed wait, one line per queue (and one for its isolated jobs, so
-that regular jobs are not held up while a child empties), and the lines are served in turn so
-that one queue's backlog does not delay another's jobs.
+else in it; when none is empty it may go *on deck* in a child that runs one isolated job (it
+starts there the moment that job ends, without waiting for the parent: the pool takes it back
+if another child empties first); otherwise one child is *reserved* (it gets no new jobs) until
+its jobs are done. Jobs that cannot be placed wait, one line per queue (and one for its
+isolated jobs, so that regular jobs are not held up while a child empties), and the lines are
+served in turn so that one queue's backlog does not delay another's jobs.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class Placement:
         if job.isolated:
             empty = [c for c in self._children() if c.state is READY and not c.jobs]
             if not empty:
-                return None
+                return self._deck_for(job)
             # A child kept empty for an isolated job is the one to take.
             return next((c for c in empty if c.reserved), empty[0])
         best: ChildProcess | None = None
@@ -44,6 +46,15 @@ class Placement:
                 if not child.jobs:
                     break
         return best
+
+    def _deck_for(self, job: PoolJob) -> ChildProcess | None:
+        """A child whose only job is an isolated one, still running, with nobody on deck."""
+        for child in self._children():
+            if child.state is READY and child.isolated and len(child.jobs) == 1:
+                (ahead,) = child.jobs.values()
+                if ahead.isolated and ahead.stop_reason is None:
+                    return child
+        return None
 
     def has_waiting(self) -> bool:
         return bool(self._turn)

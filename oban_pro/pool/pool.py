@@ -43,7 +43,10 @@ from .messages import (
     RequestCancel,
     Resize,
     Run,
+    RunNext,
     Started,
+    Withdraw,
+    Withdrawn,
     decode_to_parent,
 )
 from .placement import Placement
@@ -184,6 +187,7 @@ class WorkerPool:
         self._started = False
         self._closing = False
         self._changed: asyncio.Event | None = None  # set whenever a job or child settles
+        self._withdrawn_on_stop: list[Run] = []  # on-deck jobs given back while stopping
         self._deadline = 0.0  # when stop() stops waiting for busy children
 
     @property
@@ -242,6 +246,7 @@ class WorkerPool:
         sup.closing = True
         assert self._changed is not None
         unfinished = self._take_waiting()
+        self._withdraw_from_decks(list(self.ledger))  # they have not begun: they go back
         # Launches in flight finish (they take milliseconds); their children are stopped below.
         await sup.wait_launches()
         for child in list(sup.children):
@@ -270,8 +275,11 @@ class WorkerPool:
                 else:
                     self.ledger.remove(job.job_id)
                     unfinished.append(job.run)
-        # Jobs placed again while we waited (their child died) never started again.
+        # Jobs placed again while we waited (their child died) never started again, nor did
+        # the on-deck jobs their children gave back.
         unfinished.extend(self._take_waiting())
+        unfinished.extend(self._withdrawn_on_stop)
+        self._withdrawn_on_stop = []
         # Children told to stop exit within milliseconds; give them a moment, then kill.
         await sup.wait_reaped(3.0)
         for child in list(sup.children):
@@ -409,12 +417,18 @@ class WorkerPool:
     def _place(
         self, job: PoolJob, child: ChildProcess, frames: dict[ChildProcess, list[Any]]
     ) -> None:
-        self.ledger.place(job, child)
+        message: Run | RunNext = job.run
+        behind = 0
+        if job.isolated and child.jobs:  # on deck behind the isolated job running there
+            (ahead,) = child.jobs.values()
+            behind = ahead.job_id
+            message = RunNext(behind, job.run)
+        self.ledger.place(job, child, behind=behind)
         batch = frames.get(child)
         if batch is None:
-            frames[child] = [job.run]
+            frames[child] = [message]
         else:
-            batch.append(job.run)
+            batch.append(message)
         child.jobs_taken += 1
         if self.max_jobs_per_child and child.jobs_taken >= self.max_jobs_per_child:
             # It runs what it took, then is replaced: max_jobs_per_child counts jobs given
@@ -422,18 +436,43 @@ class WorkerPool:
             self._drain(child, "recycle", place_waiting=False)
 
     def _place_waiting(self, frames: dict[ChildProcess, list[Any]] | None = None) -> None:
-        """Place whatever waiting jobs the children can take now."""
+        """Place whatever waiting jobs the children can take now; a child left empty takes
+        an on-deck job back from a busy one."""
         placement = self._placement
-        if not placement.has_waiting() or self._closing:
+        if self._closing or not (placement.has_waiting() or self.ledger.on_deck):
             return
         own = frames is None
         frames = {} if frames is None else frames
-        blocked: set[tuple[str, bool]] = set()
-        while (found := placement.next_placeable(blocked)) is not None:
-            self._place(found[0], found[1], frames)
-        placement.release_reservations()
+        if placement.has_waiting():
+            blocked: set[tuple[str, bool]] = set()
+            while (found := placement.next_placeable(blocked)) is not None:
+                self._place(found[0], found[1], frames)
+            placement.release_reservations()
+        if self.ledger.on_deck:
+            self._withdraw_for_empty_children(frames)
         if own:
             self._send(frames)
+
+    def _withdraw_for_empty_children(self, frames: dict[ChildProcess, list[Any]]) -> None:
+        """An on-deck job waits for the job ahead of it, which may run for long: once a child
+        is empty (nothing waiting could be placed on it), ask for one back to place it there."""
+        children = self._supervisor.children
+        empty = sum(1 for c in children if c.state is READY and not c.jobs and not frames.get(c))
+        if not empty:
+            return
+        for child in children:
+            for job in child.jobs.values():
+                if job.behind and not job.withdrawing and empty:
+                    job.withdrawing = True
+                    frames.setdefault(child, []).append(Withdraw(job.job_id))
+                    empty -= 1
+
+    def _withdraw_from_decks(self, jobs: Iterable[PoolJob]) -> None:
+        """Ask for these jobs back if they are on deck (stopping, or their child drains)."""
+        for job in jobs:
+            if job.behind and not job.withdrawing and job.child is not None:
+                job.withdrawing = True
+                job.child.send([Withdraw(job.job_id)])
 
     def _send(self, frames: dict[ChildProcess, list[Any]]) -> None:
         for child, batch in frames.items():
@@ -469,7 +508,8 @@ class WorkerPool:
         child.read_pending()  # a result already in the pipe wins over the stop
         if self.ledger.get(job_id) is not job:
             return False
-        if reason == "cancelled" and self._deadlines.cancel_grace > 0:
+        # An on-deck job has not begun: nothing to wait for, it comes off the deck at once.
+        if reason == "cancelled" and self._deadlines.cancel_grace > 0 and not job.behind:
             self._tell_cancelled(job)
         else:
             self._ask_to_stop(job, reason, f"job was {reason}")
@@ -573,6 +613,7 @@ class WorkerPool:
             if isinstance(message, Started):
                 job = child.jobs.get(message.job_id)
                 if job is not None:
+                    self.ledger.off_deck(job)  # an on-deck job's turn came (Withdraw is moot)
                     job.started = True
                     job.thread = message.thread
                     self._deadlines.job_started(job)
@@ -582,6 +623,8 @@ class WorkerPool:
                 self._on_job_done(child, message)
             elif isinstance(message, NotBegun):
                 self._on_not_begun(child, message.job_id)
+            elif isinstance(message, Withdrawn):
+                self._on_withdrawn(child, message.job_id)
             elif isinstance(message, Ready):
                 self._on_ready(child, message)
 
@@ -597,6 +640,21 @@ class WorkerPool:
         job.stop_text = ""
         self._deadlines.cancel(job)
         self._deadlines.job_started(job)
+
+    def _on_withdrawn(self, child: ChildProcess, job_id: int) -> None:
+        """An on-deck job came back unbegun: place it again (or hand it back, stopping)."""
+        job = child.jobs.get(job_id)
+        if job is None or job.started or not job.behind:
+            return
+        self.ledger.off_deck(job)
+        if job.stop_reason is not None:  # stopped while it came back: it ends here
+            self._fail(job, job.stop_reason, f"{job.stop_text} before it started")
+        elif self._closing:
+            self.ledger.remove(job_id)
+            self._withdrawn_on_stop.append(job.run)
+        else:
+            self._place_again(job)
+        self._settled()
 
     def _on_ready(self, child: ChildProcess, ready: Ready) -> None:
         child.import_errors = dict(ready.import_errors)
@@ -685,6 +743,7 @@ class WorkerPool:
             return
         child.state = DRAINING
         child.drain_reason = reason
+        self._withdraw_from_decks(list(child.jobs.values()))  # for the replacement to run
         self._count_restart(reason)
         log.info(
             "recycling worker process %d (%s) after taking %d jobs; it finishes its %d "

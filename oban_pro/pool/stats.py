@@ -23,7 +23,7 @@ class ChildStats:
     slot: int
     pid: int
     state: str
-    #: Jobs placed in it (running, or sent and about to start).
+    #: Jobs placed in it (running, or sent and about to start, or on deck behind another).
     jobs: int
     #: Of those, started sync jobs: threads busy.
     threads_busy: int
