@@ -76,6 +76,7 @@ class JobRunner:
                 text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
                 self.import_errors[module] = text
         self._workers: dict[str, type | str] = {}
+        self._async_process: dict[type, bool] = {}
 
     # -- preparing ----------------------------------------------------------------------------
 
@@ -101,8 +102,19 @@ class JobRunner:
         except BaseException as exc:  # noqa: BLE001 - a broken constructor fails the job
             done = Done(run.job_id, "error", error=traceback.format_exc(), delay=self.backoff(run))
             return Executed(done, error=exc)
-        is_async = inspect.iscoroutinefunction(getattr(instance, "process", None))
-        return Prepared(run, job, instance, is_async)
+        return Prepared(run, job, instance, self._is_async(cls, instance))
+
+    def _is_async(self, cls: type, instance: Any) -> bool:
+        """Whether the instance's ``process`` is a coroutine function: known per class (the
+        check costs ~1 us a job), unless the instance sets a ``process`` of its own."""
+        own = getattr(instance, "__dict__", None)
+        if own and "process" in own:
+            return inspect.iscoroutinefunction(own["process"])
+        found = self._async_process.get(cls)
+        if found is None:
+            found = inspect.iscoroutinefunction(getattr(instance, "process", None))
+            self._async_process[cls] = found
+        return found
 
     # -- outcomes -------------------------------------------------------------------------------
 

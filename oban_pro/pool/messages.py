@@ -188,7 +188,8 @@ class Done(msgspec.Struct, tag=True, array_like=True, gc=False):
     meta: dict[str, Any] | None = None
     #: Seconds the child spent running the job (resolve + process + classify).
     duration: float = 0.0
-    #: Resident set size of the child after the job, in bytes.
+    #: Resident set size of the child, in bytes, read as the frame carrying this Done was
+    #: written (once per frame).
     rss: int = 0
     #: For "error": the exception's class name and message (telemetry's ``error_type`` and
     #: ``error_message``; ``error`` has the whole traceback).
