@@ -23,11 +23,18 @@ from . import common, engine, measure
 
 DEFAULT_SIZE = 20_000
 QUEUE = "bench"
-WORKER = "bench.workers.Noop"
+#: ``--jobs``: the no-op the engine runs. A sync ``process`` runs on a thread of a worker
+#: process, an ``async def`` one as a task on its event loop (the cheaper path, and the job the
+#: peer scenario runs on both engines).
+WORKERS = {"sync": "bench.workers.Noop", "async": "bench.workers.AsyncNoop"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limits", default="10,50,100", help="queue limits (10,50,100)")
+    parser.add_argument(
+        "--jobs", choices=sorted(WORKERS), default="sync",
+        help="no-op jobs with a sync process (default) or an async def one",
+    )  # fmt: skip
 
 
 def _ints(text: str) -> list[int]:
@@ -50,9 +57,11 @@ async def _run(opts: common.Options) -> int:
     info = common.machine_info(dsn)
     n = opts.size_or(DEFAULT_SIZE)
     limits = _ints(opts.extra.get("limits", "10,50,100"))
+    kind = str(opts.extra.get("jobs", "sync"))
+    worker = WORKERS[kind]
     procs = process_counts(opts)
     configs = [(lim, p) for lim in limits for p in procs]
-    common.header(opts, info, f"{n} no-op jobs per run, median of {opts.repeat}")
+    common.header(opts, info, f"{n} {kind} no-op jobs per run, median of {opts.repeat}")
     progress = common.Progress(opts.repeat * (len(configs) + len(limits)), "throughput", opts.quiet)
     engine_runs: dict[tuple[int, int], list[dict[str, Any]]] = {c: [] for c in configs}
     ceiling_runs: dict[int, list[dict[str, Any]]] = {lim: [] for lim in limits}
@@ -63,7 +72,7 @@ async def _run(opts: common.Options) -> int:
             for lim in limits:
                 progress.step(f"rep {rep + 1}: ceiling batch={lim}")
                 ceiling_runs[lim].append(
-                    await measure.drain_ceiling(dsn, prefix, QUEUE, WORKER, n, lim)
+                    await measure.drain_ceiling(dsn, prefix, QUEUE, worker, n, lim)
                 )
                 progress.advance()
                 for p in procs:
@@ -80,7 +89,7 @@ async def _run(opts: common.Options) -> int:
                             dsn,
                             prefix,
                             QUEUE,
-                            WORKER,
+                            worker,
                             n,
                             start_node=start,
                             stop_node=engine.stop_node,
@@ -163,6 +172,7 @@ async def _run(opts: common.Options) -> int:
         "machine": info,
         "params": {
             "jobs": n,
+            "job_kind": kind,
             "repeat": opts.repeat,
             "limits": limits,
             "processes": procs,
