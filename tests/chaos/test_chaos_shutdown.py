@@ -96,3 +96,44 @@ def test_sigterm_under_load(oban_dsn, oban_prefix, tmp_path, nodes, client):
         ]
     assert {i: runs[i] for i in ids if len(runs[i]) != 1 and i not in {j.id for j in hang}} == {}
     assert all(r["attempt"] == 1 for r in rows_by_id(dsn, prefix, ids).values())
+
+
+def test_sigterm_gives_back_isolated_jobs_on_deck_unrun(
+    oban_dsn, oban_prefix, tmp_path, nodes, client
+):
+    """An isolated queue on 2 processes, both held by long jobs past the grace period: the next
+    isolated jobs wait on deck in those children (and in the node's lines). SIGTERM: the node
+    exits 0; none of them began; every job is back to `available` with its attempt given back
+    (the long ones killed, the others handed back unrun); another node then runs each waiting
+    job exactly once. (The pool's own test covers an on-deck job handed back while the job ahead
+    ends within the grace.)"""
+    dsn, prefix, log, release = oban_dsn, oban_prefix, tmp_path / "runs", tmp_path / "release"
+    a = nodes.start(
+        "a", processes=2, queues="default:6", shutdown_timeout=SHUTDOWN_TIMEOUT,
+        settings={"isolated_queues": "default"},
+    )  # fmt: skip
+    hang = client.enqueue_many(
+        [Hang.new({"log": str(log), "release": str(release), "max_seconds": 60}) for _ in range(2)]
+    )
+    wait_for(lambda: len(executing_on(dsn, prefix, "a", Hang._worker_name)) == 2, 15, "2 long jobs")
+    quick = client.enqueue_many([Quick.new({"log": str(log)}, priority=1) for _ in range(10)])
+    wait_for(lambda: len(executing_on(dsn, prefix, "a")) == 6, 15, "4 isolated jobs fetched behind")
+    ids = [j.id for j in hang + quick]
+    a.terminate()
+    code = a.wait(SHUTDOWN_TIMEOUT + 15)
+    assert code == 0, a.log_text()[-3000:]
+    rows = rows_by_id(dsn, prefix, ids)
+    assert {i: r["state"] for i, r in rows.items() if r["state"] != "available"} == {}
+    assert all(r["attempt"] == 0 and r["errors"] == [] for r in rows.values()), rows
+    quick_ids = {j.id for j in quick}
+    assert [r for r in read_runs(log) if r[0] in quick_ids] == []  # none began on a
+
+    release.touch()
+    nodes.start("b", processes=2)
+    wait_for(
+        lambda: all_done(dsn, prefix, ids),
+        60,
+        f"all jobs completed (now {dict(job_states(dsn, prefix, ids))})",
+    )
+    runs = runs_by_id(read_runs(log))
+    assert {i: len(runs[i]) for i in quick_ids if len(runs[i]) != 1} == {}
