@@ -370,6 +370,11 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
 
+def _ratios(a: Sequence[float], b: Sequence[float]) -> list[float]:
+    """Paired ratios of two series measured side by side (A B A B)."""
+    return [_ratio(x, y) for x, y in zip(a, b, strict=True)]
+
+
 async def _run(opts: common.Options, py: Path, py_version: str, oban_version: str) -> int:
     engine.quiet_logs()
     ex = opts.extra
@@ -615,7 +620,7 @@ def _report(
             f"no-op jobs/s (async def), limit {lim}",
             pros,
             pys,
-            [_ratio(a, b) for a, b in zip(pros, pys, strict=True)],
+            _ratios(pros, pys),
             "",
             ">= 4x" if lim == 100 else "",
         )
@@ -631,7 +636,7 @@ def _report(
             f"{what}, {io_jobs} jobs, limit {IO_LIMIT}",
             pros,
             pys,
-            [_ratio(a, b) for a, b in zip(pros, pys, strict=True)],
+            _ratios(pros, pys),
             "",
             goal,
         )
@@ -642,7 +647,7 @@ def _report(
             f"CPU-bound ~20 ms jobs/s ({processes} processes vs 1 event loop)",
             pros,
             pys,
-            [_ratio(a, b) for a, b in zip(pros, pys, strict=True)],
+            _ratios(pros, pys),
             "",
             ">= 1.8x",
             1,
@@ -662,13 +667,13 @@ def _report(
             1,
             kind="plain processes",
         )
-        pro_share = [_ratio(x["rate"], b) for x, b in zip(raw["cpu_pro"], many, strict=True)]
-        py_share = [_ratio(x["rate"], b) for x, b in zip(raw["cpu_py"], one, strict=True)]
+        pro_share = _ratios([x["rate"] for x in raw["cpu_pro"]], many)
+        py_share = _ratios([x["rate"] for x in raw["cpu_py"]], one)
         row(
             f"  share of plain: oban_pro of {processes} | Oban.py of 1",
             pro_share,
             py_share,
-            [_ratio(a, b) for a, b in zip(pro_share, py_share, strict=True)],
+            _ratios(pro_share, py_share),
             "",
             "",
             2,
@@ -681,7 +686,7 @@ def _report(
             f"enqueue_many of {n} jobs, jobs/s",
             pros,
             pys,
-            [_ratio(a, b) for a, b in zip(pros, pys, strict=True)],
+            _ratios(pros, pys),
             "",
             ">= 10x",
         )
@@ -713,7 +718,7 @@ def _report(
             "rescue after kill -9: s until all jobs run again (shortened settings)",
             pros,
             pys,
-            [_ratio(a, b) for a, b in zip(pros, pys, strict=True)],
+            _ratios(pros, pys),
             " s",
             "",
             2,

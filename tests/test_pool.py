@@ -850,6 +850,14 @@ def starts_of(events: list[tuple[str, int, int]], job_id: int) -> list[int]:
     return [pid for what, job, pid in events if what == "start" and job == job_id]
 
 
+async def start_one_and_put_one_on_deck(h: Harness, log: Path, release: Path) -> tuple[int, int]:
+    """An isolated job that holds until ``release`` exists, running in the only child, and a
+    second isolated job (which ends at once) submitted behind it: (ahead, on deck)."""
+    ahead = h.submit("IsolatedHold", {"log": str(log), "release": str(release)}, True)
+    await wait_until_events(log, lambda e: len(e) == 1)
+    return ahead, h.submit("IsolatedHold", {"log": str(log)}, True)
+
+
 @async_test
 async def test_an_isolated_job_waits_on_deck_and_starts_when_the_one_ahead_ends(
     tmp_path: Path,
@@ -858,9 +866,7 @@ async def test_an_isolated_job_waits_on_deck_and_starts_when_the_one_ahead_ends(
 
     log, release = tmp_path / "log", tmp_path / "release"
     async with Harness(processes=1) as h:
-        ahead = h.submit("IsolatedHold", {"log": str(log), "release": str(release)}, True)
-        await wait_until_events(log, lambda e: len(e) == 1)
-        deck = h.submit("IsolatedHold", {"log": str(log)}, True)
+        ahead, deck = await start_one_and_put_one_on_deck(h, log, release)
         # Sent to the busy child to start there the moment the job ahead ends.
         job = h.pool.ledger.get(deck)
         assert job is not None and job.behind == ahead and job.child is not None
@@ -900,6 +906,24 @@ async def test_an_on_deck_job_moves_to_a_child_that_empties_first(tmp_path: Path
         assert starts_of(events, deck) == [pid_of[other]]
         assert ("stop", ahead, pid_of[ahead]) not in events  # it still runs
         releases[ahead].touch()
+        assert (await h.done(ahead)).kind == "completed"
+
+
+@async_test
+async def test_an_on_deck_job_that_cannot_be_built_fails_at_once_beside_the_one_ahead(
+    tmp_path: Path,
+) -> None:
+    log, release = tmp_path / "log", tmp_path / "release"
+    async with Harness(processes=1) as h:
+        ahead = h.submit("IsolatedHold", {"log": str(log), "release": str(release)}, True)
+        await wait_until_events(log, lambda e: len(e) == 1)
+        broken = h.run("IsolatedHold", args=None)
+        broken.args = b"[not json"
+        h.pool.submit(broken, isolated=True)
+        done = await h.done(broken.job_id)  # without waiting for the job ahead
+        assert done.kind == "error" and "args is not valid JSON" in (done.error or "")
+        assert read_events_of(log) == [("start", ahead, h.pool.pids()[0])]
+        release.touch()
         assert (await h.done(ahead)).kind == "completed"
 
 
@@ -945,9 +969,7 @@ async def test_cancelling_an_on_deck_job_ends_it_unstarted_and_leaves_the_one_ah
 ) -> None:
     log, release = tmp_path / "log", tmp_path / "release"
     async with Harness(processes=1) as h:
-        ahead = h.submit("IsolatedHold", {"log": str(log), "release": str(release)}, True)
-        await wait_until_events(log, lambda e: len(e) == 1)
-        deck = h.submit("IsolatedHold", {"log": str(log)}, True)
+        ahead, deck = await start_one_and_put_one_on_deck(h, log, release)
         assert h.pool.stop_job(deck, "cancelled")
         reason, text = await h.failed(deck)
         assert reason == "cancelled" and text == "job was cancelled"
@@ -963,9 +985,7 @@ async def test_stopping_gives_an_on_deck_job_back_unstarted(tmp_path: Path) -> N
     log, release = tmp_path / "log", tmp_path / "release"
     h = Harness(processes=1)
     await h.pool.start()
-    ahead = h.submit("IsolatedHold", {"log": str(log), "release": str(release)}, True)
-    await wait_until_events(log, lambda e: len(e) == 1)
-    deck = h.submit("IsolatedHold", {"log": str(log)}, True)
+    ahead, deck = await start_one_and_put_one_on_deck(h, log, release)
     stopping = asyncio.create_task(h.pool.stop(timeout=20))
     deadline = time.monotonic() + 10
     while deck in h.pool.ledger:  # its child gives it back (Withdrawn)
