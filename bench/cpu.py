@@ -1,7 +1,9 @@
 """cpu: CPU-bound jobs (pure Python, ~20 ms each, calibrated on this machine) drained by one
 node with 1, 2 and N worker processes. Speedup is time(1 process) / time(p processes), paired
 within each repetition; the ideal is min(p, cores). "serial" is the same work in a plain loop in
-this process, without any engine (what one core can do).
+this process, without any engine (what one core can do); "plain" is the same jobs shared by p
+plain processes (bench/plain_cpu.py), what the cores give p processes at that moment, and the
+last column is the engine's share of it.
 
 Postgres and the coordinator share the cores with the worker processes, so on 2 cores expect
 somewhat less than 2x.
@@ -14,7 +16,7 @@ import asyncio
 import time
 from typing import Any
 
-from . import common, engine, measure
+from . import common, engine, measure, plain_cpu
 from .workers import burn, calibrate_rounds
 
 DEFAULT_SIZE = 200
@@ -56,10 +58,11 @@ async def _run(opts: common.Options) -> int:
         info,
         f"{n} jobs of ~{job_ms:.0f} ms ({rounds} rounds), limit {limit}, median of {opts.repeat}",
     )
-    progress = common.Progress(opts.repeat * (len(procs) + 1), "cpu", opts.quiet)
+    progress = common.Progress(opts.repeat * (2 * len(procs) + 1), "cpu", opts.quiet)
     args = f'{{"rounds": {rounds}}}'
     runs: dict[Any, list[dict[str, Any]]] = {p: [] for p in procs}
     serial: list[float] = []
+    plain: dict[int, list[float]] = {p: [] for p in procs}
     with common.oban_pro_schema(dsn, "cpu") as prefix:
         notify = common.insert_notice(prefix, QUEUE)
         for rep in range(opts.repeat):
@@ -67,6 +70,9 @@ async def _run(opts: common.Options) -> int:
             serial.append(serial_seconds(rounds, n))
             progress.advance()
             for p in procs:
+                progress.step(f"rep {rep + 1}: {p} plain processes")
+                plain[p].append(await asyncio.to_thread(plain_cpu.rate, p, rounds, n))
+                progress.advance()
                 progress.step(f"rep {rep + 1}: processes={p}")
 
                 async def start(p: int = p) -> Any:
@@ -98,6 +104,7 @@ async def _run(opts: common.Options) -> int:
             "-",
             "-",
             "-",
+            "-",
         ]
     )
     for p in procs:
@@ -109,6 +116,8 @@ async def _run(opts: common.Options) -> int:
         vs_serial = measure.summary(
             [s / r["seconds"] for s, r in zip(serial, runs[p], strict=True)]
         )
+        plain_rate = measure.summary(plain[p])
+        vs_plain = measure.summary([r["rate"] / q for r, q in zip(runs[p], plain[p], strict=True)])
         ideal = min(p, opts.cores)
         results.append(
             {
@@ -117,6 +126,8 @@ async def _run(opts: common.Options) -> int:
                 "seconds": secs,
                 "speedup": speedup,
                 "vs_serial": vs_serial,
+                "plain_rate": plain_rate,
+                "vs_plain": vs_plain,
                 "ideal": ideal,
                 "runs": runs[p],
             }
@@ -130,6 +141,7 @@ async def _run(opts: common.Options) -> int:
                 + f" ({speedup['min']:.2f}-{speedup['max']:.2f})",
                 f"{ideal}x",
                 common.ratio_text(vs_serial["median"]),
+                f"{common.spread(plain_rate, 1)}: {vs_plain['median'] * 100:.0f}%",
             ]
         )
     text = common.table(
@@ -140,6 +152,7 @@ async def _run(opts: common.Options) -> int:
             "speedup vs 1 process",
             "ideal",
             "vs serial loop",
+            "p plain processes jobs/s: engine's share",
         ],
         rows,
     )
