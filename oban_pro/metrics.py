@@ -177,6 +177,10 @@ METRICS: list[tuple[str, str, tuple[str, ...], str]] = [
      "Starts the rate window still allows now (queues whose rate_limit is not partitioned)."),
     ("oban_pro_pool_children", "gauge", ("node", "state"),
      "Worker processes by state (busy, idle)."),
+    ("oban_pro_pool_jobs_waiting", "gauge", ("node", "state"),
+     "Jobs the node holds that have not begun: state=line (waiting for a child to take them: "
+     "isolated jobs while every child is busy) or state=on_deck (sent to a child that runs an "
+     "isolated job, to begin there the moment it ends)."),
     ("oban_pro_child_jobs", "gauge", ("node", "child"),
      "Jobs in flight in each worker process (child: a slot number 0..2N that a replacement "
      "reuses, not a pid)."),
@@ -229,6 +233,8 @@ class PoolSnapshot:
     rss: dict[int, int] = field(default_factory=dict)
     children: list[Any] = field(default_factory=list)
     kills: dict[str, int] = field(default_factory=dict)
+    waiting: int = 0
+    on_deck: int = 0
 
 
 class _PoolLike(Protocol):
@@ -237,6 +243,8 @@ class _PoolLike(Protocol):
     rss: Mapping[int, int]
     children: list[Any]
     kills: Mapping[str, int]
+    waiting: int
+    on_deck: int
 
 
 ProducersProvider = Callable[[], Iterable[tuple[str, int, int, bool]]]
@@ -515,6 +523,7 @@ class _ScrapeCollector(Collector):
             busy, idle = snap.busy, snap.idle
             children = list(snap.children)
             kills = dict(snap.kills)
+            waiting, on_deck = snap.waiting, snap.on_deck
         except Exception:
             log.exception("metrics: pool provider failed")
             return
@@ -525,6 +534,13 @@ class _ScrapeCollector(Collector):
         by_state.add_metric([node, "busy"], busy)
         by_state.add_metric([node, "idle"], idle)
         yield by_state
+        held = GaugeMetricFamily(
+            "oban_pro_pool_jobs_waiting", _help("oban_pro_pool_jobs_waiting"),
+            labels=["node", "state"],
+        )  # fmt: skip
+        held.add_metric([node, "line"], waiting)
+        held.add_metric([node, "on_deck"], on_deck)
+        yield held
         rss_max = GaugeMetricFamily(
             "oban_pro_child_rss_max_bytes", _help("oban_pro_child_rss_max_bytes"), labels=["node"]
         )

@@ -267,8 +267,12 @@ def test_pool_provider_exports_each_child_and_kills_by_reason(m: Metrics) -> Non
         children=[ChildSnapshot(0, jobs=25, threads_busy=20, rss=50),
                   ChildSnapshot(1, jobs=3, threads_busy=0, rss=80)],
         kills={"timeout": 2, "collateral": 9},
+        waiting=4,
+        on_deck=2,
     )  # fmt: skip
     m.track_pool(lambda: snap)
+    assert value(m, "oban_pro_pool_jobs_waiting", state="line") == 4
+    assert value(m, "oban_pro_pool_jobs_waiting", state="on_deck") == 2
     assert value(m, "oban_pro_child_jobs", child="0") == 25
     assert value(m, "oban_pro_child_threads_busy", child="0") == 20
     assert value(m, "oban_pro_child_rss_bytes", child="1") == 80

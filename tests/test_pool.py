@@ -871,6 +871,7 @@ async def test_an_isolated_job_waits_on_deck_and_starts_when_the_one_ahead_ends(
         job = h.pool.ledger.get(deck)
         assert job is not None and job.behind == ahead and job.child is not None
         assert h.pool.waiting == 0 and not job.started
+        assert h.pool.stats.on_deck == 1  # what oban_pro_pool_jobs_waiting{state="on_deck"} shows
         release.touch()
         assert (await h.done(ahead)).kind == "completed"
         assert (await h.done(deck)).kind == "completed"

@@ -375,6 +375,7 @@ class WorkerPool:
             jobs_released=self._jobs_released,
             kills={reason: self._kills.get(reason, 0) for reason in KILL_REASONS},
             waiting=len(self._placement),
+            on_deck=self.ledger.on_deck,
             last_start_seconds=self._supervisor.last_start,
             children=per_child,
         )

@@ -58,6 +58,8 @@ class PoolStats:
     kills: dict[str, int] = field(default_factory=dict)
     #: Jobs waiting for a child (isolated jobs while every child is busy).
     waiting: int = 0
+    #: Jobs on deck in a child, to begin when the isolated job ahead of them ends.
+    on_deck: int = 0
     #: Seconds the last child took from launch to ready.
     last_start_seconds: float = 0.0
     #: Every live child.
