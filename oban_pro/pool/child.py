@@ -388,7 +388,9 @@ class _Server:
                 self._request_cancel(message.job_id)  # a flag: jobs prepared above have it
             elif isinstance(message, Stop):
                 self._stopping = True
-                for job_id in [job.run.job_id for job, _ in list(self._deck.values())]:
+                with self._deck_lock:
+                    on_deck = [job.run.job_id for job, _ in self._deck.values()]
+                for job_id in on_deck:
                     self._withdraw(job_id)  # an on-deck job has not begun: it goes back
                 self._maybe_finish()
             elif isinstance(message, Resize):
@@ -426,8 +428,8 @@ class _Server:
             with self._deck_lock:
                 ahead = self._jobs.get(message.after)
                 if ahead is not None and not ahead.deck_closed and message.after not in self._deck:
-                    self._deck[message.after] = (_Job(run, prepared.job), prepared)
-                    self._jobs[run.job_id] = self._deck[message.after][0]
+                    job = self._jobs[run.job_id] = _Job(run, prepared.job)
+                    self._deck[message.after] = (job, prepared)
                     return
         self._prepare(run, starting, prepared)
 

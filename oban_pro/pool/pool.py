@@ -458,22 +458,25 @@ class WorkerPool:
         """An on-deck job waits for the job ahead of it, which may run for long: once a child
         is empty (nothing waiting could be placed on it), ask for one back to place it there."""
         children = self._supervisor.children
-        empty = sum(1 for c in children if c.state is READY and not c.jobs and not frames.get(c))
-        if not empty:
-            return
+        empty = sum(1 for c in children if c.state is READY and not c.jobs)
         for child in children:
             for job in child.jobs.values():
-                if job.behind and not job.withdrawing and empty:
-                    job.withdrawing = True
+                if empty and self._ask_back(job):
                     frames.setdefault(child, []).append(Withdraw(job.job_id))
                     empty -= 1
 
     def _withdraw_from_decks(self, jobs: Iterable[PoolJob]) -> None:
         """Ask for these jobs back if they are on deck (stopping, or their child drains)."""
         for job in jobs:
-            if job.behind and not job.withdrawing and job.child is not None:
-                job.withdrawing = True
+            if job.child is not None and self._ask_back(job):
                 job.child.send([Withdraw(job.job_id)])
+
+    def _ask_back(self, job: PoolJob) -> bool:
+        """Whether a Withdraw is to be sent for ``job``: on deck and not asked back yet."""
+        if not job.behind or job.withdrawing:
+            return False
+        job.withdrawing = True
+        return True
 
     def _send(self, frames: dict[ChildProcess, list[Any]]) -> None:
         for child, batch in frames.items():
